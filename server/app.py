@@ -1,0 +1,128 @@
+"""`create_app()`: the ASGI app. Its lifespan starts pool → schema → catalog → hub, and stops them in reverse."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from pathlib import Path
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from server import __version__, http_api
+from server.auth import AuthConfig, Authenticator
+from server.config import Settings
+from server.database.catalog import apply_schema, load_catalog
+from server.database.database import Database
+from server.database.pool import create_pool
+from server.database.transaction import Limits
+from server.functions.runner import Runner, RunnerLimits
+from server.hub.hub import Hub
+from server.metrics import Metrics
+from server.sync.socket import sync_endpoint
+
+__all__ = ["Services", "create_app", "load_modules"]
+
+log = logging.getLogger("ripple")
+
+BUILTIN_MODULES = "server.apps"
+_BROWSER_DIR = Path(__file__).resolve().parent.parent / "client_examples" / "browser"
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per app by the lifespan."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    database: Database
+    runner: Runner
+    authenticator: Authenticator
+    hub: Hub
+    metrics: Metrics
+    sessions: set[Any] = field(default_factory=set)
+    version: str = __version__
+
+
+def load_modules(extra: list[str]) -> None:
+    """Import the app modules; their decorators register their functions."""
+    for name in [BUILTIN_MODULES, *extra]:
+        importlib.import_module(name)
+
+
+def authenticator_for(settings: Settings) -> Authenticator:
+    return Authenticator(
+        AuthConfig(
+            jwt_secret=settings.jwt_secret,
+            jwks=settings.jwks,
+            issuer=settings.jwt_issuer if (settings.jwt_secret or settings.jwks) else None,
+            audience=settings.jwt_audience,
+            admin_key=settings.admin_key,
+        )
+    )
+
+
+def create_app(settings: Settings, dsn: str) -> Starlette:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        load_modules(settings.modules)
+        pool = await create_pool(dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        try:
+            async with pool.acquire() as conn:
+                await apply_schema(conn, settings.schema_path)
+                catalog = await load_catalog(conn)
+            database = Database(
+                pool,
+                catalog,
+                limits=Limits(settings.max_documents_read, settings.max_documents_written),
+                max_retries=settings.mutation_max_retries,
+                retry_base_s=settings.mutation_retry_base_s,
+            )
+            runner = Runner(
+                database,
+                limits=RunnerLimits(
+                    settings.query_timeout_s,
+                    settings.mutation_timeout_s,
+                    settings.action_timeout_s,
+                    settings.max_result_bytes,
+                ),
+            )
+            hub = Hub(dsn, database, runner, settings=settings, metrics=metrics)
+            await hub.start()
+            app.state.services = Services(settings, pool, database, runner, authenticator_for(settings), hub, metrics)
+            log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
+            try:
+                yield
+            finally:
+                await hub.close("server shutting down")
+        finally:
+            await pool.close()
+
+    routes: list[Route | WebSocketRoute | Mount] = [
+        *http_api.routes,
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
+        WebSocketRoute("/api/sync", sync_endpoint),
+        WebSocketRoute("/api/{version}/sync", sync_endpoint),
+    ]
+    if _BROWSER_DIR.is_dir():
+        routes.append(Mount("/", StaticFiles(directory=_BROWSER_DIR, html=True), name="dashboard"))
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origin_regex=".*",
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

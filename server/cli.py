@@ -1,0 +1,145 @@
+"""`ripple`: serve, mint a development token, call a function, watch a query live, run the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import get_settings
+    from server.database.embedded import EmbeddedPostgres
+
+    settings = get_settings()
+    if args.port is not None:
+        settings.port = args.port
+    if args.host is not None:
+        settings.host = args.host
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    if not dsn:
+        data_dir = Path(settings.data_dir).resolve()
+        embedded = EmbeddedPostgres()
+        dsn = embedded.start(data_dir / "pgdata")
+        print(f"ripple: embedded PostgreSQL, data in {data_dir / 'pgdata'}", flush=True)
+        print(f"ripple: connect with: psql '{dsn}'", flush=True)
+    else:
+        print("ripple: using DATABASE_URL", flush=True)
+    print(f"ripple: serving on http://{settings.host}:{settings.port}", flush=True)
+    try:
+        uvicorn.run(
+            create_app(settings, dsn),
+            host=settings.host,
+            port=settings.port,
+            log_level=args.log_level,
+            ws_max_size=settings.max_message_bytes,
+            ws_ping_interval=5.0,
+            ws_ping_timeout=120.0,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from server.auth import make_dev_token
+    from server.config import get_settings
+
+    settings = get_settings()
+    if not settings.jwt_secret:
+        print("ripple token: set RIPPLE_JWT_SECRET (the HS256 secret the server verifies with)", file=sys.stderr)
+        return 2
+    print(
+        make_dev_token(
+            settings.jwt_secret,
+            args.sub,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            name=args.name,
+            email=args.email,
+            ttl_s=args.ttl,
+        )
+    )
+    return 0
+
+
+def _parse_args_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"ARGS must be a JSON object, like '{{\"jobId\": \"j1\"}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit("ARGS must be a JSON object")
+    return value
+
+
+def _run(args: argparse.Namespace) -> int:
+    from server.watch import run_once
+
+    return run_once(args.url, args.function, _parse_args_json(args.args), token=args.token, admin_key=args.admin_key)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from server.watch import watch
+
+    return watch(args.url, args.function, _parse_args_json(args.args), token=args.token)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ripple", description="Convex's reactive backend, on PostgreSQL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (embedded PostgreSQL unless DATABASE_URL is set)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(fn=_serve)
+
+    token = sub.add_parser("token", help="print a development JWT signed with RIPPLE_JWT_SECRET")
+    token.add_argument("--sub", required=True, help="the user's subject (id)")
+    token.add_argument("--name")
+    token.add_argument("--email")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    token.set_defaults(fn=_token)
+
+    for name, fn, helptext in (
+        ("run", _run, "call a function once and print its result"),
+        ("watch", _watch, "subscribe to a query and redraw its result live"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("function", help='wire name, like "videos:getJobById"')
+        p.add_argument("args", nargs="?", default="{}", help="arguments as a JSON object")
+        p.add_argument("--url", default="http://127.0.0.1:8000")
+        p.add_argument("--token", help="a JWT to call as a signed-in user")
+        if name == "run":
+            p.add_argument("--admin-key", help="call with the admin key (trusted workers)")
+        p.set_defaults(fn=fn)
+
+    bench = sub.add_parser("bench", help="measure Ripple against floors measured in the same run")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(fn=_bench)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

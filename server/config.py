@@ -1,0 +1,74 @@
+"""Every knob Ripple has, read once from `RIPPLE_*` environment variables and `.env`.
+
+Each default says why it is what it is; limits mirror Convex's where Convex has one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RIPPLE_", env_file=".env", extra="ignore")
+
+    # Where data lives. No DATABASE_URL means an embedded PostgreSQL under `data_dir`.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Path(".ripple")
+    schema_path: Path = _REPO_ROOT / "schema.sql"
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Extra app modules to load ("package.module"), beyond the built-in ones.
+    modules: list[str] = []
+
+    # Auth: HS256 secret for development, a JWKS file or URL for production.
+    jwt_secret: str | None = None
+    jwks: str | None = None
+    jwt_issuer: str = "https://ripple.local"
+    jwt_audience: str | None = None
+    admin_key: str | None = None
+
+    # Limits (Convex: 16384 documents scanned... we count documents read per function).
+    max_documents_read: int = 16_384
+    max_documents_written: int = 8_192
+    max_result_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024
+    query_timeout_s: float = 10.0
+    mutation_timeout_s: float = 10.0
+    action_timeout_s: float = 600.0
+    # Serialization failures are retried with jittered backoff, like Convex's OCC retries.
+    mutation_max_retries: int = 12
+    mutation_retry_base_s: float = 0.002
+
+    # Sync: Convex pings after 15 s of silence; a socket whose unsent backlog exceeds this is closed.
+    ping_interval_s: float = 15.0
+    max_pending_transitions: int = 256
+    slow_client_timeout_s: float = 30.0
+    # Change log: keep this much history; a hub further behind re-runs everything.
+    log_retention_s: float = 3600.0
+    prune_interval_s: float = 60.0
+    listen_reconnect_max_s: float = 5.0
+    # A re-run round that finds more changes than this invalidates whole tables instead.
+    max_changes_per_round: int = 10_000
+
+    # Claude (the anthropic SDK reads these too).
+    anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
+    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_timeout_s: float = 120.0
+    stream_patch_interval_s: float = 0.1
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,172 @@
+"""The shape of the data, read back from PostgreSQL after `schema.sql` is applied: tables, columns, indexes.
+
+Nothing here repeats the schema: a table is any public table with an `_id` column, a Convex index `by_x` on
+table `t` is the PostgreSQL index `t__by_x`, and every table also has Convex's implicit `by_id` and
+`by_creation_time` indexes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from server.errors import SchemaError
+from server.values import to_camel, to_snake
+
+__all__ = ["Catalog", "Column", "ColumnType", "Index", "Table", "apply_schema", "load_catalog"]
+
+# Serialises schema application across processes that start together on one database.
+_SCHEMA_LOCK_KEY = 0x5249_5050  # "RIPP"
+
+INDEX_SUFFIX = ("_creation_time", "_id")
+
+
+class ColumnType(enum.Enum):
+    TEXT = "string"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    JSON = "object or array"
+
+
+_PG_TYPES = {
+    "text": ColumnType.TEXT,
+    "character varying": ColumnType.TEXT,
+    "double precision": ColumnType.NUMBER,
+    "real": ColumnType.NUMBER,
+    "integer": ColumnType.NUMBER,
+    "bigint": ColumnType.NUMBER,
+    "numeric": ColumnType.NUMBER,
+    "boolean": ColumnType.BOOLEAN,
+    "jsonb": ColumnType.JSON,
+    "json": ColumnType.JSON,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: ColumnType
+    required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """`fields` are the user-declared columns; every index ends implicitly with `_creation_time, _id`."""
+
+    name: str
+    fields: tuple[str, ...]
+
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        if self.name == "by_id":
+            return ("_id",)
+        return (*self.fields, "_creation_time", "_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    number: int
+    columns: dict[str, Column]
+    indexes: dict[str, Index]
+
+    @property
+    def convex_name(self) -> str:
+        return to_camel(self.name)
+
+    def index(self, name: str) -> Index:
+        try:
+            return self.indexes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.indexes))
+            raise SchemaError(f'table "{self.convex_name}" has no index "{name}"; its indexes are: {known}') from None
+
+
+@dataclass(slots=True)
+class Catalog:
+    tables: dict[str, Table] = field(default_factory=dict)
+    by_number: dict[int, Table] = field(default_factory=dict)
+
+    def table(self, name: str) -> Table:
+        """Look a table up by its Convex name (`agentSessions`) or its PostgreSQL name (`agent_sessions`)."""
+        table = self.tables.get(to_snake(name))
+        if table is None:
+            known = ", ".join(sorted(t.convex_name for t in self.tables.values()))
+            raise SchemaError(f'no table named "{name}"; the tables are: {known}')
+        return table
+
+
+async def apply_schema(conn: asyncpg.Connection, path: Path) -> None:
+    """Apply schema.sql, idempotently; an advisory lock keeps concurrent starters from interleaving."""
+    sql = path.read_text()
+    await conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK_KEY)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK_KEY)
+
+
+_COLUMNS_SQL = """
+SELECT c.relname AS table_name, a.attname AS column_name,
+       format_type(a.atttypid, NULL) AS data_type, a.attnotnull AS not_null
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+  AND c.relname NOT LIKE '\\_ripple\\_%'
+ORDER BY c.relname, a.attnum
+"""
+
+_INDEXES_SQL = """
+SELECT t.relname AS table_name, i.relname AS index_name,
+       array_agg(a.attname ORDER BY k.ord) AS columns
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
+WHERE n.nspname = 'public' AND i.relname LIKE '%\\_\\_%'
+GROUP BY t.relname, i.relname
+"""
+
+
+async def load_catalog(conn: asyncpg.Connection) -> Catalog:
+    columns: dict[str, dict[str, Column]] = {}
+    for row in await conn.fetch(_COLUMNS_SQL):
+        col_type = _PG_TYPES.get(row["data_type"])
+        if col_type is None:
+            raise SchemaError(
+                f'column {row["table_name"]}.{row["column_name"]} has type {row["data_type"]}; Ripple tables use '
+                "text, double precision, boolean or jsonb"
+            )
+        columns.setdefault(row["table_name"], {})[row["column_name"]] = Column(
+            row["column_name"], col_type, row["not_null"]
+        )
+    numbers = {r["table_name"]: r["table_number"] for r in await conn.fetch("SELECT * FROM _ripple_tables")}
+    indexes: dict[str, dict[str, Index]] = {}
+    for row in await conn.fetch(_INDEXES_SQL):
+        table_name, _, index_name = row["index_name"].partition("__")
+        if table_name != row["table_name"] or table_name not in columns:
+            continue
+        cols = tuple(row["columns"])
+        if cols[-2:] != INDEX_SUFFIX:
+            raise SchemaError(
+                f'index {row["index_name"]} must end with (_creation_time, _id), as every Convex index does'
+            )
+        indexes.setdefault(table_name, {})[index_name] = Index(index_name, cols[:-2])
+    catalog = Catalog()
+    for name, cols in columns.items():
+        if "_id" not in cols or "_creation_time" not in cols:
+            continue
+        if name not in numbers:
+            raise SchemaError(f'table "{name}" is not registered; run _ripple_register_tables() (schema.sql does)')
+        table_indexes = {"by_id": Index("by_id", ()), "by_creation_time": Index("by_creation_time", ())}
+        table_indexes.update(indexes.get(name, {}))
+        table = Table(name, numbers[name], cols, table_indexes)
+        catalog.tables[name] = table
+        catalog.by_number[table.number] = table
+    return catalog

@@ -1,0 +1,221 @@
+"""`ctx.db`: every read and write a function makes, through one recorder.
+
+Reads land in the transaction's `ReadSet` (a point for `get`, an index range for a query) so the hub knows
+what a query depended on; limits on documents read and written are enforced here, in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import asyncpg
+
+from server.database.catalog import Catalog, ColumnType, Table
+from server.database.ids import new_id, table_number_of
+from server.database.query import Query, _quote
+from server.database.reads import IndexRange, ReadSet
+from server.errors import ArgumentError, IdError, LimitExceeded
+from server.values import to_camel, to_snake
+
+__all__ = ["DatabaseReader", "DatabaseWriter", "Limits", "Transaction"]
+
+
+class Limits:
+    def __init__(self, max_documents_read: int = 16_384, max_documents_written: int = 8_192) -> None:
+        self.max_documents_read = max_documents_read
+        self.max_documents_written = max_documents_written
+
+
+@lru_cache(maxsize=4096)
+def _field_name(column: str) -> str:
+    return "_creationTime" if column == "_creation_time" else to_camel(column)
+
+
+def _column_name(field: str) -> str:
+    return "_creation_time" if field == "_creationTime" else to_snake(field)
+
+
+_TYPE_CHECKS: dict[ColumnType, tuple[type, ...]] = {
+    ColumnType.TEXT: (str,),
+    ColumnType.NUMBER: (int, float),
+    ColumnType.BOOLEAN: (bool,),
+    ColumnType.JSON: (dict, list, str, int, float, bool),
+}
+
+
+class Transaction:
+    """One function execution's view of the database: a connection inside a transaction, plus its records.
+
+    Lifecycle: created by `database.Database` around an open transaction; the runner reads `read_set`,
+    `journal` and `wrote` after the handler returns; it is never reused.
+    """
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        catalog: Catalog,
+        *,
+        writable: bool,
+        limits: Limits | None = None,
+        journal: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.catalog = catalog
+        self.writable = writable
+        self.limits = limits or Limits()
+        self.read_set = ReadSet()
+        self.journal = journal
+        self.documents_read = 0
+        self.documents_written = 0
+
+    @property
+    def wrote(self) -> bool:
+        return self.documents_written > 0
+
+    # The recorder: every read passes through these.
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
+        return list(await self.conn.fetch(sql, *params))
+
+    def record_read(self, read: IndexRange) -> None:
+        self.read_set.add(read)
+
+    def count_read(self, table: Table, n: int) -> None:
+        self.documents_read += n
+        if self.documents_read > self.limits.max_documents_read:
+            raise LimitExceeded(
+                f"this function read more than {self.limits.max_documents_read} documents (last from "
+                f'"{table.convex_name}"); use an index range, take(n) or paginate() to read less'
+            )
+
+    def to_document(self, table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {_field_name(k): v for k, v in row.items() if v is not None}
+
+    def table_of(self, doc_id: Any, what: str = "id") -> Table:
+        if not isinstance(doc_id, str):
+            raise IdError(f"{what} must be a document id string, got {type(doc_id).__name__}")
+        number = table_number_of(doc_id)
+        table = self.catalog.by_number.get(number) if number is not None else None
+        if table is None:
+            raise IdError(f'{what} "{doc_id}" is not a valid document id')
+        return table
+
+    def to_columns(self, table: Table, fields: Mapping[str, Any], *, partial: bool, verb: str) -> dict[str, Any]:
+        """Check a document's fields against the table's columns and convert names; None means absent."""
+        if not isinstance(fields, Mapping):
+            raise ArgumentError(f'{verb} "{table.convex_name}": the document must be an object')
+        columns: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name.startswith("_"):
+                raise ArgumentError(f'{verb} "{table.convex_name}": system field "{name}" cannot be written')
+            column = _column_name(name)
+            spec = table.columns.get(column)
+            if spec is None:
+                raise ArgumentError(
+                    f'{verb} "{table.convex_name}": unknown field "{name}"; the table\'s fields are: '
+                    + ", ".join(sorted(_field_name(c) for c in table.columns if not c.startswith("_")))
+                )
+            if value is not None:
+                ok = isinstance(value, _TYPE_CHECKS[spec.type]) and not (
+                    spec.type is ColumnType.NUMBER and isinstance(value, bool)
+                )
+                if not ok:
+                    raise ArgumentError(
+                        f'{verb} "{table.convex_name}": field "{name}" must be a {spec.type.value}, '
+                        f"got {type(value).__name__}"
+                    )
+                if spec.type is ColumnType.NUMBER:
+                    value = float(value)
+            elif spec.required:
+                raise ArgumentError(f'{verb} "{table.convex_name}": field "{name}" is required')
+            columns[column] = value
+        if not partial:
+            missing = [
+                _field_name(c.name)
+                for c in table.columns.values()
+                if c.required and not c.name.startswith("_") and columns.get(c.name) is None
+            ]
+            if missing:
+                raise ArgumentError(f'{verb} "{table.convex_name}": missing required field(s) {", ".join(missing)}')
+        return columns
+
+    def count_write(self, table: Table) -> None:
+        if not self.writable:
+            raise ArgumentError("this function runs read-only (a query); write from a mutation instead")
+        self.documents_written += 1
+        if self.documents_written > self.limits.max_documents_written:
+            raise LimitExceeded(
+                f"this mutation wrote more than {self.limits.max_documents_written} documents; "
+                "split the work across several mutations"
+            )
+
+
+class DatabaseReader:
+    """`ctx.db` in a query: `get` and `query`."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        tx = self._tx
+        table = tx.table_of(doc_id)
+        tx.record_read(IndexRange(table.name, "by_id", ("_id",), (doc_id,)))
+        row = await tx.conn.fetchrow(f"SELECT * FROM {_quote(table.name)} WHERE _id = $1", doc_id)
+        tx.count_read(table, 1 if row else 0)
+        return tx.to_document(table, row) if row else None
+
+    def query(self, table: str) -> Query:
+        return Query(self._tx, self._tx.catalog.table(table))
+
+
+class DatabaseWriter(DatabaseReader):
+    """`ctx.db` in a mutation: reads plus `insert`, `patch`, `replace`, `delete`."""
+
+    async def insert(self, table_name: str, document: Mapping[str, Any]) -> str:
+        tx = self._tx
+        table = tx.catalog.table(table_name)
+        columns = tx.to_columns(table, document, partial=False, verb="insert into")
+        tx.count_write(table)
+        doc_id = new_id(table.number)
+        columns = {"_id": doc_id, "_creation_time": time.time() * 1000.0, **columns}
+        names = ", ".join(_quote(c) for c in columns)
+        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        await tx.conn.execute(f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks})", *columns.values())
+        return doc_id
+
+    async def _existing(self, doc_id: str, verb: str) -> Table:
+        tx = self._tx
+        table = tx.table_of(doc_id)
+        found = await tx.conn.fetchval(f"SELECT 1 FROM {_quote(table.name)} WHERE _id = $1", doc_id)
+        if not found:
+            raise ArgumentError(f'{verb}: document "{doc_id}" does not exist in "{table.convex_name}"')
+        return table
+
+    async def patch(self, doc_id: str, fields: Mapping[str, Any]) -> None:
+        """Set the given fields; a field set to None becomes absent. Others keep their values."""
+        table = await self._existing(doc_id, "patch")
+        columns = self._tx.to_columns(table, fields, partial=True, verb="patch")
+        self._tx.count_write(table)
+        if not columns:
+            return
+        sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(columns, start=2))
+        await self._tx.conn.execute(
+            f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *columns.values()
+        )
+
+    async def replace(self, doc_id: str, document: Mapping[str, Any]) -> None:
+        """Replace every field; fields not given become absent. `_id` and `_creationTime` are kept."""
+        table = await self._existing(doc_id, "replace")
+        columns = self._tx.to_columns(table, document, partial=False, verb="replace")
+        self._tx.count_write(table)
+        full = {c: columns.get(c) for c in table.columns if not c.startswith("_")}
+        sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(full, start=2))
+        await self._tx.conn.execute(f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *full.values())
+
+    async def delete(self, doc_id: str) -> None:
+        table = await self._existing(doc_id, "delete")
+        self._tx.count_write(table)
+        await self._tx.conn.execute(f"DELETE FROM {_quote(table.name)} WHERE _id = $1", doc_id)

@@ -1,0 +1,127 @@
+"""`ChangeFeed`: learns that commits happened (LISTEN) and reads what they changed (the commit log).
+
+NOTIFY only wakes the hub; the log in PostgreSQL is the truth, read by ts range. A lost LISTEN connection is
+re-opened with backoff and followed by a wake-up, so the hub catches up from the log: nothing is missed, and
+nothing is polled while nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+__all__ = ["Change", "ChangeFeed", "read_changes"]
+
+log = logging.getLogger("ripple.hub")
+
+CHANNEL = "ripple_commits"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    ts: int
+    table: str
+    doc_id: str
+    old_keys: dict[str, Any] | None
+    new_keys: dict[str, Any] | None
+
+
+_CHANGES_SQL = """
+SELECT c.ts, ch.table_name, ch.doc_id, ch.old_keys, ch.new_keys
+FROM _ripple_commits c JOIN _ripple_changes ch ON ch.xid = c.xid
+WHERE c.ts > $1 AND c.ts <= $2
+ORDER BY c.ts
+LIMIT $3
+"""
+
+_TABLES_SQL = """
+SELECT DISTINCT ch.table_name
+FROM _ripple_commits c JOIN _ripple_changes ch ON ch.xid = c.xid
+WHERE c.ts > $1 AND c.ts <= $2
+"""
+
+
+async def read_changes(
+    conn: asyncpg.Connection, after_ts: int, upto_ts: int, limit: int
+) -> tuple[list[Change], set[str] | None, int]:
+    """Changes of commits in (after_ts, upto_ts], read in the caller's snapshot.
+
+    Returns (changes, None, horizon) normally; when there are more than `limit` changes, returns
+    ([], tables touched, horizon) so the caller invalidates those tables whole instead of row by row. A
+    horizon above `after_ts` means the log was pruned past what the caller has seen.
+    """
+    horizon = int(await conn.fetchval("SELECT COALESCE((SELECT ts FROM _ripple_horizon WHERE id = 1), 0)"))
+    rows = await conn.fetch(_CHANGES_SQL, after_ts, upto_ts, limit + 1)
+    if len(rows) > limit:
+        tables = {r["table_name"] for r in await conn.fetch(_TABLES_SQL, after_ts, upto_ts)}
+        return [], tables, horizon
+    changes = [Change(r["ts"], r["table_name"], r["doc_id"], r["old_keys"], r["new_keys"]) for r in rows]
+    return changes, None, horizon
+
+
+class ChangeFeed:
+    """Owns one LISTEN connection. `on_wake` is called for every NOTIFY and after every reconnect.
+
+    Lifecycle: `start()` connects (raising if the database is unreachable), a supervisor task then keeps the
+    connection alive until `close()`.
+    """
+
+    def __init__(self, dsn: str, on_wake: Callable[[], None], *, reconnect_max_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._on_wake = on_wake
+        self._reconnect_max_s = reconnect_max_s
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._supervise(), name="ripple-change-feed")
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        self._lost.clear()
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        await conn.add_listener(CHANNEL, self._notified)
+        self._conn = conn
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._on_wake()
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self._conn.get_server_pid() if self._conn is not None else None
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            await self._lost.wait()
+            if self._closing:
+                return
+            log.warning("LISTEN connection lost; reconnecting and catching up from the commit log")
+            delay = 0.05
+            while not self._closing:
+                try:
+                    await self._connect()
+                    self.reconnects += 1
+                    break
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.warning("reconnecting LISTEN failed (%s); retrying in %.2f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._reconnect_max_s)
+            self._on_wake()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._lost.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()

@@ -1,0 +1,348 @@
+"""`Hub`: keeps every subscribed query's result current, one consistent snapshot at a time.
+
+One task runs rounds. A round takes the queued subscribe/unsubscribe requests, opens one REPEATABLE READ
+snapshot whose newest commit is S, reads the commit log up to S, re-runs only the instances whose read sets
+the changes touch (plus new ones) in that snapshot, and hands each session the results that changed, all at
+ts S. Rounds happen only when a commit is notified, a subscription arrives or the LISTEN connection came back:
+while nothing changes, nothing is queried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from server import values
+from server.database.catalog import Catalog
+from server.database.database import Database
+from server.errors import ArgumentError, FunctionNotFound, RippleError
+from server.functions.context import Caller
+from server.functions.registry import FunctionKind
+from server.functions.runner import Outcome, Runner
+from server.hub.changes import ChangeFeed, read_changes
+from server.hub.index import ReadSetIndex
+from server.hub.instances import ANY_CALLER, InstanceKey, QueryInstance, QueryResult, Subscriber
+
+if TYPE_CHECKING:
+    from server.config import Settings
+    from server.metrics import Metrics
+
+__all__ = ["Hub"]
+
+log = logging.getLogger("ripple.hub")
+
+
+class _Subscribe:
+    __slots__ = ("args", "caller", "journal", "path", "session", "token")
+
+    def __init__(self, session: Subscriber, token: int, path: str, args: Any, journal: str | None, caller: Caller):
+        self.session, self.token, self.path, self.args, self.journal, self.caller = (
+            session, token, path, args, journal, caller,
+        )
+
+
+class Hub:
+    def __init__(
+        self,
+        dsn: str,
+        database: Database,
+        runner: Runner,
+        *,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.database = database
+        self.runner = runner
+        self.settings = settings
+        self.metrics = metrics
+        self.feed = ChangeFeed(dsn, self._wake, reconnect_max_s=settings.listen_reconnect_max_s)
+        self.index = ReadSetIndex()
+        self.processed_ts = 0
+        self.rounds = 0
+        self._instances: dict[int, QueryInstance] = {}
+        self._by_key: dict[InstanceKey, QueryInstance] = {}
+        self._by_token: dict[int, QueryInstance] = {}
+        self._requests: list[_Subscribe | int] = []
+        self._pending_new: dict[int, set[int]] = defaultdict(set)
+        self._wakeup = asyncio.Event()
+        self._waiters: list[tuple[int, int, asyncio.Future[int]]] = []
+        self._waiter_seq = 0
+        self._next_id = 0
+        self._next_token = 0
+        self._task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._notified_at: float | None = None
+        self._indexes = self._index_fields(database.catalog)
+
+    @staticmethod
+    def _index_fields(catalog: Catalog) -> dict[str, dict[str, tuple[str, ...]]]:
+        return {t.name: {i.name: i.key_fields for i in t.indexes.values()} for t in catalog.tables.values()}
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        self.processed_ts = await self.database.latest_ts()
+        await self.feed.start()
+        self._task = asyncio.create_task(self._run(), name="ripple-hub")
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="ripple-prune")
+
+    async def close(self, reason: str) -> None:
+        self._closing = True
+        self._wakeup.set()
+        for task in (self._task, self._prune_task):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._task, self._prune_task) if t), return_exceptions=True)
+        await self.feed.close()
+        for _, _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionError(reason))
+        log.info("hub closed: %s", reason)
+
+    # What sessions call.
+
+    def new_token(self) -> int:
+        self._next_token += 1
+        return self._next_token
+
+    def subscribe(self, session: Subscriber, token: int, path: str, args: Any, journal: str | None, caller: Caller) -> None:
+        """Queue a subscription; its first result reaches `session.deliver` at the end of the next round."""
+        self._requests.append(_Subscribe(session, token, path, args, journal, caller))
+        self._wakeup.set()
+
+    def unsubscribe(self, token: int) -> None:
+        self._requests.append(token)
+        self._wakeup.set()
+
+    async def wait_for_ts(self, ts: int) -> int:
+        """Wait until every commit up to `ts` has been processed (and delivered); return the processed ts."""
+        if self.processed_ts >= ts:
+            return self.processed_ts
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiter_seq += 1
+        bisect.insort(self._waiters, (ts, self._waiter_seq, fut))
+        self._wakeup.set()  # the commit may be visible before its NOTIFY arrives
+        return await fut
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._by_token)
+
+    # The round loop.
+
+    def _wake(self) -> None:
+        if self._notified_at is None:
+            self._notified_at = time.perf_counter()
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        delay = 0.01
+        while not self._closing:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                await self._round()
+                delay = 0.01
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database went away mid-round: requests were kept, so retry the round after a pause.
+                log.exception("hub round failed; retrying in %.2f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.listen_reconnect_max_s)
+                self._wakeup.set()
+
+    async def _round(self) -> None:
+        requests, self._requests = self._requests, []
+        # Tokens awaiting their first delivery survive a failed round (the requests are already applied).
+        new = self._pending_new
+        deliveries: dict[Subscriber, list[tuple[int, QueryResult]]] = defaultdict(list)
+        self._apply_requests(requests, new, deliveries)
+        notified_at, self._notified_at = self._notified_at, None
+        delivered: set[int] = set()
+        async with self.database.snapshot() as snap:
+            ts = snap.ts
+            stale: set[int] = set()
+            if ts > self.processed_ts:
+                stale = await self._invalidated(snap.conn, ts)
+            work = [self._instances[i] for i in stale | new.keys() if i in self._instances]
+            work = [i for i in work if i.id in stale or i.result is None]
+            while work:
+                inst = work.pop()
+                if inst.id not in self._instances:
+                    continue
+                outcome = await self.runner.run_query(inst.spec, inst.args, inst.caller, snap, inst.journal)
+                if self.metrics:
+                    self.metrics.reruns.inc()
+                work.extend(self._record(inst, outcome, deliveries, delivered, new))
+            for inst_id, tokens in new.items():
+                inst = self._instances.get(inst_id)
+                if inst is None or inst.result is None:
+                    continue
+                for token in tokens - delivered:
+                    entry = inst.subscribers.get(token)
+                    if entry is not None:
+                        deliveries[entry[0]].append((token, inst.result))
+        self.processed_ts = max(self.processed_ts, ts)
+        self.rounds += 1
+        self._pending_new = defaultdict(set)
+        for session, updates in deliveries.items():
+            session.deliver(ts, updates)
+        self._release_waiters()
+        if self.metrics:
+            self.metrics.hub_ts.set(self.processed_ts)
+            self.metrics.query_instances.set(len(self._instances))
+            self.metrics.subscriptions.set(len(self._by_token))
+            if notified_at is not None:
+                self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
+
+    def _release_waiters(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.processed_ts:
+            _, _, fut = self._waiters.pop(0)
+            if not fut.done():
+                fut.set_result(self.processed_ts)
+
+    async def _invalidated(self, conn: Any, ts: int) -> set[int]:
+        """Instances whose read sets the commits in (processed_ts, ts] touched."""
+        changes, tables, horizon = await read_changes(
+            conn, self.processed_ts, ts, self.settings.max_changes_per_round
+        )
+        if horizon > self.processed_ts:
+            log.warning("the commit log was pruned past ts %d; re-running every query", self.processed_ts)
+            return set(self._instances)
+        stale: set[int] = set()
+        if tables is not None:
+            for table in tables:
+                stale |= self.index.instances_reading(table)
+            return stale
+        for change in changes:
+            indexes = self._indexes.get(change.table)
+            if indexes is None:
+                continue
+            old = dict(change.old_keys, _id=change.doc_id) if change.old_keys is not None else None
+            new = dict(change.new_keys, _id=change.doc_id) if change.new_keys is not None else None
+            self.index.match(change.table, indexes, old, new, stale)
+        if self.metrics:
+            self.metrics.invalidations.inc(len(stale))
+        return stale
+
+    def _record(
+        self,
+        inst: QueryInstance,
+        outcome: Outcome,
+        deliveries: dict[Subscriber, list[tuple[int, QueryResult]]],
+        delivered: set[int],
+        new: dict[int, set[int]],
+    ) -> list[QueryInstance]:
+        """Store a run's result, re-index its reads, queue deliveries if it changed; return instances to run."""
+        result = QueryResult.from_outcome(outcome)
+        inst.journal = outcome.journal
+        self.index.set(inst.id, outcome.read_set.ranges)
+        split = self._rekey(inst, outcome.reads_auth, new)
+        if inst.result is None or result.wire != inst.result.wire:
+            inst.result = result
+            for token, (session, _) in inst.subscribers.items():
+                deliveries[session].append((token, result))
+                delivered.add(token)
+        return split
+
+    def _rekey(self, inst: QueryInstance, reads_auth: bool, new: dict[int, set[int]]) -> list[QueryInstance]:
+        """Share an instance across callers while it ignores auth; split it by caller once it reads auth."""
+        inst.reads_auth = reads_auth
+        path, args_json, journal, caller_key = inst.key
+        if not reads_auth and caller_key != ANY_CALLER:
+            shared = (path, args_json, journal, ANY_CALLER)
+            if shared not in self._by_key:
+                del self._by_key[inst.key]
+                inst.key = shared
+                self._by_key[shared] = inst
+            return []
+        if reads_auth and caller_key == ANY_CALLER:
+            del self._by_key[inst.key]
+            inst.key = (path, args_json, journal, inst.caller.cache_key)
+            self._by_key[inst.key] = inst
+            others = [(t, s, c) for t, (s, c) in inst.subscribers.items() if c.cache_key != inst.caller.cache_key]
+            split = []
+            for token, session, caller in others:
+                del inst.subscribers[token]
+                del self._by_token[token]
+                moved = self._attach(_Subscribe(session, token, path, inst.args, journal, caller), inst.spec)
+                new[moved.id].add(token)
+                if moved.result is None and moved not in split:
+                    split.append(moved)
+            return split
+        return []
+
+    def _apply_requests(
+        self,
+        requests: list[_Subscribe | int],
+        new: dict[int, set[int]],
+        deliveries: dict[Subscriber, list[tuple[int, QueryResult]]],
+    ) -> None:
+        """Attach and detach subscriptions; `new` collects instance id → tokens awaiting a first delivery."""
+        for req in requests:
+            if isinstance(req, int):
+                self._detach(req)
+                for tokens in new.values():
+                    tokens.discard(req)
+                continue
+            try:
+                if isinstance(req.args, Exception):
+                    raise ArgumentError(f"{req.path}: {req.args}")
+                spec = self.runner.resolve(req.path)
+                if spec.kind is not FunctionKind.QUERY:
+                    raise RippleError(f"{spec.path} is a {spec.kind.value}; only queries can be subscribed to")
+            except (FunctionNotFound, RippleError) as exc:
+                deliveries[req.session].append((req.token, QueryResult.from_outcome(Outcome(req.path, error=exc))))
+                continue
+            inst = self._attach(req, spec)
+            new[inst.id].add(req.token)
+
+    def _attach(self, req: _Subscribe, spec: Any) -> QueryInstance:
+        args = req.args if isinstance(req.args, dict) else {}
+        args_json = values.dumps(args)
+        shared_key: InstanceKey = (spec.path, args_json, req.journal, ANY_CALLER)
+        own_key: InstanceKey = (spec.path, args_json, req.journal, req.caller.cache_key)
+        inst = self._by_key.get(shared_key) or self._by_key.get(own_key)
+        if inst is None:
+            self._next_id += 1
+            inst = QueryInstance(self._next_id, spec, args, args_json, req.caller, req.journal, own_key)
+            self._instances[inst.id] = inst
+            self._by_key[own_key] = inst
+        inst.subscribers[req.token] = (req.session, req.caller)
+        self._by_token[req.token] = inst
+        return inst
+
+    def _detach(self, token: int) -> None:
+        inst = self._by_token.pop(token, None)
+        if inst is None:
+            return
+        inst.subscribers.pop(token, None)
+        if not inst.subscribers:
+            del self._instances[inst.id]
+            self._by_key.pop(inst.key, None)
+            self.index.remove(inst.id)
+
+    # Housekeeping.
+
+    async def _prune_loop(self) -> None:
+        """Delete log rows older than the retention, but only after the hub has processed something new."""
+        pruned_at = self.processed_ts
+        while not self._closing:
+            await asyncio.sleep(self.settings.prune_interval_s)
+            if self.processed_ts == pruned_at:
+                continue
+            try:
+                await self.database.pool.execute("SELECT _ripple_prune($1)", self.settings.log_retention_s * 1000.0)
+                pruned_at = self.processed_ts
+            except Exception:
+                log.exception("pruning the commit log failed; will try again")

@@ -1,0 +1,39 @@
+"""Prometheus metrics, one registry per app so several servers in one process (tests) keep separate counts."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("ripple_connections", "Open sync WebSocket connections", registry=r)
+        self.subscriptions = Gauge("ripple_subscriptions", "Subscribed queries across all sockets", registry=r)
+        self.query_instances = Gauge("ripple_query_instances", "Distinct shared query instances", registry=r)
+        self.reruns = Counter("ripple_query_reruns_total", "Query instance re-runs after a commit", registry=r)
+        self.invalidations = Counter(
+            "ripple_invalidation_matches_total", "Query instances a commit's changes matched", registry=r
+        )
+        self.function_calls = Counter(
+            "ripple_function_calls_total", "Function calls over HTTP", ["kind", "ok"], registry=r
+        )
+        self.mutation_retries = Counter(
+            "ripple_mutation_retries_total", "Mutation re-runs after a serialization failure", registry=r
+        )
+        self.transition_latency = Histogram(
+            "ripple_transition_latency_seconds",
+            "Commit (NOTIFY received) to Transition sent",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.hub_lag = Gauge("ripple_hub_lag_seconds", "Age of the newest commit the hub has not processed", registry=r)
+        self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
