@@ -1,1 +1,5 @@
 """The built-in app modules: the seed applications. Importing this package registers their functions."""
+
+from server.apps import agents, generate_animation, generations, project_redesign, videos, workflows
+
+__all__ = ["agents", "generate_animation", "generations", "project_redesign", "videos", "workflows"]

@@ -1,0 +1,72 @@
+"""Shared fixtures: one PostgreSQL server per test session, one brand-new database per test.
+
+* `pg_server` (session): admin DSN (to the `postgres` database) of the server every test uses: the server named
+  by `RIPPLE_TEST_DATABASE_URL` when set (e.g. Debian's PostgreSQL 15 in CI), otherwise an embedded pgserver
+  (PostgreSQL 16) in a fresh temporary directory, stopped and deleted at the end of the session.
+* `fresh_dsn` (function): DSN of a new, empty database on that server; dropped after the test.
+* `schema_dsn` (function): like `fresh_dsn`, with `schema.sql` applied (one `conn.execute` of the whole file).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+# pgserver imports platformdirs, which warns when XDG_RUNTIME_DIR is unset (it falls back to /tmp/runtime-<uid>).
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+import asyncpg  # noqa: E402
+import pytest  # noqa: E402
+
+from server.database.embedded import EmbeddedPostgres, create_database, drop_database  # noqa: E402
+from tests.support.server import RippleServer, run_server  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_SQL = ROOT / "schema.sql"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    url = os.environ.get("RIPPLE_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="ripple-test-pg-"))
+    embedded = EmbeddedPostgres()
+    try:
+        yield embedded.start(tmp / "pgdata")
+    finally:
+        embedded.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+async def fresh_dsn(pg_server: str) -> AsyncIterator[str]:
+    dsn = await create_database(pg_server)
+    try:
+        yield dsn
+    finally:
+        await drop_database(pg_server, unquote(urlsplit(dsn).path.lstrip("/")))
+
+
+@pytest.fixture
+async def schema_dsn(fresh_dsn: str) -> str:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        await conn.execute(SCHEMA_SQL.read_text())
+    finally:
+        await conn.close()
+    return fresh_dsn
+
+
+@pytest.fixture
+async def ripple(fresh_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[RippleServer]:
+    """A running Ripple server on a fresh database. Parametrize indirectly with a dict of Settings overrides."""
+    overrides = getattr(request, "param", None) or {}
+    async with run_server(fresh_dsn, **overrides) as server:
+        yield server

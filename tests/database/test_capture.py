@@ -1,0 +1,643 @@
+"""schema.sql against a real PostgreSQL: tables, ids, change capture and the commit clock."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+import pytest
+
+from server.database.embedded import EmbeddedPostgres, create_database
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = (ROOT / "schema.sql").read_text()
+
+SEED_TABLES = [
+    "agent_sessions",
+    "generations",
+    "project_scenes",
+    "scene_shots",
+    "shot_images",
+    "storyboard_selections",
+    "video_projects",
+    "videos",
+    "workflows",
+]
+
+# Convex index -> its fields (the implicit `_creation_time, _id` suffix is checked separately).
+SEED_INDEXES = {
+    "generations__by_user": ["user_id"],
+    "generations__by_user_created": ["user_id", "created_at"],
+    "generations__by_batchId": ["batch_id"],
+    "generations__by_status_created": ["status", "created_at"],
+    "generations__by_parent": ["parent_generation_id"],
+    "agent_sessions__by_workflow": ["workflow_id"],
+    "agent_sessions__by_status": ["status"],
+    "agent_sessions__by_workflow_and_status": ["workflow_id", "status"],
+    "workflows__by_status": ["status"],
+    "videos__by_twitch_id": ["twitch_id"],
+    "videos__by_job_id": ["job_id"],
+    "videos__by_status": ["status"],
+    "videos__by_created_at": ["created_at"],
+    "video_projects__by_user": ["user_id"],
+    "project_scenes__by_project": ["project_id", "scene_number"],
+    "scene_shots__by_scene": ["scene_id", "shot_number"],
+    "scene_shots__by_project": ["project_id"],
+    "shot_images__by_shot": ["shot_id", "iteration_number", "variant_number"],
+    "shot_images__by_scene": ["scene_id"],
+    "shot_images__by_project": ["project_id"],
+    "storyboard_selections__by_project": ["project_id"],
+    "storyboard_selections__by_scene": ["scene_id"],
+    "storyboard_selections__by_shot": ["shot_id"],
+}
+
+GEN_KEYS = ["batch_id", "parent_generation_id", "status", "created_at", "user_id", "_creation_time"]
+
+INSERT_GENERATION = (
+    "INSERT INTO generations (user_id, prompt, status, created_at) VALUES ($1, 'p', $2, $3) "
+    "RETURNING _id, _creation_time"
+)
+INSERT_WORKFLOW = "INSERT INTO workflows (task, status, current_step) VALUES ($1, 'pending', 'planner') RETURNING _id"
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+class Listener:
+    """LISTEN ripple_commits on its own connection; payloads arrive as ints in delivery order."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[int] = asyncio.Queue()
+
+    def _on(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.queue.put_nowait(int(payload))
+
+    async def next(self, timeout: float = 5.0) -> int:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def drain(self, quiet: float = 0.15) -> list[int]:
+        """Everything that arrives until nothing has arrived for `quiet` seconds."""
+        out: list[int] = []
+        while True:
+            try:
+                out.append(await asyncio.wait_for(self.queue.get(), quiet))
+            except TimeoutError:
+                return out
+
+
+@asynccontextmanager
+async def listening(dsn: str) -> AsyncIterator[Listener]:
+    listener = Listener()
+    async with connect(dsn) as conn:
+        await conn.add_listener("ripple_commits", listener._on)
+        yield listener
+
+
+async def commits(conn: asyncpg.Connection) -> list[tuple[int, int]]:
+    return [(r["ts"], r["xid"]) for r in await conn.fetch("SELECT ts, xid FROM _ripple_commits ORDER BY ts")]
+
+
+async def changes_of(conn: asyncpg.Connection, xid: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT table_name, doc_id, old_keys, new_keys FROM _ripple_changes WHERE xid = $1", xid)
+    return [
+        {
+            "table": r["table_name"],
+            "doc": r["doc_id"],
+            "old": None if r["old_keys"] is None else json.loads(r["old_keys"]),
+            "new": None if r["new_keys"] is None else json.loads(r["new_keys"]),
+        }
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# schema
+
+
+async def test_schema_applies_twice_and_is_stable(fresh_dsn: str) -> None:
+    async with connect(fresh_dsn) as conn:
+        await conn.execute(SCHEMA)
+        numbers = {r["table_name"]: r["table_number"] for r in await conn.fetch("SELECT * FROM _ripple_tables")}
+        triggers_sql = "SELECT tgrelid::regclass::text AS t, tgname, oid FROM pg_trigger WHERE NOT tgisinternal"
+        triggers = {(r["t"], r["tgname"]): r["oid"] for r in await conn.fetch(triggers_sql)}
+        await conn.execute(SCHEMA)
+        await conn.execute(SCHEMA)
+        assert {r["table_name"]: r["table_number"] for r in await conn.fetch("SELECT * FROM _ripple_tables")} == numbers
+        # unchanged triggers are left alone (same oid), so a re-run takes no lock on the app tables
+        assert {(r["t"], r["tgname"]): r["oid"] for r in await conn.fetch(triggers_sql)} == triggers
+
+    # numbered in name order, identically in every fresh database
+    assert numbers == {name: i + 1 for i, name in enumerate(SEED_TABLES)}
+    for table in SEED_TABLES:
+        assert (table, "_ripple_capture") in triggers and (table, "_ripple_capture_truncate") in triggers
+    assert ("_ripple_pending", "_ripple_pending_commit") in triggers
+
+
+async def test_schema_applies_concurrently(fresh_dsn: str) -> None:
+    async def apply() -> None:
+        async with connect(fresh_dsn) as conn:
+            await conn.execute(SCHEMA)
+
+    await asyncio.gather(*(apply() for _ in range(3)))
+    async with connect(fresh_dsn) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_tables") == len(SEED_TABLES)
+
+
+async def test_tables_follow_the_conventions(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        indexes = await conn.fetch(
+            """SELECT i.relname AS name, t.relname AS tbl,
+                      array_agg(a.attname ORDER BY k.ord) AS cols,
+                      array_agg((ix.indoption[k.ord - 1] & 2) <> 0 ORDER BY k.ord) AS nulls_first
+                 FROM pg_index ix
+                 JOIN pg_class i ON i.oid = ix.indexrelid
+                 JOIN pg_class t ON t.oid = ix.indrelid
+                 JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = 'public'
+                 CROSS JOIN LATERAL unnest(ix.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
+                WHERE i.relname LIKE '%\\_\\_by\\_%'
+                GROUP BY i.relname, t.relname"""
+        )
+        found = {r["name"]: r for r in indexes}
+        assert set(found) == set(SEED_INDEXES)
+        for name, fields in SEED_INDEXES.items():
+            row = found[name]
+            assert row["tbl"] == name.split("__")[0]
+            assert list(row["cols"]) == [*fields, "_creation_time", "_id"]
+            assert list(row["nulls_first"])[: len(fields)] == [True] * len(fields)
+
+        columns = await conn.fetch(
+            """SELECT c.table_name, c.column_name, c.data_type, c.collation_name, c.is_nullable, c.column_default
+                 FROM information_schema.columns c
+                WHERE c.table_schema = 'public' AND c.table_name NOT LIKE '\\_ripple\\_%'"""
+        )
+        by_table: dict[str, dict[str, asyncpg.Record]] = {}
+        for col in columns:
+            by_table.setdefault(col["table_name"], {})[col["column_name"]] = col
+        assert set(by_table) == set(SEED_TABLES)
+        for table, cols in by_table.items():
+            assert cols["_id"]["data_type"] == "text" and cols["_id"]["collation_name"] == "C"
+            assert cols["_id"]["column_default"] == f"_ripple_new_id('{table}'::text)"
+            assert cols["_creation_time"]["data_type"] == "double precision"
+            assert cols["_creation_time"]["is_nullable"] == "NO"
+            for col in cols.values():
+                assert col["data_type"] in ("text", "double precision", "boolean", "jsonb"), (table, col)
+                assert col["column_name"] == col["column_name"].lower()
+                if col["data_type"] == "text":
+                    assert col["collation_name"] == "C", (table, col["column_name"])
+
+        required = {t: {c for c, col in cols.items() if col["is_nullable"] == "NO"} for t, cols in by_table.items()}
+        base = {"_id", "_creation_time"}
+        assert required["generations"] == base | {"user_id", "prompt", "status", "created_at"}
+        assert required["workflows"] == base | {"task", "status", "current_step", "artifacts"}
+        assert required["videos"] == base | {"twitch_id", "title", "status"}
+        assert required["storyboard_selections"] == base | {
+            "project_id", "scene_id", "shot_id", "selected_image_id", "created_at", "updated_at"
+        }  # fmt: skip
+        wid = await conn.fetchval(INSERT_WORKFLOW, "t")
+        assert await conn.fetchval("SELECT artifacts FROM workflows WHERE _id = $1", wid) == "[]"
+
+
+async def test_install_capture_follows_new_indexes_and_tables(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        await conn.execute('CREATE INDEX "workflows__by_task" ON workflows (task NULLS FIRST, _creation_time, _id)')
+        await conn.execute(
+            "CREATE TABLE notes (_id text COLLATE \"C\" PRIMARY KEY DEFAULT _ripple_new_id('notes'),"
+            " _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(), body text COLLATE \"C\")"
+        )
+        await conn.execute(SCHEMA)
+        assert await conn.fetchval("SELECT table_number FROM _ripple_tables WHERE table_name = 'notes'") == 10
+        async with conn.transaction():
+            wid = await conn.fetchval(INSERT_WORKFLOW, "the task")
+            nid = await conn.fetchval("INSERT INTO notes (body) VALUES ('b') RETURNING _id")
+            xid = await conn.fetchval("SELECT txid_current()")
+        got = {c["doc"]: c for c in await changes_of(conn, xid)}
+        assert set(got[wid]["new"]) == {"status", "task", "_creation_time"}
+        assert got[wid]["new"]["task"] == "the task"
+        assert set(got[nid]["new"]) == {"_creation_time"} and got[nid]["table"] == "notes"
+        assert int(nid[28:32], 16) == 10
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ids
+
+
+async def test_ids_have_the_documented_shape(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        numbers = {r["table_name"]: r["table_number"] for r in await conn.fetch("SELECT * FROM _ripple_tables")}
+        for table, number in numbers.items():
+            ids = [r[0] for r in await conn.fetch("SELECT _ripple_new_id($1) FROM generate_series(1, 200)", table)]
+            assert len(set(ids)) == len(ids)
+            for doc_id in ids:
+                assert re.fullmatch(r"[0-9a-f]{36}", doc_id)
+                assert int(doc_id[28:32], 16) == number
+                assert doc_id[32:] == hashlib.md5(doc_id[:32].encode()).hexdigest()[:4]
+        # all 28 random characters vary (none is a fixed uuid version/variant nibble)
+        sample = [r[0] for r in await conn.fetch("SELECT _ripple_new_id('videos') FROM generate_series(1, 400)")]
+        assert all(len({s[i] for s in sample}) > 8 for i in range(28))
+
+        gid, created = await conn.fetchrow(INSERT_GENERATION, "u", "pending", 1.0)
+        assert int(gid[28:32], 16) == numbers["generations"]
+        assert abs(created - time.time() * 1000) < 60_000
+
+        with pytest.raises(asyncpg.UndefinedTableError, match='table "nope" is not registered'):
+            await conn.fetchval("SELECT _ripple_new_id('nope')")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# change capture
+
+
+async def test_insert_update_delete_record_keys(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        gid, created = await conn.fetchrow(INSERT_GENERATION, "u1", "pending", 1.5)
+        await conn.execute("UPDATE generations SET code = 'x' WHERE _id = $1", gid)  # no key changes
+        await conn.execute("UPDATE generations SET status = 'success', parent_generation_id = $1 WHERE _id = $1", gid)
+        await conn.execute("DELETE FROM generations WHERE _id = $1", gid)
+        log = await commits(conn)
+        assert len(log) == 4
+        per_commit = [await changes_of(conn, xid) for _, xid in log]
+
+    first = {"batch_id": None, "parent_generation_id": None, "status": "pending", "created_at": 1.5, "user_id": "u1"}
+    first["_creation_time"] = created
+    last = {**first, "status": "success", "parent_generation_id": gid}
+    assert list(first) == GEN_KEYS
+    expected = [
+        {"table": "generations", "doc": gid, "old": None, "new": first},
+        {"table": "generations", "doc": gid, "old": first, "new": first},
+        {"table": "generations", "doc": gid, "old": first, "new": last},
+        {"table": "generations", "doc": gid, "old": last, "new": None},
+    ]
+    assert per_commit == [[e] for e in expected]
+
+
+async def test_truncate_records_a_delete_per_row(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        ids = {await conn.fetchval(INSERT_WORKFLOW, f"t{i}") for i in range(3)}
+        await conn.execute("TRUNCATE workflows")
+        ts, xid = (await commits(conn))[-1]
+        got = await changes_of(conn, xid)
+        assert {c["doc"] for c in got} == ids
+        assert all(c["new"] is None and c["old"]["status"] == "pending" for c in got)
+
+
+async def test_one_transaction_is_one_commit_and_one_notify(schema_dsn: str) -> None:
+    async with listening(schema_dsn) as listener, connect(schema_dsn) as conn:
+        async with conn.transaction():
+            g1, _ = await conn.fetchrow(INSERT_GENERATION, "u", "pending", 1.0)
+            g2, _ = await conn.fetchrow(INSERT_GENERATION, "u", "pending", 2.0)
+            await conn.execute("UPDATE generations SET status = 'failed' WHERE _id = $1", g1)
+            w = await conn.fetchval(INSERT_WORKFLOW, "t")
+            xid = await conn.fetchval("SELECT txid_current()")
+            assert await conn.fetchval("SELECT count(*) FROM _ripple_pending") == 1
+        assert await listener.next() == (await commits(conn))[0][0]
+        assert await listener.drain() == []
+        log = await commits(conn)
+        assert [x for _, x in log] == [xid]
+        got = await changes_of(conn, xid)
+        assert sorted(c["doc"] for c in got) == sorted([g1, g2, g1, w])
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_pending") == 0
+        assert await conn.fetchval("SELECT _ripple_latest_ts()") == log[0][0]
+
+
+async def test_plain_sql_write_gets_a_ts(schema_dsn: str) -> None:
+    """Writers that know nothing of Ripple (autocommit, or an explicit BEGIN/COMMIT script)."""
+    async with listening(schema_dsn) as listener, connect(schema_dsn) as conn:
+        await conn.execute("INSERT INTO videos (twitch_id, title, status) VALUES ('v1', 'T', 'Queued')")
+        await conn.execute(
+            "BEGIN; UPDATE videos SET status = 'Downloading' WHERE twitch_id = 'v1';"
+            " UPDATE videos SET progress_percentage = 10 WHERE twitch_id = 'v1'; COMMIT;"
+        )
+        log = await commits(conn)
+        assert [await listener.next(), await listener.next()] == [ts for ts, _ in log]
+        assert len(log) == 2 and log[0][0] < log[1][0]
+        assert [len(await changes_of(conn, xid)) for _, xid in log] == [1, 2]
+        # ts is nanoseconds since the epoch (or just above the previous ts)
+        assert abs(log[1][0] / 1e9 - time.time()) < 60
+
+
+async def test_explicit_commit_ts_is_the_commits_ts(schema_dsn: str) -> None:
+    async with listening(schema_dsn) as listener, connect(schema_dsn) as conn:
+        assert await conn.fetchval("SELECT _ripple_commit_ts()") == 0  # clock never drawn yet
+        async with conn.transaction(isolation="serializable"):
+            await conn.fetchrow(INSERT_GENERATION, "u", "pending", 1.0)
+            ts = await conn.fetchval("SELECT _ripple_commit_ts()")
+            assert await conn.fetchval("SELECT _ripple_commit_ts()") == ts
+            await conn.fetchval(INSERT_WORKFLOW, "written after the ts was drawn")
+            xid = await conn.fetchval("SELECT txid_current()")
+        assert await commits(conn) == [(ts, xid)]
+        assert len(await changes_of(conn, xid)) == 2
+        assert await listener.next() == ts
+        assert await listener.drain() == []
+
+        # no write: the clock's last value, nothing recorded, no xid assigned
+        async with conn.transaction(isolation="serializable"):
+            assert await conn.fetchval("SELECT count(*) FROM generations") == 1
+            assert await conn.fetchval("SELECT _ripple_commit_ts()") == ts
+            assert await conn.fetchval("SELECT txid_current_if_assigned()") is None
+        # a write to a table that is not captured is not a commit either
+        async with conn.transaction():
+            await conn.execute("INSERT INTO _ripple_mutations (session_id, request_id, ts) VALUES ('s', 1, 0)")
+            assert await conn.fetchval("SELECT _ripple_commit_ts()") == ts
+        # a write rolled back to a savepoint leaves nothing
+        async with conn.transaction():
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                async with conn.transaction():  # savepoint
+                    await conn.fetchval(INSERT_WORKFLOW, "gone")
+                    await conn.fetchval("SELECT 1/0")
+        assert await commits(conn) == [(ts, xid)]
+        assert await listener.drain() == []
+
+        # ...but a later write in the same transaction still counts, once
+        async with conn.transaction():
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                async with conn.transaction():
+                    await conn.fetchval(INSERT_WORKFLOW, "gone")
+                    await conn.fetchval("SELECT 1/0")
+            kept = await conn.fetchval(INSERT_WORKFLOW, "kept")
+            xid2 = await conn.fetchval("SELECT txid_current()")
+        log = await commits(conn)
+        assert len(log) == 2 and log[1][1] == xid2 and log[1][0] > ts
+        assert [c["doc"] for c in await changes_of(conn, xid2)] == [kept]
+
+
+async def test_bulk_insert_of_100k_rows(schema_dsn: str) -> None:
+    async with listening(schema_dsn) as listener, connect(schema_dsn) as conn:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO workflows (task, status, current_step)"
+                " SELECT 'task ' || g, 'pending', 'planner' FROM generate_series(1, 100000) g"
+            )
+            xid = await conn.fetchval("SELECT txid_current()")
+        log = await commits(conn)
+        assert [x for _, x in log] == [xid]
+        assert await listener.next() == log[0][0]
+        assert await listener.drain() == []
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_changes WHERE xid = $1", xid) == 100_000
+        assert await conn.fetchval("SELECT count(DISTINCT doc_id) FROM _ripple_changes") == 100_000
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the clock under concurrency
+
+
+async def test_concurrent_writers_commit_order_is_visibility_order(schema_dsn: str) -> None:
+    writers, per_writer = 6, 15
+    done = asyncio.Event()
+    returned: list[list[int]] = [[] for _ in range(writers)]
+    snapshots: list[tuple[set[int], int]] = []
+
+    async def writer(n: int) -> None:
+        async with connect(schema_dsn) as conn:
+            for i in range(per_writer):
+                if n % 2:  # a Ripple-style mutation: learns its ts before COMMIT
+                    async with conn.transaction(isolation="serializable"):
+                        await conn.fetchrow(INSERT_GENERATION, f"w{n}", "pending", float(i))
+                        returned[n].append(await conn.fetchval("SELECT _ripple_commit_ts()"))
+                    # read your writes: a snapshot taken after the COMMIT returned includes it
+                    assert await conn.fetchval("SELECT _ripple_latest_ts()") >= returned[n][-1]
+                else:  # a plain writer: the deferred trigger draws the ts at COMMIT
+                    await conn.fetchval(INSERT_WORKFLOW, f"w{n}-{i}")
+
+    async def reader() -> None:
+        async with connect(schema_dsn) as conn:
+            while not done.is_set():
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    visible = {r[0] for r in await conn.fetch("SELECT ts FROM _ripple_commits")}
+                    snapshots.append((visible, await conn.fetchval("SELECT _ripple_latest_ts()")))
+                await asyncio.sleep(0)
+
+    async with listening(schema_dsn) as listener:
+        readers = [asyncio.create_task(reader()) for _ in range(2)]
+        await asyncio.gather(*(writer(n) for n in range(writers)))
+        done.set()
+        await asyncio.gather(*readers)
+        notified = await listener.drain()
+
+    async with connect(schema_dsn) as conn:
+        log = await commits(conn)
+        all_ts = [ts for ts, _ in log]
+        assert len(all_ts) == writers * per_writer == len(set(all_ts))
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_changes") == writers * per_writer
+        assert await conn.fetchval("SELECT count(DISTINCT xid) FROM _ripple_changes") == writers * per_writer
+
+    for mine in returned:
+        assert mine == sorted(mine) and len(set(mine)) == len(mine)
+        assert set(mine) <= set(all_ts)
+    # NOTIFY arrives in commit order, once per commit
+    assert notified == all_ts
+    # every snapshot holds exactly a prefix of the commits in ts order, and its latest ts names that prefix
+    assert len(snapshots) > 10
+    for visible, latest in snapshots:
+        prefix = set(all_ts[: len(visible)])
+        assert visible == prefix
+        assert latest == (max(visible) if visible else 0)
+
+
+async def test_serializable_writers_never_conflict_on_the_clock(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as a, connect(schema_dsn) as b, connect(schema_dsn) as setup:
+        # 1. two SERIALIZABLE transactions writing different rows, interleaved
+        ta, tb = a.transaction(isolation="serializable"), b.transaction(isolation="serializable")
+        await ta.start()
+        await tb.start()
+        await a.fetchrow(INSERT_GENERATION, "a", "pending", 1.0)
+        await b.fetchrow(INSERT_GENERATION, "b", "pending", 1.0)
+        await b.fetchval(INSERT_WORKFLOW, "b")
+        await a.fetchval(INSERT_WORKFLOW, "a")
+        ts_a = await a.fetchval("SELECT _ripple_commit_ts()")
+        await ta.commit()
+        ts_b = await b.fetchval("SELECT _ripple_commit_ts()")
+        await tb.commit()
+        assert ts_a < ts_b
+
+        # 2. B reads X, A writes X and commits, then B writes elsewhere: serializable as B-before-A. The clock
+        #    must not add an A->B edge (e.g. by A's COMMIT-time work reading the page B's write goes to).
+        x = await setup.fetchval(INSERT_WORKFLOW, "x")
+        for explicit in (False, True):
+            ta, tb = a.transaction(isolation="serializable"), b.transaction(isolation="serializable")
+            await ta.start()
+            await tb.start()
+            await b.fetchrow("SELECT * FROM workflows WHERE _id = $1", x)
+            await a.execute("UPDATE workflows SET status = 'running' WHERE _id = $1", x)
+            if explicit:
+                await a.fetchval("SELECT _ripple_commit_ts()")
+            await ta.commit()
+            await b.execute("INSERT INTO videos (twitch_id, title, status) VALUES ('v', 't', 'Queued')")
+            if explicit:
+                await b.fetchval("SELECT _ripple_commit_ts()")
+            await tb.commit()
+
+    # 3. many concurrent SERIALIZABLE inserters: not a single serialization failure
+    async def inserter(n: int) -> None:
+        async with connect(schema_dsn) as conn:
+            for i in range(10):
+                async with conn.transaction(isolation="serializable"):
+                    await conn.fetchrow(INSERT_GENERATION, f"s{n}", "pending", float(i))
+                    await conn.fetchval(INSERT_WORKFLOW, f"s{n}-{i}")
+                    if i % 2:
+                        await conn.fetchval("SELECT _ripple_commit_ts()")
+
+    await asyncio.gather(*(inserter(n) for n in range(6)))
+    async with connect(schema_dsn) as conn:
+        assert len(await commits(conn)) == 2 + 2 + 60
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pruning
+
+
+async def test_prune_removes_old_rows_and_sets_the_horizon(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        for i in range(2):
+            await conn.fetchval(INSERT_WORKFLOW, f"old{i}")
+        await asyncio.sleep(0.3)
+        await conn.fetchval(INSERT_WORKFLOW, "new")
+        (ts_a, xid_a), (ts_b, xid_b), (ts_c, xid_c) = await commits(conn)
+        await conn.execute(
+            "INSERT INTO _ripple_mutations (session_id, request_id, ts, created_at)"
+            " VALUES ('s', 1, 1, now() - interval '1 hour'), ('s', 2, 2, now())"
+        )
+        keep_ms = time.time() * 1000 - (ts_b + ts_c) / 2 / 1e6  # cutoff half-way between B and C
+        assert await conn.fetchval("SELECT _ripple_prune($1)", keep_ms) == 2
+        assert await commits(conn) == [(ts_c, xid_c)]
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_changes WHERE xid IN ($1, $2)", xid_a, xid_b) == 0
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_changes WHERE xid = $1", xid_c) == 1
+        assert await conn.fetchval("SELECT ts FROM _ripple_horizon") == ts_b
+        assert [r[0] for r in await conn.fetch("SELECT request_id FROM _ripple_mutations")] == [2]
+        assert await conn.fetchval("SELECT _ripple_latest_ts()") == ts_c
+
+        assert await conn.fetchval("SELECT _ripple_prune(0)") == 1
+        assert await commits(conn) == []
+        assert await conn.fetchval("SELECT ts FROM _ripple_horizon") == ts_c
+        assert await conn.fetchval("SELECT _ripple_latest_ts()") == ts_c  # from the horizon
+        assert await conn.fetchval("SELECT _ripple_prune(0)") == 0
+        assert await conn.fetchval("SELECT ts FROM _ripple_horizon") == ts_c  # never moves back
+        await conn.fetchval(INSERT_WORKFLOW, "after")
+        assert await conn.fetchval("SELECT _ripple_latest_ts()") > ts_c
+
+
+# --------------------------------------------------------------------------------------------------------------
+# restarts and the embedded server
+
+
+_CHILD = """
+import asyncio, sys
+from pathlib import Path
+import asyncpg
+from server.database.embedded import EmbeddedPostgres, create_database
+
+async def main(admin):
+    dsn = await create_database(admin, "ripple")
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(Path("schema.sql").read_text())
+    await conn.execute("INSERT INTO workflows (task, status, current_step) VALUES ('t', 's', 'p')")
+    ts = await conn.fetchval("SELECT max(ts) FROM _ripple_commits")
+    await conn.close()
+    print(dsn, ts, flush=True)
+
+asyncio.run(main(EmbeddedPostgres().start(Path(sys.argv[1]))))
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _postmaster_pid(pgdata: Path) -> int:
+    return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
+async def test_ts_survives_restarts_and_a_killed_holder() -> None:
+    """The SIGKILL leak: a killed process leaves its postmaster running; the next holder reuses it, and
+    stopping that holder really stops it. Across all of it (and a restart) ts only goes up."""
+    tmp = Path(tempfile.mkdtemp(prefix="ripple-restart-"))
+    pgdata = tmp / "pgdata"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(pgdata)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    embedded = EmbeddedPostgres()
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
+        dsn, ts0 = line.split()
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        leaked = _postmaster_pid(pgdata)
+        assert psutil.pid_exists(leaked)  # the leak pgserver leaves behind
+
+        assert embedded.start(pgdata) == dsn.replace("/ripple?", "/postgres?")
+        assert _postmaster_pid(pgdata) == leaked  # reused, not restarted
+        ts1 = await _write_and_get_ts(dsn)
+        assert ts1 > int(ts0)
+        embedded.stop()
+        assert _gone(leaked)  # stopped by us, the last live holder
+
+        embedded.start(pgdata)  # a real restart on the same data
+        assert _postmaster_pid(pgdata) != leaked
+        ts2 = await _write_and_get_ts(dsn)
+        assert ts2 > ts1
+        async with connect(dsn) as conn:  # even with the sequence forced back, the clock does not go back
+            await conn.execute("SELECT setval('_ripple_ts', 1)")
+        assert await _write_and_get_ts(dsn) > ts2
+    finally:
+        if child.poll() is None:
+            child.kill()
+        embedded.stop()
+        if (pgdata / "postmaster.pid").exists():  # the child died before we attached: stop its server
+            leftover = EmbeddedPostgres()
+            leftover.start(pgdata)
+            leftover.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _write_and_get_ts(dsn: str) -> int:
+    async with connect(dsn) as conn:
+        async with conn.transaction():
+            await conn.fetchval(INSERT_WORKFLOW, "t")
+            ts: int = await conn.fetchval("SELECT _ripple_commit_ts()")
+        assert await conn.fetchval("SELECT _ripple_latest_ts()") == ts
+        return ts
+
+
+async def test_create_database_gives_an_empty_database(pg_server: str) -> None:
+    dsn = await create_database(pg_server)
+    async with connect(dsn) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+    name = dsn.split("?")[0].rsplit("/", 1)[1]
+    async with connect(pg_server) as admin:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

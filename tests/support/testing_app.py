@@ -1,0 +1,96 @@
+"""Functions used only by the core tests, registered under the `testing:` module."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from server import ConvexError, Id, internal_mutation, internal_query, mutation, query, action
+
+
+@mutation(name="testing:insert")
+async def insert(ctx: Any, table: str, doc: dict[str, Any]) -> str:
+    return await ctx.db.insert(table, doc)
+
+
+@mutation(name="testing:patch")
+async def patch(ctx: Any, id: str, fields: dict[str, Any]) -> None:
+    await ctx.db.patch(id, fields)
+
+
+@query(name="testing:get")
+async def get(ctx: Any, id: str) -> Any:
+    return await ctx.db.get(id)
+
+
+@query(name="testing:videosByStatus")
+async def videos_by_status(ctx: Any, status: str) -> Any:
+    return await ctx.db.query("videos").with_index("by_status", lambda q: q.eq("status", status)).collect()
+
+
+@query(name="testing:videosPage")
+async def videos_page(ctx: Any, pagination_opts: dict[str, Any], status: str | None = None) -> Any:
+    q = ctx.db.query("videos")
+    if status is not None:
+        q = q.with_index("by_status", lambda r: r.eq("status", status))
+    return await q.paginate(pagination_opts)
+
+
+@query(name="testing:whoami")
+async def whoami(ctx: Any) -> Any:
+    return await ctx.auth.get_user_identity()
+
+
+@query(name="testing:count")
+async def count(ctx: Any, twitch_id: str) -> float:
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    return doc.get("progressPercentage", 0) if doc else -1
+
+
+@mutation(name="testing:increment")
+async def increment(ctx: Any, twitch_id: str) -> float:
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    value = (doc.get("progressPercentage") or 0) + 1
+    await ctx.db.patch(doc["_id"], {"progressPercentage": value})
+    return value
+
+
+@mutation(name="testing:fail")
+async def fail(ctx: Any, data: Any = None) -> None:
+    await ctx.db.insert("videos", {"twitchId": "ghost", "title": "never committed", "status": "Queued"})
+    if data is not None:
+        raise ConvexError(data)
+    raise RuntimeError("boom")
+
+
+class Planner(BaseModel):
+    kind: Literal["planner"]
+    plan: str
+
+
+class Coder(BaseModel):
+    kind: Literal["coder"]
+    code: str
+    language: str
+
+
+@query(name="testing:typed")
+async def typed(ctx: Any, video_id: Id("videos"), session: Planner | Coder, note: str | None = None) -> Any:
+    return {"videoId": video_id, "kind": session.kind, "note": note}
+
+
+@internal_query(name="testing:secret")
+async def secret(ctx: Any) -> str:
+    return "internal"
+
+
+@internal_mutation(name="testing:internalInsert")
+async def internal_insert(ctx: Any, twitch_id: str) -> str:
+    return await ctx.db.insert("videos", {"twitchId": twitch_id, "title": "t", "status": "Queued"})
+
+
+@action(name="testing:viaAction")
+async def via_action(ctx: Any, twitch_id: str) -> Any:
+    video_id = await ctx.run_mutation(internal_insert, {"twitchId": twitch_id})
+    return {"id": video_id, "secret": await ctx.run_query("testing:secret")}
