@@ -17,7 +17,7 @@ from server.config import Settings
 from server.errors import RippleError
 from server.functions.context import Caller
 
-JWT_SECRET = "ripple-test-secret"
+JWT_SECRET = "ripple-test-secret-0123456789abcdef-0123"
 ADMIN_KEY = "ripple-test-admin-key"
 ISSUER = "https://ripple.test"
 
