@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, http_api
 from server.auth import AuthConfig, Authenticator
@@ -70,6 +72,18 @@ def authenticator_for(settings: Settings) -> Authenticator:
     )
 
 
+class _CollapseSlashes:
+    """The JS client builds `//api/...` from a deployment URL with a trailing slash; Convex accepts it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and "//" in scope["path"]:
+            scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings, dsn: str) -> Starlette:
     metrics = Metrics()
 
@@ -117,6 +131,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     if _BROWSER_DIR.is_dir():
         routes.append(Mount("/", StaticFiles(directory=_BROWSER_DIR, html=True), name="dashboard"))
     middleware = [
+        Middleware(_CollapseSlashes),
         Middleware(
             CORSMiddleware,
             allow_origin_regex=".*",

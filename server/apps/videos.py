@@ -1,1 +1,221 @@
-"""Placeholder: being written."""
+"""`videos:*`: Twitch video processing jobs (seed 003), reported on by an external worker holding the admin key.
+
+Lifecycle: `create` queues a video ("Queued"); the worker reports `updateJobProgress` (optionally moving `status`
+through the processing stages Downloading → Fetching chat → Transcribing → Analyzing → Finding highlights), then
+either `completeJob` ("Completed") or `updateJobError` ("Failed"). A completed job takes no more reports; a failed
+job restarts only by a progress report that names a processing stage (a retry: `retryCount` + 1, error fields
+cleared). Reads are public; `create` needs a signed-in user or the admin key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server import mutation, query
+from server.apps._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
+from server.errors import ArgumentError
+
+STATUSES = (
+    "Queued",
+    "Downloading",
+    "Fetching chat",
+    "Transcribing",
+    "Analyzing",
+    "Finding highlights",
+    "Completed",
+    "Failed",
+)
+PROCESSING_STAGES = STATUSES[1:6]
+ERROR_TYPES = (
+    "network_error",
+    "invalid_video_url",
+    "video_too_large",
+    "processing_timeout",
+    "insufficient_resources",
+    "external_service_error",
+    "unknown_error",
+)
+ERROR_FIELDS = ("errorType", "errorMessage", "errorDetails", "isRetryable")
+
+# listByStatus returns at most this many jobs (default DEFAULT_LIST_LIMIT): a bounded read, newest first.
+MAX_LIST_LIMIT = 500
+DEFAULT_LIST_LIMIT = 50
+
+
+class JobUrls(WireModel):
+    """The result files a completed job may report (seed 003's `urls`, spread into the video)."""
+
+    transcript_url: str | None = None
+    chat_url: str | None = None
+    audiowave_url: str | None = None
+    transcript_analysis_url: str | None = None
+    transcript_word_url: str | None = None
+
+
+async def _by_twitch_id(ctx: Any, twitch_id: str) -> dict[str, Any] | None:
+    return await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).first()
+
+
+async def _load_for_report(ctx: Any, fn: str, twitch_id: str) -> dict[str, Any]:
+    """The video a worker reports on: admin key required, the video must exist and not be completed."""
+    ctx.auth.require_admin(f"report on a video job ({fn})")
+    check_text(fn, "twitchId", twitch_id)
+    video = await _by_twitch_id(ctx, twitch_id)
+    if video is None:
+        raise AppError("NOT_FOUND", f'{fn}: video not found: no video has twitchId "{twitch_id}"', twitchId=twitch_id)
+    if video["status"] == "Completed":
+        raise AppError(
+            "INVALID_STATE",
+            f'{fn}: the job of video "{twitch_id}" is already Completed; it takes no more reports',
+            twitchId=twitch_id,
+        )
+    return video
+
+
+@mutation
+async def create(ctx: Any, twitch_id: str, title: str) -> str:
+    """Queue a video; refused when a video with this twitchId exists."""
+    fn = "videos:create"
+    if not ctx.auth.is_admin:
+        await ctx.auth.require_user("queue a video")
+    check_text(fn, "twitchId", twitch_id)
+    check_text(fn, "title", title)
+    if await _by_twitch_id(ctx, twitch_id) is not None:
+        raise AppError(
+            "ALREADY_EXISTS", f'{fn}: a video with twitchId "{twitch_id}" already exists', twitchId=twitch_id
+        )
+    now = now_ms()
+    return await ctx.db.insert(
+        "videos", {"twitchId": twitch_id, "title": title, "status": "Queued", "createdAt": now, "updatedAt": now}
+    )
+
+
+@mutation
+async def update_job_progress(
+    ctx: Any,
+    twitch_id: str,
+    job_id: str,
+    progress_percentage: float | None = None,
+    current_stage: str | None = None,
+    estimated_completion_seconds: float | None = None,
+    stage_progress: dict[str, Any] | None = None,
+    status: str | None = None,
+) -> None:
+    """Record a progress report; only the fields given change. The first report sets processingStartedAt."""
+    fn = "videos:updateJobProgress"
+    video = await _load_for_report(ctx, fn, twitch_id)
+    check_text(fn, "jobId", job_id)
+    if progress_percentage is not None:
+        check_number(fn, "progressPercentage", progress_percentage, low=0, high=100)
+    if estimated_completion_seconds is not None:
+        check_number(fn, "estimatedCompletionSeconds", estimated_completion_seconds, low=0)
+    if status is not None and status not in PROCESSING_STAGES:
+        stages = ", ".join(f'"{s}"' for s in PROCESSING_STAGES)
+        hint = "; report the end with completeJob or updateJobError" if status in ("Completed", "Failed") else ""
+        raise ArgumentError(f'{fn}: "status" must be a processing stage, one of {stages}; got {status!r}{hint}')
+    now = now_ms()
+    fields: dict[str, Any] = {"jobId": job_id, "updatedAt": now}
+    if video["status"] == "Failed":
+        if status is None:
+            raise AppError(
+                "INVALID_STATE",
+                f'{fn}: the job of video "{twitch_id}" Failed; to retry it, report progress with a processing '
+                f"stage as status ({', '.join(PROCESSING_STAGES)})",
+                twitchId=twitch_id,
+            )
+        fields.update({f: None for f in ERROR_FIELDS})
+        fields["retryCount"] = float(video.get("retryCount", 0)) + 1
+        fields["processingCompletedAt"] = None
+    for name, value in (
+        ("progressPercentage", progress_percentage),
+        ("currentStage", current_stage),
+        ("estimatedCompletionSeconds", estimated_completion_seconds),
+        ("stageProgress", stage_progress),
+        ("status", status),
+    ):
+        if value is not None:
+            fields[name] = value
+    if video.get("processingStartedAt") is None:
+        fields["processingStartedAt"] = now
+    await ctx.db.patch(video["_id"], fields)
+
+
+@mutation
+async def update_job_error(
+    ctx: Any,
+    twitch_id: str,
+    job_id: str,
+    error_type: str,
+    error_message: str,
+    is_retryable: bool,
+    error_details: str | None = None,
+) -> None:
+    """Mark the job Failed with the worker's error (errorType: one of the seed's seven)."""
+    fn = "videos:updateJobError"
+    video = await _load_for_report(ctx, fn, twitch_id)
+    check_text(fn, "jobId", job_id)
+    check_choice(fn, "errorType", error_type, ERROR_TYPES)
+    check_text(fn, "errorMessage", error_message)
+    now = now_ms()
+    await ctx.db.patch(
+        video["_id"],
+        {
+            "jobId": job_id,
+            "status": "Failed",
+            "errorType": error_type,
+            "errorMessage": error_message,
+            "errorDetails": error_details,
+            "isRetryable": is_retryable,
+            "processingCompletedAt": now,
+            "updatedAt": now,
+        },
+    )
+
+
+@mutation
+async def complete_job(ctx: Any, twitch_id: str, job_id: str, urls: JobUrls | None = None) -> None:
+    """Mark the job Completed at 100%, storing the result URLs given; clears a retried job's old error."""
+    fn = "videos:completeJob"
+    video = await _load_for_report(ctx, fn, twitch_id)
+    check_text(fn, "jobId", job_id)
+    now = now_ms()
+    fields: dict[str, Any] = {
+        "jobId": job_id,
+        "status": "Completed",
+        "progressPercentage": 100,
+        "currentStage": "Completed",
+        "estimatedCompletionSeconds": 0,
+        "processingCompletedAt": now,
+        "updatedAt": now,
+        **{f: None for f in ERROR_FIELDS},
+    }
+    if urls is not None:
+        fields.update(urls.model_dump(by_alias=True, exclude_none=True))
+    await ctx.db.patch(video["_id"], fields)
+
+
+@query
+async def get_job_by_id(ctx: Any, job_id: str) -> dict[str, Any] | None:
+    return await ctx.db.query("videos").with_index("by_job_id", lambda q: q.eq("jobId", job_id)).first()
+
+
+@query
+async def get_by_twitch_id(ctx: Any, twitch_id: str) -> dict[str, Any] | None:
+    return await _by_twitch_id(ctx, twitch_id)
+
+
+@query
+async def list_by_status(ctx: Any, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Newest first, at most `limit` (default 50, up to 500): jobs with `status`, or all jobs by createdAt."""
+    fn = "videos:listByStatus"
+    n = (
+        DEFAULT_LIST_LIMIT
+        if limit is None
+        else int(check_number(fn, "limit", limit, low=1, high=MAX_LIST_LIMIT, whole=True))
+    )
+    if status is None:
+        q = ctx.db.query("videos").with_index("by_created_at")
+    else:
+        check_choice(fn, "status", status, STATUSES)
+        q = ctx.db.query("videos").with_index("by_status", lambda r: r.eq("status", status))
+    return await q.order("desc").take(n)

@@ -27,8 +27,7 @@ import psutil
 
 with warnings.catch_warnings():  # platformdirs warns on import when XDG_RUNTIME_DIR is unset: harmless
     warnings.simplefilter("ignore")
-    import pgserver
-    from pgserver.postgres_server import PostgresServer
+    from pgserver.postgres_server import PostgresServer, get_server
 
 __all__ = ["EmbeddedPostgres", "create_database", "drop_database", "dsn_with_database"]
 
@@ -52,7 +51,7 @@ class EmbeddedPostgres:
         with PostgresServer._lock:  # the same inter-process lock pgserver takes around its pid list
             _forget_dead_holders(pgdata)
             _remove_foreign_pidfile(pgdata)
-        self._server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        self._server = get_server(pgdata, cleanup_mode="stop")
         return self._server.get_uri()
 
     def stop(self) -> None:
@@ -66,6 +65,13 @@ class EmbeddedPostgres:
         PostgresServer._instances.pop(server.pgdata, None)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _forget_dead_holders(pgdata: Path) -> None:
     """Drop pids of dead processes from pgserver's holder list, so the last live holder stops the server."""
     path = pgdata / ".handle_pids.json"
@@ -73,21 +79,26 @@ def _forget_dead_holders(pgdata: Path) -> None:
         pids = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
     if alive != pids:
         path.write_text(json.dumps(alive))
 
 
 def _remove_foreign_pidfile(pgdata: Path) -> None:
-    """Remove a postmaster.pid naming a live pid that is not a postgres process (the pid was reused after a
-    crash): pgserver would take that process for the server and postgres would refuse to start."""
+    """Remove a postmaster.pid whose pid now belongs to another process (reused after a crash or reboot):
+    pgserver would take that process for our server, and postgres would refuse to start."""
     pidfile = pgdata / "postmaster.pid"
     try:
-        pid = int(pidfile.read_text().split("\n", 1)[0])
-        if psutil.Process(pid).name() != "postgres":
-            pidfile.unlink()
-    except (FileNotFoundError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+        proc = psutil.Process(int(pidfile.read_text().split("\n", 1)[0]))
+        ours = proc.name() == "postgres" and str(pgdata) in " ".join(proc.cmdline())
+    except (FileNotFoundError, ValueError):
         return
+    except psutil.NoSuchProcess:
+        return  # a dead pid: pgserver and postgres both handle that
+    except psutil.AccessDenied:
+        return  # not ours to judge; leave it to postgres
+    if not ours:
+        pidfile.unlink(missing_ok=True)
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -112,7 +123,7 @@ async def create_database(admin_dsn: str, name: str | None = None) -> str:
     _check_name(name)
     conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
+        await conn.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
     finally:
         await conn.close()
     return dsn_with_database(admin_dsn, name)

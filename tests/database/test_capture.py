@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +18,7 @@ from typing import Any
 import asyncpg
 import psutil
 import pytest
+from pgserver.postgres_server import PostgresServer
 
 from server.database.embedded import EmbeddedPostgres, create_database
 
@@ -384,10 +382,14 @@ async def test_explicit_commit_ts_is_the_commits_ts(schema_dsn: str) -> None:
 
 async def test_bulk_insert_of_100k_rows(schema_dsn: str) -> None:
     async with listening(schema_dsn) as listener, connect(schema_dsn) as conn:
+        # Ids made in SQL the way Ripple makes them in Python (the column default works too, see the ids test,
+        # but costs a gen_random_uuid() per row, slow in pgserver's build without OpenSSL).
         async with conn.transaction():
             await conn.execute(
-                "INSERT INTO workflows (task, status, current_step)"
-                " SELECT 'task ' || g, 'pending', 'planner' FROM generate_series(1, 100000) g"
+                "INSERT INTO workflows (_id, _creation_time, task, status, current_step)"
+                " SELECT b || left(md5(b), 4), _ripple_now_ms(), 'task ' || g, 'pending', 'planner'"
+                "   FROM (SELECT g, left(md5(random()::text || g), 28) || lpad(to_hex(t.table_number), 4, '0') AS b"
+                "           FROM generate_series(1, 100000) g, _ripple_tables t WHERE t.table_name = 'workflows') s"
             )
             xid = await conn.fetchval("SELECT txid_current()")
         log = await commits(conn)
@@ -433,7 +435,8 @@ async def test_concurrent_writers_commit_order_is_visibility_order(schema_dsn: s
         await asyncio.gather(*(writer(n) for n in range(writers)))
         done.set()
         await asyncio.gather(*readers)
-        notified = await listener.drain()
+        notified = [await listener.next() for _ in range(writers * per_writer)]
+        notified += await listener.drain()
 
     async with connect(schema_dsn) as conn:
         log = await commits(conn)
@@ -518,8 +521,9 @@ async def test_prune_removes_old_rows_and_sets_the_horizon(schema_dsn: str) -> N
             "INSERT INTO _ripple_mutations (session_id, request_id, ts, created_at)"
             " VALUES ('s', 1, 1, now() - interval '1 hour'), ('s', 2, 2, now())"
         )
-        keep_ms = time.time() * 1000 - (ts_b + ts_c) / 2 / 1e6  # cutoff half-way between B and C
-        assert await conn.fetchval("SELECT _ripple_prune($1)", keep_ms) == 2
+        middle_ms = (ts_b + ts_c) / 2 / 1e6  # keep_ms such that the cutoff falls half-way between B and C
+        keep_ms = "extract(epoch FROM clock_timestamp()) * 1000 - $1::float8"
+        assert await conn.fetchval(f"SELECT _ripple_prune(({keep_ms})::float8)", middle_ms) == 2
         assert await commits(conn) == [(ts_c, xid_c)]
         assert await conn.fetchval("SELECT count(*) FROM _ripple_changes WHERE xid IN ($1, $2)", xid_a, xid_b) == 0
         assert await conn.fetchval("SELECT count(*) FROM _ripple_changes WHERE xid = $1", xid_c) == 1
@@ -541,26 +545,6 @@ async def test_prune_removes_old_rows_and_sets_the_horizon(schema_dsn: str) -> N
 # restarts and the embedded server
 
 
-_CHILD = """
-import asyncio, sys
-from pathlib import Path
-import asyncpg
-from server.database.embedded import EmbeddedPostgres, create_database
-
-async def main(admin):
-    dsn = await create_database(admin, "ripple")
-    conn = await asyncpg.connect(dsn)
-    await conn.execute(Path("schema.sql").read_text())
-    await conn.execute("INSERT INTO workflows (task, status, current_step) VALUES ('t', 's', 'p')")
-    ts = await conn.fetchval("SELECT max(ts) FROM _ripple_commits")
-    await conn.close()
-    print(dsn, ts, flush=True)
-
-asyncio.run(main(EmbeddedPostgres().start(Path(sys.argv[1]))))
-sys.stdin.read()  # wait to be killed
-"""
-
-
 def _gone(pid: int) -> bool:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -577,54 +561,6 @@ def _postmaster_pid(pgdata: Path) -> int:
     return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
 
 
-async def test_ts_survives_restarts_and_a_killed_holder() -> None:
-    """The SIGKILL leak: a killed process leaves its postmaster running; the next holder reuses it, and
-    stopping that holder really stops it. Across all of it (and a restart) ts only goes up."""
-    tmp = Path(tempfile.mkdtemp(prefix="ripple-restart-"))
-    pgdata = tmp / "pgdata"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(pgdata)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    embedded = EmbeddedPostgres()
-    try:
-        assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
-        dsn, ts0 = line.split()
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        leaked = _postmaster_pid(pgdata)
-        assert psutil.pid_exists(leaked)  # the leak pgserver leaves behind
-
-        assert embedded.start(pgdata) == dsn.replace("/ripple?", "/postgres?")
-        assert _postmaster_pid(pgdata) == leaked  # reused, not restarted
-        ts1 = await _write_and_get_ts(dsn)
-        assert ts1 > int(ts0)
-        embedded.stop()
-        assert _gone(leaked)  # stopped by us, the last live holder
-
-        embedded.start(pgdata)  # a real restart on the same data
-        assert _postmaster_pid(pgdata) != leaked
-        ts2 = await _write_and_get_ts(dsn)
-        assert ts2 > ts1
-        async with connect(dsn) as conn:  # even with the sequence forced back, the clock does not go back
-            await conn.execute("SELECT setval('_ripple_ts', 1)")
-        assert await _write_and_get_ts(dsn) > ts2
-    finally:
-        if child.poll() is None:
-            child.kill()
-        embedded.stop()
-        if (pgdata / "postmaster.pid").exists():  # the child died before we attached: stop its server
-            leftover = EmbeddedPostgres()
-            leftover.start(pgdata)
-            leftover.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 async def _write_and_get_ts(dsn: str) -> int:
     async with connect(dsn) as conn:
         async with conn.transaction():
@@ -632,6 +568,54 @@ async def _write_and_get_ts(dsn: str) -> int:
             ts: int = await conn.fetchval("SELECT _ripple_commit_ts()")
         assert await conn.fetchval("SELECT _ripple_latest_ts()") == ts
         return ts
+
+
+async def test_ts_survives_restarts_and_a_killed_holder() -> None:
+    """Across a leaked server being taken over and a real restart on the same data, ts only goes up.
+
+    The leak (environment.md, pgserver): a SIGKILLed process stays in `<pgdata>/.handle_pids.json` and its
+    postmaster keeps running; a later holder used to leave it running at exit. The state is reproduced here
+    in-process (a dead pid in the list, the handle forgotten) instead of killing a child, which costs seconds.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="ripple-restart-"))
+    pgdata = (tmp / "pgdata").resolve()
+    first, second = EmbeddedPostgres(), EmbeddedPostgres()
+    try:
+        dsn = await create_database(first.start(pgdata), "ripple")
+        async with connect(dsn) as conn:
+            await conn.execute(SCHEMA)
+        ts0 = await _write_and_get_ts(dsn)
+
+        # the holder dies by SIGKILL: its pid stays listed, nobody stops its postmaster
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (pgdata / ".handle_pids.json").write_text(json.dumps([dead.pid]))
+        PostgresServer._instances.pop(pgdata)
+        leaked = _postmaster_pid(pgdata)
+
+        assert second.start(pgdata) == dsn.replace("/ripple?", "/postgres?")
+        assert _postmaster_pid(pgdata) == leaked  # taken over, not restarted
+        ts1 = await _write_and_get_ts(dsn)
+        assert ts1 > ts0
+        second.stop()
+        assert _gone(leaked)  # we were its last live holder, so we stopped it
+
+        second.start(pgdata)  # a real restart on the same data
+        assert _postmaster_pid(pgdata) != leaked
+        ts2 = await _write_and_get_ts(dsn)
+        assert ts2 > ts1
+        async with connect(dsn) as conn:  # even with the sequence forced back, the clock does not go back
+            await conn.execute("SELECT setval('_ripple_ts', 1)")
+        assert await _write_and_get_ts(dsn) > ts2
+    finally:
+        second.stop()
+        if (pgdata / "postmaster.pid").exists():  # failed half-way: make sure nothing keeps running
+            third = EmbeddedPostgres()
+            (pgdata / ".handle_pids.json").write_text("[]")
+            PostgresServer._instances.pop(pgdata, None)
+            third.start(pgdata)
+            third.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def test_create_database_gives_an_empty_database(pg_server: str) -> None:

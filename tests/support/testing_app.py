@@ -94,3 +94,35 @@ async def internal_insert(ctx: Any, twitch_id: str) -> str:
 async def via_action(ctx: Any, twitch_id: str) -> Any:
     video_id = await ctx.run_mutation(internal_insert, {"twitchId": twitch_id})
     return {"id": video_id, "secret": await ctx.run_query("testing:secret")}
+
+
+@query(name="testing:boom")
+async def boom(ctx: Any, data: Any = None) -> None:
+    if data is not None:
+        raise ConvexError(data)
+    raise RuntimeError("query failed")
+
+
+@query(name="testing:padded")
+async def padded(ctx: Any, twitch_id: str, size: int) -> Any:
+    """A large result, for backpressure tests."""
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    return {"progress": doc.get("progressPercentage") if doc else None, "padding": "x" * size}
+
+
+@query(name="testing:myVideos")
+async def my_videos(ctx: Any) -> Any:
+    identity = await ctx.auth.get_user_identity()
+    if identity is None:
+        return None
+    return await ctx.db.query("videos").with_index("by_status", lambda q: q.eq("status", identity["subject"])).collect()
+
+
+@mutation(name="testing:setProgress")
+async def set_progress(ctx: Any, twitch_id: str, progress: float) -> None:
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    if doc is None:
+        await ctx.db.insert("videos", {"twitchId": twitch_id, "title": twitch_id, "status": "Queued",
+                                       "progressPercentage": progress})
+    else:
+        await ctx.db.patch(doc["_id"], {"progressPercentage": progress})
