@@ -44,6 +44,20 @@ Event = dict[str, Any]
 Predicate = Callable[[Event], bool] | dict[str, Any]
 
 
+async def npm_ci(folder: Path) -> None:
+    """Install a folder's locked npm packages, so a plain `pytest` works on a fresh checkout."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError(f"npm is not on PATH: install Node.js, or run `npm ci` in {folder}")
+    proc = await asyncio.create_subprocess_exec(
+        npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", cwd=folder,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"`npm ci` in {folder} failed:\n{output.decode(errors='replace')[-2000:]}")
+
+
 class DriverExited(RuntimeError):
     """The driver process ended while a test was waiting on it."""
 
@@ -117,7 +131,7 @@ class ClientDriver:
             if node is None:
                 raise RuntimeError("node is not on PATH")
             if not (HERE / "node_modules" / "convex").is_dir():
-                raise RuntimeError(f"npm convex is not installed: run `npm ci` in {HERE}")
+                await npm_ci(HERE)
             argv = [node, str(NODE_SCRIPT), url]
             if options:
                 argv.append(json.dumps(options))

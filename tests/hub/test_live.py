@@ -1,0 +1,171 @@
+"""Live queries end to end: writes from anywhere (Ripple, plain SQL, another process) reach every subscriber,
+also across a lost LISTEN connection, a huge transaction and a pruned log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from tests.support.server import ADMIN_KEY, JWT_SECRET, RippleServer
+from tests.support.ws import SyncClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def sql(ripple: RippleServer, statement: str, *args: object) -> None:
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def test_plain_sql_writes_reach_subscribers(ripple: RippleServer) -> None:
+    client = await SyncClient.connect(ripple.ws_url)
+    qid = await client.subscribe("testing:videosByStatus", {"status": "Queued"})
+    await sql(ripple, "INSERT INTO videos (twitch_id, title, status) VALUES ('psql', 'from psql', 'Queued')")
+    await client.expect(lambda m: m["type"] == "Transition" and len(client.results[qid]) == 1)
+    assert client.results[qid][0]["title"] == "from psql"
+    await sql(ripple, "UPDATE videos SET status = 'Failed' WHERE twitch_id = 'psql'")
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == [])
+    await client.close()
+
+
+async def test_lost_listen_connection_is_caught_up(ripple: RippleServer) -> None:
+    hub = ripple.services.hub
+    client = await SyncClient.connect(ripple.ws_url)
+    qid = await client.subscribe("testing:count", {"twitchId": "k"})
+    writer = await SyncClient.connect(ripple.ws_url)
+    await writer.mutation("testing:setProgress", {"twitchId": "k", "progress": 1})
+
+    async def keep_writing() -> None:
+        for n in range(2, 30):
+            await sql(ripple, "UPDATE videos SET progress_percentage = $1 WHERE twitch_id = 'k'", float(n))
+            await asyncio.sleep(0.01)
+
+    writes = asyncio.create_task(keep_writing())
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        pid = hub.feed.backend_pid
+        await sql(ripple, "SELECT pg_terminate_backend($1)", pid)
+    await writes
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 29, timeout_s=15)
+    assert hub.feed.reconnects >= 1
+    await client.close()
+    await writer.close()
+
+
+async def test_one_transaction_of_100k_rows_invalidates_correctly(ripple: RippleServer) -> None:
+    client = await SyncClient.connect(ripple.ws_url)
+    last = await client.subscribe("testing:count", {"twitchId": "bulk-99999"})
+    untouched = await client.subscribe("testing:videosByStatus", {"status": "Completed"})
+    assert client.results[last] == -1
+    await sql(ripple, """
+        INSERT INTO videos (twitch_id, title, status, progress_percentage)
+        SELECT 'bulk-' || i, 'bulk', 'Bulk', 5 FROM generate_series(0, 99999) AS i
+    """)
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[last] == 5, timeout_s=30)
+    assert client.results[untouched] == []
+    await client.close()
+
+
+async def test_hub_behind_the_pruned_horizon_reruns_everything(ripple: RippleServer) -> None:
+    hub = ripple.services.hub
+    client = await SyncClient.connect(ripple.ws_url)
+    qid = await client.subscribe("testing:count", {"twitchId": "h"})
+    await hub.feed.close()  # the hub hears nothing from now on
+    await sql(ripple, "INSERT INTO videos (twitch_id, title, status, progress_percentage) VALUES ('h', 'h', 'Q', 7)")
+    await sql(ripple, "SELECT _ripple_prune(0)")  # ...and the log of that write is gone
+    hub._wake()  # as a reconnect would
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 7)
+    await client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
+    port = _free_port()
+    env = dict(os.environ, DATABASE_URL=ripple.settings.database_url, RIPPLE_JWT_SECRET=JWT_SECRET,
+               RIPPLE_ADMIN_KEY=ADMIN_KEY, RIPPLE_MODULES=json.dumps(["tests.support.testing_app"]),
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port), "--log-level", "warning"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    other = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=other) as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            here = await SyncClient.connect(ripple.ws_url)
+            there = await SyncClient.connect(other.replace("http", "ws") + "/api/sync")
+            q_here = await here.subscribe("testing:count", {"twitchId": "mp"})
+            q_there = await there.subscribe("testing:count", {"twitchId": "mp"})
+            # A mutation through the other process updates subscribers of this one, and the reverse.
+            await there.mutation("testing:setProgress", {"twitchId": "mp", "progress": 1})
+            await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 1)
+            await here.mutation("testing:setProgress", {"twitchId": "mp", "progress": 2})
+            await there.expect(lambda m: m["type"] == "Transition" and there.results[q_there] == 2)
+            body = (await http.post("/api/mutation", json={"path": "testing:setProgress",
+                                                           "args": {"twitchId": "mp", "progress": 3}})).json()
+            assert body["status"] == "success", body
+            await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 3)
+            await here.close()
+            await there.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+async def test_differential_random_mutations_settle_on_fresh_results(ripple: RippleServer) -> None:
+    """Several clients mutate at random while others watch; once writes stop, every subscription's last value
+    equals a fresh run of its query."""
+    rng = random.Random(11)
+    ids = [f"d{i}" for i in range(6)]
+    statuses = ["Queued", "Failed", "Completed"]
+    watchers = [await SyncClient.connect(ripple.ws_url) for _ in range(4)]
+    subscriptions = []
+    for watcher in watchers:
+        for _ in range(4):
+            if rng.random() < 0.5:
+                path, args = "testing:count", {"twitchId": rng.choice(ids)}
+            else:
+                path, args = "testing:videosByStatus", {"status": rng.choice(statuses)}
+            subscriptions.append((watcher, await watcher.subscribe(path, args), path, args))
+
+    async def writer(seed: int) -> None:
+        r = random.Random(seed)
+        client = await SyncClient.connect(ripple.ws_url)
+        for _ in range(25):
+            twitch_id = r.choice(ids)
+            if r.random() < 0.6:
+                await client.mutation("testing:setProgress", {"twitchId": twitch_id, "progress": r.randrange(100)})
+            else:
+                await sql(ripple, "UPDATE videos SET status = $1 WHERE twitch_id = $2", r.choice(statuses), twitch_id)
+        await client.close()
+
+    await asyncio.gather(*(writer(seed) for seed in range(4)))
+    for watcher in watchers:
+        await watcher.settle(0.5)
+    for watcher, qid, path, args in subscriptions:
+        fresh = (await ripple.http("query", path, args)).json()["value"]
+        assert watcher.results[qid] == fresh, (path, args)
+    for watcher in watchers:
+        await watcher.close()
