@@ -118,6 +118,8 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             try:
                 yield
             finally:
+                for session in list(app.state.services.sessions):
+                    session.shut(1012, "server shutting down; reconnect")
                 await hub.close("server shutting down")
         finally:
             await pool.close()

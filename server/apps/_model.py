@@ -16,6 +16,7 @@ from server import ConvexError
 from server.errors import ArgumentError
 
 __all__ = [
+    "WORKFLOW_STATUSES",
     "AppError",
     "WireModel",
     "check_choice",

@@ -78,7 +78,10 @@ class Claude:
                 api_key=self.api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout_s
             ) as client:
                 async with client.messages.stream(
-                    model=self.model, max_tokens=MAX_TOKENS, system=system, messages=list(messages)  # type: ignore[arg-type]
+                    model=self.model,
+                    max_tokens=MAX_TOKENS,
+                    system=system,
+                    messages=list(messages),  # type: ignore[arg-type]
                 ) as stream:
                     async for delta in stream.text_stream:
                         text += delta

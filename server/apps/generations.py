@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from server import Id, internal_mutation, internal_query, query
 from server.apps._model import AppError, WireModel, now_ms, owned, token_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # mypy sees a string; at run time the argument is checked to name a generation
     GenerationId = str
 else:
     GenerationId = Id("generations")
 
-# getRefinementChain walks at most this many generations up from the one asked for (seed 000, pitfall 4).
+# getRefinementChain returns at most this many generations: the one asked for and its nearest ancestors.
 MAX_CHAIN_LENGTH = 50
 
 
@@ -158,10 +158,13 @@ async def complete(
     model: str | None = None,
     error_message: str | None = None,
 ) -> None:
-    """Finish a pending generation: "success" patches in the result; "failed" removes the row (seed 000)."""
+    """Finish a pending generation: "success" patches in the result; "failed" removes the row (seed 000).
+
+    A failure never removes a finished generation, and reporting one for a row already gone is not an error.
+    """
     generation = await ctx.db.get(id)
     if status == "failed":
-        if generation is not None:
+        if generation is not None and generation["status"] == "pending":
             await ctx.db.delete(id)
         return
     if generation is None:

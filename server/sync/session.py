@@ -98,6 +98,12 @@ class Session:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def shut(self, code: int, reason: str) -> None:
+        """Close this socket after what is queued has been sent (server shutdown, tests)."""
+        if self.closed is None:
+            self.closed = SessionClosed(code, reason)
+        self.outbox_ready.set()
+
     # Outbox.
 
     def _send(self, message: str) -> None:
@@ -118,8 +124,7 @@ class Session:
 
     def _check_backlog(self) -> None:
         if len(self.outbox) > self.services.settings.max_pending_transitions and self.closed is None:
-            self.closed = SessionClosed(1013, "client too slow: its unsent backlog is over the limit; reconnect")
-            self.outbox_ready.set()
+            self.shut(1013, "client too slow: its unsent backlog is over the limit; reconnect")
 
     def next_message(self) -> str | None:
         if not self.outbox:
@@ -195,8 +200,7 @@ class Session:
                     f"query set is at version {self.query_set_received}"
                 )
             )
-            self.closed = SessionClosed(1000, "query set version mismatch")
-            self.outbox_ready.set()
+            self.shut(1000, "query set version mismatch")
             return
         self.query_set_received = message.newVersion
         pending = _Pending(query_set=message.newVersion)
@@ -238,15 +242,13 @@ class Session:
                 f"Authenticate baseVersion {message.baseVersion} does not match identity version {base}",
                 base, attempted=True,
             ))
-            self.closed = SessionClosed(1000, "authentication version mismatch")
-            self.outbox_ready.set()
+            self.shut(1000, "authentication version mismatch")
             return
         try:
             caller = await self._caller_for(message)
         except AuthError as exc:
             self._send(protocol.auth_error(str(exc), base, attempted=True))
-            self.closed = SessionClosed(1000, "authentication failed")
-            self.outbox_ready.set()
+            self.shut(1000, "authentication failed")
             return
         self.identity_received += 1
         self.caller = caller
@@ -280,8 +282,7 @@ class Session:
 
     def _token_expired(self) -> None:
         self._send(protocol.auth_error("TokenExpired", self.identity_received, attempted=False))
-        self.closed = SessionClosed(1000, "token expired")
-        self.outbox_ready.set()
+        self.shut(1000, "token expired")
 
     # Mutations and actions.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from tests.clients.driver import ClientDriver
 
@@ -32,3 +34,69 @@ async def test_python_subscribe_and_mutation(ripple):
         assert result["event"] == "result", result
         update = await client.expect(lambda e: e.get("event") == "update" and e.get("value"), timeout_s=10)
         assert _ids(update["value"]) == ["p1"]
+
+
+async def _insert(ripple, twitch_id: str, status: str = "Queued") -> None:
+    await ripple.call("testing:insert", {"table": "videos", "doc": {"twitchId": twitch_id, "title": "t", "status": status}})
+
+
+async def test_node_auth_with_a_jwt(ripple):
+    async with await ClientDriver.start("node", ripple.url) as client:
+        await client.subscribe("who", "testing:whoami")
+        assert (await client.next_update("who"))["value"] is None
+        await client.send({"op": "setAuth", "token": ripple.token("alice", name="Alice")})
+        auth = await client.expect({"event": "auth"})
+        assert auth["isAuthenticated"] is True
+        update = await client.expect(lambda e: e.get("event") == "update" and e.get("id") == "who" and e["value"])
+        assert update["value"]["subject"] == "alice" and update["value"]["name"] == "Alice"
+
+
+async def test_node_reconnect_resumes_every_subscription(ripple):
+    async with await ClientDriver.start("node", ripple.url) as client:
+        await client.subscribe("q", "testing:videosByStatus", {"status": "Queued"})
+        await client.subscribe("f", "testing:videosByStatus", {"status": "Failed"})
+        await client.next_update("q")
+        await client.next_update("f")
+        for session in list(ripple.services.sessions):
+            session.shut(1012, "test restart")
+        await asyncio.sleep(0.3)  # the client is reconnecting (its backoff is about a second)
+        await _insert(ripple, "after-q")
+        await _insert(ripple, "after-f", "Failed")
+        q = await client.expect(lambda e: e.get("id") == "q" and e.get("event") == "update" and e["value"], timeout_s=20)
+        f = await client.expect(lambda e: e.get("id") == "f" and e.get("event") == "update" and e["value"], timeout_s=20)
+        assert _ids(q["value"]) == ["after-q"] and _ids(f["value"]) == ["after-f"]
+        result = await client.call("mutation", "testing:insert",
+                                   {"table": "videos", "doc": {"twitchId": "again", "title": "t", "status": "Queued"}})
+        assert _ids(result["subs"]["q"]) == ["after-q", "again"]
+        assert ripple.services.hub.subscription_count == 2  # the old socket's subscriptions are gone
+
+
+async def test_node_paginated_query_stays_gapless_under_inserts(ripple):
+    for i in range(5):
+        await _insert(ripple, f"p{i}")
+    async with await ClientDriver.start("node", ripple.url) as client:
+        await client.send({"op": "paginate", "id": "pg", "fn": "testing:videosPage", "args": {"status": "Queued"},
+                           "numItems": 2})
+        await client.expect(lambda e: e.get("event") == "pages" and e.get("status") == "CanLoadMore")
+        await client.send({"op": "loadMore", "id": "pg", "numItems": 2})
+        await client.expect(lambda e: e.get("event") == "pages" and len(e["items"]) == 4)
+        # Rows inserted inside the loaded pages and after them: nothing is skipped or shown twice.
+        await _insert(ripple, "p5")
+        await ripple.call("testing:insert", {"table": "videos", "doc": {"twitchId": "x", "title": "t", "status": "Failed"}})
+        await client.send({"op": "loadMore", "id": "pg", "numItems": 10})
+        final = await client.expect(
+            lambda e: e.get("event") == "pages" and e.get("status") == "Exhausted" and len(e["items"]) == 6, timeout_s=15)
+        assert [d["twitchId"] for d in final["items"]] == [f"p{i}" for i in range(6)]
+        await _insert(ripple, "p6")
+        final = await client.expect(lambda e: e.get("event") == "pages" and len(e["items"]) == 7, timeout_s=15)
+        assert [d["twitchId"] for d in final["items"]] == [f"p{i}" for i in range(7)]
+
+
+async def test_python_subscription_sees_each_change(ripple):
+    async with await ClientDriver.start("python", ripple.url) as client:
+        await client.subscribe("c", "testing:count", {"twitchId": "n"})
+        assert (await client.next_update("c"))["value"] == -1
+        for n in range(1, 4):
+            result = await client.call("mutation", "testing:setProgress", {"twitchId": "n", "progress": n})
+            assert result["event"] == "result", result
+            await client.expect(lambda e, n=n: e.get("id") == "c" and e.get("event") == "update" and e["value"] == n)
