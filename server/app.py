@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import re
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
@@ -140,6 +140,6 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             allow_credentials=True,
             allow_methods=["*"],
             allow_headers=["*"],
-        )
+        ),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -78,7 +78,7 @@ def _parse_args_json(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"ARGS must be a JSON object, like '{{\"jobId\": \"j1\"}}': {exc}") from None
+        raise SystemExit(f'ARGS must be a JSON object, like \'{{"jobId": "j1"}}\': {exc}') from None
     if not isinstance(value, dict):
         raise SystemExit("ARGS must be a JSON object")
     return value

@@ -43,7 +43,9 @@ async def test_convex_value_encoding_both_ways(ripple: RippleServer) -> None:
     assert doc["progressPercentage"] == nan  # NaN never travels as a bare JSON NaN
     clean = (await ripple.http("query", "testing:get", {"id": vid}, fmt="json")).json()["value"]
     assert clean["progressPercentage"] == "NaN"
-    r = await ripple.http("mutation", "testing:patch", {"id": vid, "fields": {"progressPercentage": {"$float": "AQ=="}}})
+    r = await ripple.http(
+        "mutation", "testing:patch", {"id": vid, "fields": {"progressPercentage": {"$float": "AQ=="}}}
+    )
     assert r.status_code == 400 and r.json()["code"] == "BadRequest"
 
 
@@ -59,13 +61,15 @@ async def test_argument_validation_and_unknown_functions(ripple: RippleServer) -
 
     assert 'missing required argument "videoId"' in await error({"session": {"kind": "planner", "plan": "p"}})
     assert 'unexpected argument "extra"' in await error(
-        {"videoId": vid, "session": {"kind": "planner", "plan": "p"}, "extra": 1})
+        {"videoId": vid, "session": {"kind": "planner", "plan": "p"}, "extra": 1}
+    )
     wf_id = "0" * 28 + f"{ripple.services.database.catalog.table('workflows').number:04x}"
     import hashlib
 
     wf_id += hashlib.md5(wf_id.encode()).hexdigest()[:4]
     assert 'must be Id("videos"), got an id of table "workflows"' in await error(
-        {"videoId": wf_id, "session": {"kind": "planner", "plan": "p"}})
+        {"videoId": wf_id, "session": {"kind": "planner", "plan": "p"}}
+    )
     assert "not a document id" in await error({"videoId": "junk", "session": {"kind": "planner", "plan": "p"}})
     assert "session" in await error({"videoId": vid, "session": {"kind": "coder", "code": "x"}})  # missing language
 
@@ -107,7 +111,9 @@ async def test_jwt_identity_accepted_and_refused(ripple: RippleServer) -> None:
     claims = base64.urlsafe_b64encode(json.dumps({"sub": "eve", "iss": ISSUER, "exp": 2**40}).encode())
     unsigned = f"{header}.{claims.rstrip(b'=').decode()}."
     bad = {
-        "bad signature": jwt.encode({"sub": "alice", "iss": ISSUER, "exp": 2**40}, "another-secret-0123456789abcdef-012345", algorithm="HS256"),
+        "bad signature": jwt.encode(
+            {"sub": "alice", "iss": ISSUER, "exp": 2**40}, "another-secret-0123456789abcdef-012345", algorithm="HS256"
+        ),
         "expired": _token(exp=int(time.time()) - 3600),
         "wrong issuer": _token(iss="https://evil.example"),
         "alg none": unsigned,
@@ -132,8 +138,9 @@ async def test_malformed_requests_get_clear_errors(ripple: RippleServer) -> None
         big = "x" * (ripple.settings.max_message_bytes + 1)
         r = await client.post("/api/query", json={"path": "testing:get", "args": {"id": big}})
         assert r.status_code == 413
-        r = await client.options("/api/query", headers={"Origin": "http://example.test",
-                                                         "Access-Control-Request-Method": "POST"})
+        r = await client.options(
+            "/api/query", headers={"Origin": "http://example.test", "Access-Control-Request-Method": "POST"}
+        )
         assert r.headers["access-control-allow-origin"] == "http://example.test"
         assert (await client.get("/health")).json()["status"] == "ok"
 

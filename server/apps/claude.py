@@ -69,7 +69,8 @@ class Claude:
         """Stream one reply and return its whole text; `on_text(text so far)` runs at most every patch_interval_s.
 
         Raises:
-            ClaudeError: the API refused or failed, did not answer in `timeout_s`, or the reply was cut off.
+            ClaudeError: the API refused or failed, did not answer in `timeout_s`, the reply broke off, or it hit
+                MAX_TOKENS (a truncated component is no use).
         """
         text = ""
         last_shown = float("-inf")
@@ -88,8 +89,11 @@ class Claude:
                         if on_text is not None and time.monotonic() - last_shown >= self.patch_interval_s:
                             last_shown = time.monotonic()
                             await on_text(text)
+                    stop_reason = (await stream.get_final_message()).stop_reason
         except (anthropic.AnthropicError, httpx2.HTTPError, httpx.HTTPError) as exc:
             raise ClaudeError(self._describe(exc)) from exc
+        if stop_reason == "max_tokens":
+            raise ClaudeError(f"Claude's reply was cut off at {MAX_TOKENS} tokens; ask for something smaller")
         return text
 
     def _describe(self, exc: Exception) -> str:

@@ -49,7 +49,9 @@ _PG_TYPES = {
 class Column:
     name: str
     type: ColumnType
+    # `required`: an insert must give it; `nullable`: it may be absent (a NOT NULL column with a default is neither).
     required: bool
+    nullable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,7 @@ async def apply_schema(conn: asyncpg.Connection, path: Path) -> None:
 
 _COLUMNS_SQL = """
 SELECT c.relname AS table_name, a.attname AS column_name,
-       format_type(a.atttypid, NULL) AS data_type, a.attnotnull AS not_null
+       format_type(a.atttypid, NULL) AS data_type, a.attnotnull AS not_null, a.atthasdef AS has_default
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid
@@ -140,11 +142,13 @@ async def load_catalog(conn: asyncpg.Connection) -> Catalog:
         col_type = _PG_TYPES.get(row["data_type"])
         if col_type is None:
             raise SchemaError(
-                f'column {row["table_name"]}.{row["column_name"]} has type {row["data_type"]}; Ripple tables use '
+                f"column {row['table_name']}.{row['column_name']} has type {row['data_type']}; Ripple tables use "
                 "text, double precision, boolean or jsonb"
             )
+        # A NOT NULL column with a default (like `artifacts jsonb NOT NULL DEFAULT '[]'`) may be left out.
+        required = row["not_null"] and not row["has_default"]
         columns.setdefault(row["table_name"], {})[row["column_name"]] = Column(
-            row["column_name"], col_type, row["not_null"]
+            row["column_name"], col_type, required, nullable=not row["not_null"]
         )
     numbers = {r["table_name"]: r["table_number"] for r in await conn.fetch("SELECT * FROM _ripple_tables")}
     indexes: dict[str, dict[str, Index]] = {}
@@ -155,7 +159,7 @@ async def load_catalog(conn: asyncpg.Connection) -> Catalog:
         cols = tuple(row["columns"])
         if cols[-2:] != INDEX_SUFFIX:
             raise SchemaError(
-                f'index {row["index_name"]} must end with (_creation_time, _id), as every Convex index does'
+                f"index {row['index_name']} must end with (_creation_time, _id), as every Convex index does"
             )
         indexes.setdefault(table_name, {})[index_name] = Index(index_name, cols[:-2])
     catalog = Catalog()

@@ -69,7 +69,9 @@ class Database:
     def reader(self, snapshot: Snapshot, journal: str | None = None) -> Transaction:
         return Transaction(snapshot.conn, self.catalog, writable=False, limits=self.limits, journal=journal)
 
-    async def read(self, fn: Callable[[Transaction], Awaitable[T]], journal: str | None = None) -> tuple[T, Transaction]:
+    async def read(
+        self, fn: Callable[[Transaction], Awaitable[T]], journal: str | None = None
+    ) -> tuple[T, Transaction]:
         async with self.snapshot() as snap:
             tx = self.reader(snap, journal)
             return await fn(tx), tx
@@ -104,7 +106,8 @@ class Database:
                     ts = int(await conn.fetchval("SELECT _ripple_commit_ts()"))
                     if dedupe is not None:
                         await conn.execute(
-                            "INSERT INTO _ripple_mutations (session_id, request_id, result, ts) VALUES ($1, $2, $3, $4)",
+                            "INSERT INTO _ripple_mutations (session_id, request_id, result, ts)"
+                            " VALUES ($1, $2, $3, $4)",
                             *dedupe,
                             {"value": encode(value)},
                             ts,

@@ -129,7 +129,9 @@ class Transaction:
                     )
                 if spec.type is ColumnType.NUMBER:
                     value = float(value)
-            elif spec.required:
+            elif not spec.nullable:
+                if not partial and not spec.required:
+                    continue  # left out, so the column's default applies
                 raise ArgumentError(f'{verb} "{table.convex_name}": field "{name}" is required')
             columns[column] = value
         if not partial:
@@ -202,16 +204,15 @@ class DatabaseWriter(DatabaseReader):
         if not columns:
             return
         sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(columns, start=2))
-        await self._tx.conn.execute(
-            f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *columns.values()
-        )
+        await self._tx.conn.execute(f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *columns.values())
 
     async def replace(self, doc_id: str, document: Mapping[str, Any]) -> None:
         """Replace every field; fields not given become absent. `_id` and `_creationTime` are kept."""
         table = await self._existing(doc_id, "replace")
         columns = self._tx.to_columns(table, document, partial=False, verb="replace")
         self._tx.count_write(table)
-        full = {c: columns.get(c) for c in table.columns if not c.startswith("_")}
+        full = {c: columns.get(c) for c, spec in table.columns.items() if not c.startswith("_") and spec.nullable}
+        full.update(columns)
         sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(full, start=2))
         await self._tx.conn.execute(f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *full.values())
 

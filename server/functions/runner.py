@@ -20,7 +20,8 @@ from server.database.reads import ReadSet
 from server.database.transaction import DatabaseReader, DatabaseWriter, Transaction
 from server.errors import ConvexError, LimitExceeded, RippleError, describe
 from server.functions.context import ActionCtx, Auth, Caller, MutationCtx, QueryCtx
-from server.functions.registry import FunctionKind, FunctionSpec, Registry, registry as default_registry
+from server.functions.registry import FunctionKind, FunctionSpec, Registry
+from server.functions.registry import registry as default_registry
 from server.functions.validation import id_tables, validate_args
 
 __all__ = ["Outcome", "Runner", "RunnerLimits"]
@@ -186,9 +187,7 @@ class Runner:
             return self._encode(value)
 
         try:
-            result = await asyncio.wait_for(
-                self.database.mutate(body, dedupe=dedupe), self.limits.mutation_timeout_s
-            )
+            result = await asyncio.wait_for(self.database.mutate(body, dedupe=dedupe), self.limits.mutation_timeout_s)
         except TimeoutError:
             raise LimitExceeded(f"{spec.path} ran longer than {self.limits.mutation_timeout_s} s") from None
         outcome.value, outcome.ts, outcome.retries = result.value, result.ts, result.retries

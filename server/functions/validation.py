@@ -13,6 +13,7 @@ import inspect
 import typing
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
@@ -25,7 +26,7 @@ __all__ = ["Id", "args_model", "id_tables", "validate_args"]
 
 # Table number → Convex table name, for the running catalog. Set by the runner around validation, so that
 # `Id("videos")` needs no query and no global state.
-id_tables: ContextVar[Mapping[int, str]] = ContextVar("id_tables", default={})
+id_tables: ContextVar[Mapping[int, str]] = ContextVar("id_tables", default=MappingProxyType({}))
 
 
 class _IdCheck:
@@ -43,7 +44,7 @@ class _IdCheck:
         return value
 
 
-def Id(table: str) -> Any:  # noqa: N802 - reads like Convex's v.id("table")
+def Id(table: str) -> Any:
     """The type of a document id of `table` (its Convex name, e.g. "agentSessions")."""
     return Annotated[str, AfterValidator(_IdCheck(table))]
 

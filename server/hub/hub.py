@@ -41,7 +41,12 @@ class _Subscribe:
 
     def __init__(self, session: Subscriber, token: int, path: str, args: Any, journal: str | None, caller: Caller):
         self.session, self.token, self.path, self.args, self.journal, self.caller = (
-            session, token, path, args, journal, caller,
+            session,
+            token,
+            path,
+            args,
+            journal,
+            caller,
         )
 
 
@@ -110,7 +115,9 @@ class Hub:
         self._next_token += 1
         return self._next_token
 
-    def subscribe(self, session: Subscriber, token: int, path: str, args: Any, journal: str | None, caller: Caller) -> None:
+    def subscribe(
+        self, session: Subscriber, token: int, path: str, args: Any, journal: str | None, caller: Caller
+    ) -> None:
         """Queue a subscription; its first result reaches `session.deliver` at the end of the next round."""
         self._requests.append(_Subscribe(session, token, path, args, journal, caller))
         self._wakeup.set()
@@ -213,9 +220,7 @@ class Hub:
 
     async def _invalidated(self, conn: Any, ts: int) -> set[int]:
         """Instances whose read sets the commits in (processed_ts, ts] touched."""
-        changes, tables, horizon = await read_changes(
-            conn, self.processed_ts, ts, self.settings.max_changes_per_round
-        )
+        changes, tables, horizon = await read_changes(conn, self.processed_ts, ts, self.settings.max_changes_per_round)
         if horizon > self.processed_ts:
             log.warning("the commit log was pruned past ts %d; re-running every query", self.processed_ts)
             return set(self._instances)

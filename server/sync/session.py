@@ -238,10 +238,13 @@ class Session:
     async def _authenticate(self, message: protocol.Authenticate) -> None:
         base = self.identity_received
         if message.baseVersion != base:
-            self._send(protocol.auth_error(
-                f"Authenticate baseVersion {message.baseVersion} does not match identity version {base}",
-                base, attempted=True,
-            ))
+            self._send(
+                protocol.auth_error(
+                    f"Authenticate baseVersion {message.baseVersion} does not match identity version {base}",
+                    base,
+                    attempted=True,
+                )
+            )
             self.shut(1000, "authentication version mismatch")
             return
         try:
@@ -293,8 +296,11 @@ class Session:
             try:
                 args = protocol.args_object(message.args)
             except ValueError as exc:
-                self._send(protocol.mutation_response("MutationResponse", message.requestId, ok=False,
-                                                      result=f"{message.udfPath}: {exc}"))
+                self._send(
+                    protocol.mutation_response(
+                        "MutationResponse", message.requestId, ok=False, result=f"{message.udfPath}: {exc}"
+                    )
+                )
                 self._emit(self.hub.processed_ts, {}, force=True)
                 continue
             dedupe = (self.session_id, message.requestId) if self.session_id else None
@@ -304,14 +310,21 @@ class Session:
             if outcome.retries:
                 self.services.metrics.mutation_retries.inc(outcome.retries)
             if outcome.ok:
-                self._send(protocol.mutation_response(
-                    "MutationResponse", message.requestId, ok=True, result=outcome.value, ts=outcome.ts
-                ))
+                self._send(
+                    protocol.mutation_response(
+                        "MutationResponse", message.requestId, ok=True, result=outcome.value, ts=outcome.ts
+                    )
+                )
             else:
-                self._send(protocol.mutation_response(
-                    "MutationResponse", message.requestId, ok=False, result=outcome.error_message,
-                    error_data=outcome.error_data,
-                ))
+                self._send(
+                    protocol.mutation_response(
+                        "MutationResponse",
+                        message.requestId,
+                        ok=False,
+                        result=outcome.error_message,
+                        error_data=outcome.error_data,
+                    )
+                )
             await self._cover(outcome.ts or 0)
 
     async def _cover(self, ts: int) -> None:
@@ -329,18 +342,26 @@ class Session:
             args = protocol.args_object(message.args)
             outcome = await self.services.runner.call(message.udfPath, args, self.caller, kind=FunctionKind.ACTION)
         except ValueError as exc:
-            self._send(protocol.mutation_response("ActionResponse", message.requestId, ok=False,
-                                                  result=f"{message.udfPath}: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - reported to the caller
-            self._send(protocol.mutation_response("ActionResponse", message.requestId, ok=False,
-                                                  result=describe(exc)))
+            self._send(
+                protocol.mutation_response(
+                    "ActionResponse", message.requestId, ok=False, result=f"{message.udfPath}: {exc}"
+                )
+            )
+        except Exception as exc:
+            self._send(protocol.mutation_response("ActionResponse", message.requestId, ok=False, result=describe(exc)))
         else:
             if outcome.ok:
-                self._send(protocol.mutation_response("ActionResponse", message.requestId, ok=True,
-                                                      result=outcome.value))
+                self._send(
+                    protocol.mutation_response("ActionResponse", message.requestId, ok=True, result=outcome.value)
+                )
             else:
-                self._send(protocol.mutation_response(
-                    "ActionResponse", message.requestId, ok=False, result=outcome.error_message,
-                    error_data=outcome.error_data,
-                ))
+                self._send(
+                    protocol.mutation_response(
+                        "ActionResponse",
+                        message.requestId,
+                        ok=False,
+                        result=outcome.error_message,
+                        error_data=outcome.error_data,
+                    )
+                )
         await self._cover(self.hub.processed_ts)

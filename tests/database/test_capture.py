@@ -290,6 +290,16 @@ async def test_insert_update_delete_record_keys(schema_dsn: str) -> None:
     assert per_commit == [[e] for e in expected]
 
 
+async def test_an_id_changed_by_plain_sql_is_a_delete_and_an_insert(schema_dsn: str) -> None:
+    async with connect(schema_dsn) as conn:
+        old_id = await conn.fetchval(INSERT_WORKFLOW, "t")
+        new_id = await conn.fetchval("SELECT _ripple_new_id('workflows')")
+        await conn.execute("UPDATE workflows SET _id = $1 WHERE _id = $2", new_id, old_id)
+        got = await changes_of(conn, (await commits(conn))[-1][1])
+        by_doc = {c["doc"]: (c["old"] is not None, c["new"] is not None) for c in got}
+        assert by_doc == {old_id: (True, False), new_id: (False, True)}
+
+
 async def test_truncate_records_a_delete_per_row(schema_dsn: str) -> None:
     async with connect(schema_dsn) as conn:
         ids = {await conn.fetchval(INSERT_WORKFLOW, f"t{i}") for i in range(3)}

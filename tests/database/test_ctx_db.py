@@ -82,11 +82,12 @@ async def test_insert_get_patch_replace_delete_round_trip(db: Database) -> None:
 async def test_writes_are_checked_against_the_schema(db: Database) -> None:
     with pytest.raises(ArgumentError, match='unknown field "colour"'):
         await write(db, lambda w: w.insert("videos", {"twitchId": "a", "title": "t", "status": "Q", "colour": "red"}))
-    with pytest.raises(ArgumentError, match='missing required field.*title'):
+    with pytest.raises(ArgumentError, match="missing required field.*title"):
         await write(db, lambda w: w.insert("videos", {"twitchId": "a", "status": "Q"}))
     with pytest.raises(ArgumentError, match='"progressPercentage" must be a number, got str'):
-        await write(db, lambda w: w.insert("videos", {"twitchId": "a", "title": "t", "status": "Q",
-                                                       "progressPercentage": "50"}))
+        await write(
+            db, lambda w: w.insert("videos", {"twitchId": "a", "title": "t", "status": "Q", "progressPercentage": "50"})
+        )
     with pytest.raises(ArgumentError, match='system field "_id" cannot be written'):
         await write(db, lambda w: w.insert("videos", {"_id": "x", "twitchId": "a", "title": "t", "status": "Q"}))
     with pytest.raises(SchemaError, match='no table named "movies"'):
@@ -129,8 +130,14 @@ async def test_index_ranges_order_and_read_sets(db: Database) -> None:
     docs, _ = await read(db, lambda r: r.query("videos").with_index("by_status", by_status).order("desc").collect())
     assert [d["twitchId"] for d in docs] == ["v4", "v2", "v0"]
 
-    docs, tx = await read(db, lambda r: r.query("videos").with_index(
-        "by_created_at", lambda q: q.gt("createdAt", 100).lte("createdAt", 103)).collect())
+    docs, tx = await read(
+        db,
+        lambda r: (
+            r.query("videos")
+            .with_index("by_created_at", lambda q: q.gt("createdAt", 100).lte("createdAt", 103))
+            .collect()
+        ),
+    )
     assert [d["twitchId"] for d in docs] == ["v1", "v2", "v3"]
     (rng,) = tx.read_set.ranges
     assert rng.lower == ((100.0,), False) and rng.upper == ((103.0,), True)
@@ -144,8 +151,9 @@ async def test_index_ranges_order_and_read_sets(db: Database) -> None:
 
     first, _ = await read(db, lambda r: r.query("videos").with_index("by_status", by_status).first())
     assert first["twitchId"] == "v0"
-    one, _ = await read(db, lambda r: r.query("videos").with_index(
-        "by_twitch_id", lambda q: q.eq("twitchId", "v3")).unique())
+    one, _ = await read(
+        db, lambda r: r.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", "v3")).unique()
+    )
     assert one["status"] == "Completed"
     with pytest.raises(ArgumentError, match="unique\\(\\) found more than one"):
         await read(db, lambda r: r.query("videos").with_index("by_status", by_status).unique())
@@ -163,18 +171,37 @@ async def test_filter_is_evaluated_in_sql_and_range_errors_are_clear(db: Databas
         await video(w, "c", "Failed")
 
     await write(db, seed)
-    docs, _ = await read(db, lambda r: r.query("videos").filter(
-        lambda q: q.and_(q.eq(q.field("status"), "Queued"), q.gt(q.field("progressPercentage"), 50))).collect())
+    docs, _ = await read(
+        db,
+        lambda r: (
+            r.query("videos")
+            .filter(lambda q: q.and_(q.eq(q.field("status"), "Queued"), q.gt(q.field("progressPercentage"), 50)))
+            .collect()
+        ),
+    )
     assert [d["twitchId"] for d in docs] == ["b"]
-    docs, _ = await read(db, lambda r: r.query("videos").filter(
-        lambda q: q.or_(q.eq(q.field("progressPercentage"), None), q.lt(q.field("progressPercentage"), 20))).collect())
+    docs, _ = await read(
+        db,
+        lambda r: (
+            r.query("videos")
+            .filter(lambda q: q.or_(q.eq(q.field("progressPercentage"), None), q.lt(q.field("progressPercentage"), 20)))
+            .collect()
+        ),
+    )
     assert [d["twitchId"] for d in docs] == ["a", "c"]
-    docs, _ = await read(db, lambda r: r.query("videos").filter(lambda q: q.not_(q.eq(q.field("status"), "Queued")))
-                         .collect())
+    docs, _ = await read(
+        db, lambda r: r.query("videos").filter(lambda q: q.not_(q.eq(q.field("status"), "Queued"))).collect()
+    )
     assert [d["twitchId"] for d in docs] == ["c"]
     with pytest.raises(ArgumentError, match="must name them in order"):
-        await read(db, lambda r: r.query("agentSessions").with_index(
-            "by_workflow_and_status", lambda q: q.eq("status", "running")).collect())
+        await read(
+            db,
+            lambda r: (
+                r.query("agentSessions")
+                .with_index("by_workflow_and_status", lambda q: q.eq("status", "running"))
+                .collect()
+            ),
+        )
     with pytest.raises(SchemaError, match='has no field "nope"'):
         await read(db, lambda r: r.query("videos").filter(lambda q: q.eq(q.field("nope"), 1)).collect())
 
@@ -188,7 +215,7 @@ async def test_paginate_walks_every_row_once_and_keeps_its_end(db: Database) -> 
     q = lambda r, opts: r.query("videos").with_index("by_status", lambda x: x.eq("status", "Queued")).paginate(opts)  # noqa: E731
     seen, cursor, journals = [], None, []
     while True:
-        page, tx = await read(db, lambda r: q(r, {"numItems": 3, "cursor": cursor}))
+        page, tx = await read(db, lambda r, cursor=cursor: q(r, {"numItems": 3, "cursor": cursor}))
         seen += [d["twitchId"] for d in page["page"]]
         journals.append(tx.journal)
         assert isinstance(page["continueCursor"], str)

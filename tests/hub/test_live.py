@@ -70,10 +70,13 @@ async def test_one_transaction_of_100k_rows_invalidates_correctly(ripple: Ripple
     last = await client.subscribe("testing:count", {"twitchId": "bulk-99999"})
     untouched = await client.subscribe("testing:videosByStatus", {"status": "Completed"})
     assert client.results[last] == -1
-    await sql(ripple, """
+    await sql(
+        ripple,
+        """
         INSERT INTO videos (twitch_id, title, status, progress_percentage)
         SELECT 'bulk-' || i, 'bulk', 'Bulk', 5 FROM generate_series(0, 99999) AS i
-    """)
+    """,
+    )
     await client.expect(lambda m: m["type"] == "Transition" and client.results[last] == 5, timeout_s=30)
     assert client.results[untouched] == []
     await client.close()
@@ -99,11 +102,21 @@ def _free_port() -> int:
 
 async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
     port = _free_port()
-    env = dict(os.environ, DATABASE_URL=ripple.settings.database_url, RIPPLE_JWT_SECRET=JWT_SECRET,
-               RIPPLE_ADMIN_KEY=ADMIN_KEY, RIPPLE_MODULES=json.dumps(["tests.support.testing_app"]),
-               PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", str(port), "--log-level", "warning"],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = dict(
+        os.environ,
+        DATABASE_URL=ripple.settings.database_url,
+        RIPPLE_JWT_SECRET=JWT_SECRET,
+        RIPPLE_ADMIN_KEY=ADMIN_KEY,
+        RIPPLE_MODULES=json.dumps(["tests.support.testing_app"]),
+        PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     other = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=other) as http:
@@ -123,8 +136,11 @@ async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
             await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 1)
             await here.mutation("testing:setProgress", {"twitchId": "mp", "progress": 2})
             await there.expect(lambda m: m["type"] == "Transition" and there.results[q_there] == 2)
-            body = (await http.post("/api/mutation", json={"path": "testing:setProgress",
-                                                           "args": {"twitchId": "mp", "progress": 3}})).json()
+            body = (
+                await http.post(
+                    "/api/mutation", json={"path": "testing:setProgress", "args": {"twitchId": "mp", "progress": 3}}
+                )
+            ).json()
             assert body["status"] == "success", body
             await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 3)
             await here.close()

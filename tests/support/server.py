@@ -54,8 +54,15 @@ class RippleServer:
         identity = await self.services.authenticator.verify_async(self.token(user)) if user else None
         return Caller(identity, is_admin=admin)
 
-    async def call(self, path: str, args: dict[str, Any] | None = None, *, user: str | None = None,
-                   admin: bool = False, internal: bool = False) -> Any:
+    async def call(
+        self,
+        path: str,
+        args: dict[str, Any] | None = None,
+        *,
+        user: str | None = None,
+        admin: bool = False,
+        internal: bool = False,
+    ) -> Any:
         """Run a function in-process as `user` (or anonymously, or as admin); raise its error if it failed.
 
         Returns the decoded result (numbers as floats, as a Convex client sees them).
@@ -69,24 +76,34 @@ class RippleServer:
             raise outcome.error
         return values.decode(outcome.value)
 
-    async def http(self, kind: str, path: str, args: Any = None, *, token: str | None = None,
-                   admin: bool = False, fmt: str = "convex_encoded_json") -> httpx.Response:
+    async def http(
+        self,
+        kind: str,
+        path: str,
+        args: Any = None,
+        *,
+        token: str | None = None,
+        admin: bool = False,
+        fmt: str = "convex_encoded_json",
+    ) -> httpx.Response:
         headers = {}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if admin:
             headers["Authorization"] = f"Convex {ADMIN_KEY}"
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
-            return await client.post(f"/api/{kind}", json={"path": path, "args": args or {}, "format": fmt},
-                                     headers=headers)
+            return await client.post(
+                f"/api/{kind}", json={"path": path, "args": args or {}, "format": fmt}, headers=headers
+            )
 
 
 @asynccontextmanager
 async def run_server(dsn: str, **overrides: Any) -> AsyncIterator[RippleServer]:
     settings = test_settings(dsn, **overrides)
     app = create_app(settings, dsn)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                            ws_max_size=settings.max_message_bytes)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_max_size=settings.max_message_bytes
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

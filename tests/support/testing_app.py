@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from server import ConvexError, Id, internal_mutation, internal_query, mutation, query, action
+from server import ConvexError, Id, action, internal_mutation, internal_query, mutation, query
 
 
 @mutation(name="testing:insert")
@@ -122,7 +122,8 @@ async def my_videos(ctx: Any) -> Any:
 async def set_progress(ctx: Any, twitch_id: str, progress: float) -> None:
     doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
     if doc is None:
-        await ctx.db.insert("videos", {"twitchId": twitch_id, "title": twitch_id, "status": "Queued",
-                                       "progressPercentage": progress})
+        await ctx.db.insert(
+            "videos", {"twitchId": twitch_id, "title": twitch_id, "status": "Queued", "progressPercentage": progress}
+        )
     else:
         await ctx.db.patch(doc["_id"], {"progressPercentage": progress})

@@ -40,8 +40,15 @@ class SyncClient:
         ws = await websockets.connect(url, max_size=None, max_queue=max_queue, compression=None)
         client = cls(ws)
         if connect:
-            await client.send({"type": "Connect", "sessionId": client.session_id, "connectionCount": 0,
-                               "lastCloseReason": "InitialConnect", "clientTs": 0})
+            await client.send(
+                {
+                    "type": "Connect",
+                    "sessionId": client.session_id,
+                    "connectionCount": 0,
+                    "lastCloseReason": "InitialConnect",
+                    "clientTs": 0,
+                }
+            )
         return client
 
     async def close(self) -> None:
@@ -100,8 +107,9 @@ class SyncClient:
             except TimeoutError:
                 return
 
-    async def subscribe(self, path: str, args: dict[str, Any] | None = None, *, journal: str | None = None,
-                        wait: bool = True) -> int:
+    async def subscribe(
+        self, path: str, args: dict[str, Any] | None = None, *, journal: str | None = None, wait: bool = True
+    ) -> int:
         qid = self.next_query_id
         self.next_query_id += 1
         add: dict[str, Any] = {"type": "Add", "queryId": qid, "udfPath": path, "args": [args or {}]}
@@ -115,14 +123,21 @@ class SyncClient:
 
     async def modify(self, modifications: list[dict[str, Any]], *, wait: bool = True) -> None:
         base, self.query_set = self.query_set, self.query_set + 1
-        await self.send({"type": "ModifyQuerySet", "baseVersion": base, "newVersion": self.query_set,
-                         "modifications": modifications})
+        await self.send(
+            {
+                "type": "ModifyQuerySet",
+                "baseVersion": base,
+                "newVersion": self.query_set,
+                "modifications": modifications,
+            }
+        )
         if wait:
             target = self.query_set
             await self.expect(lambda m: m["type"] == "Transition" and m["endVersion"]["querySet"] >= target)
 
-    async def mutation(self, path: str, args: dict[str, Any] | None = None, *, request_id: int | None = None,
-                       kind: str = "Mutation") -> dict[str, Any]:
+    async def mutation(
+        self, path: str, args: dict[str, Any] | None = None, *, request_id: int | None = None, kind: str = "Mutation"
+    ) -> dict[str, Any]:
         """Send a mutation; return its response after the Transition that covers it has arrived."""
         if request_id is None:
             request_id = self.next_request_id
@@ -135,10 +150,17 @@ class SyncClient:
         return response
 
     async def authenticate(self, token: str | None, token_type: str = "User") -> dict[str, Any]:
-        message: dict[str, Any] = {"type": "Authenticate", "tokenType": token_type if token else "None",
-                                   "baseVersion": self.version["identity"]}
+        message: dict[str, Any] = {
+            "type": "Authenticate",
+            "tokenType": token_type if token else "None",
+            "baseVersion": self.version["identity"],
+        }
         if token:
             message["value"] = token
         await self.send(message)
-        return await self.expect(lambda m: m["type"] in ("AuthError", "FatalError") or (
-            m["type"] == "Transition" and m["endVersion"]["identity"] > m["startVersion"]["identity"]))
+        return await self.expect(
+            lambda m: (
+                m["type"] in ("AuthError", "FatalError")
+                or (m["type"] == "Transition" and m["endVersion"]["identity"] > m["startVersion"]["identity"])
+            )
+        )

@@ -18,8 +18,11 @@ async def test_node_subscribe_mutate_read_your_writes(ripple):
         first = await client.next_update("s1")
         assert first["value"] == []
         for n in range(3):
-            result = await client.call("mutation", "testing:insert",
-                                       {"table": "videos", "doc": {"twitchId": f"v{n}", "title": "t", "status": "Queued"}})
+            result = await client.call(
+                "mutation",
+                "testing:insert",
+                {"table": "videos", "doc": {"twitchId": f"v{n}", "title": "t", "status": "Queued"}},
+            )
             assert result["event"] == "result", result
             # The promise resolved only after the subscription already showed the write.
             assert _ids(result["subs"]["s1"]) == [f"v{i}" for i in range(n + 1)]
@@ -29,15 +32,20 @@ async def test_python_subscribe_and_mutation(ripple):
     async with await ClientDriver.start("python", ripple.url) as client:
         await client.subscribe("s1", "testing:videosByStatus", {"status": "Queued"})
         assert (await client.next_update("s1"))["value"] == []
-        result = await client.call("mutation", "testing:insert",
-                                   {"table": "videos", "doc": {"twitchId": "p1", "title": "t", "status": "Queued"}})
+        result = await client.call(
+            "mutation",
+            "testing:insert",
+            {"table": "videos", "doc": {"twitchId": "p1", "title": "t", "status": "Queued"}},
+        )
         assert result["event"] == "result", result
         update = await client.expect(lambda e: e.get("event") == "update" and e.get("value"), timeout_s=10)
         assert _ids(update["value"]) == ["p1"]
 
 
 async def _insert(ripple, twitch_id: str, status: str = "Queued") -> None:
-    await ripple.call("testing:insert", {"table": "videos", "doc": {"twitchId": twitch_id, "title": "t", "status": status}})
+    await ripple.call(
+        "testing:insert", {"table": "videos", "doc": {"twitchId": twitch_id, "title": "t", "status": status}}
+    )
 
 
 async def test_node_auth_with_a_jwt(ripple):
@@ -62,11 +70,18 @@ async def test_node_reconnect_resumes_every_subscription(ripple):
         await asyncio.sleep(0.3)  # the client is reconnecting (its backoff is about a second)
         await _insert(ripple, "after-q")
         await _insert(ripple, "after-f", "Failed")
-        q = await client.expect(lambda e: e.get("id") == "q" and e.get("event") == "update" and e["value"], timeout_s=20)
-        f = await client.expect(lambda e: e.get("id") == "f" and e.get("event") == "update" and e["value"], timeout_s=20)
+        q = await client.expect(
+            lambda e: e.get("id") == "q" and e.get("event") == "update" and e["value"], timeout_s=20
+        )
+        f = await client.expect(
+            lambda e: e.get("id") == "f" and e.get("event") == "update" and e["value"], timeout_s=20
+        )
         assert _ids(q["value"]) == ["after-q"] and _ids(f["value"]) == ["after-f"]
-        result = await client.call("mutation", "testing:insert",
-                                   {"table": "videos", "doc": {"twitchId": "again", "title": "t", "status": "Queued"}})
+        result = await client.call(
+            "mutation",
+            "testing:insert",
+            {"table": "videos", "doc": {"twitchId": "again", "title": "t", "status": "Queued"}},
+        )
         assert _ids(result["subs"]["q"]) == ["after-q", "again"]
         assert ripple.services.hub.subscription_count == 2  # the old socket's subscriptions are gone
 
@@ -75,17 +90,22 @@ async def test_node_paginated_query_stays_gapless_under_inserts(ripple):
     for i in range(5):
         await _insert(ripple, f"p{i}")
     async with await ClientDriver.start("node", ripple.url) as client:
-        await client.send({"op": "paginate", "id": "pg", "fn": "testing:videosPage", "args": {"status": "Queued"},
-                           "numItems": 2})
+        await client.send(
+            {"op": "paginate", "id": "pg", "fn": "testing:videosPage", "args": {"status": "Queued"}, "numItems": 2}
+        )
         await client.expect(lambda e: e.get("event") == "pages" and e.get("status") == "CanLoadMore")
         await client.send({"op": "loadMore", "id": "pg", "numItems": 2})
         await client.expect(lambda e: e.get("event") == "pages" and len(e["items"]) == 4)
         # Rows inserted inside the loaded pages and after them: nothing is skipped or shown twice.
         await _insert(ripple, "p5")
-        await ripple.call("testing:insert", {"table": "videos", "doc": {"twitchId": "x", "title": "t", "status": "Failed"}})
+        await ripple.call(
+            "testing:insert", {"table": "videos", "doc": {"twitchId": "x", "title": "t", "status": "Failed"}}
+        )
         await client.send({"op": "loadMore", "id": "pg", "numItems": 10})
         final = await client.expect(
-            lambda e: e.get("event") == "pages" and e.get("status") == "Exhausted" and len(e["items"]) == 6, timeout_s=15)
+            lambda e: e.get("event") == "pages" and e.get("status") == "Exhausted" and len(e["items"]) == 6,
+            timeout_s=15,
+        )
         assert [d["twitchId"] for d in final["items"]] == [f"p{i}" for i in range(6)]
         await _insert(ripple, "p6")
         final = await client.expect(lambda e: e.get("event") == "pages" and len(e["items"]) == 7, timeout_s=15)

@@ -97,8 +97,9 @@ async def test_resent_mutation_is_applied_once(ripple: RippleServer) -> None:
     # A new socket of the same session (a JS reconnect) resends it too.
     other = await SyncClient.connect(ripple.ws_url, connect=False)
     other.session_id = client.session_id
-    await other.send({"type": "Connect", "sessionId": client.session_id, "connectionCount": 1,
-                      "lastCloseReason": "x", "clientTs": 0})
+    await other.send(
+        {"type": "Connect", "sessionId": client.session_id, "connectionCount": 1, "lastCloseReason": "x", "clientTs": 0}
+    )
     third = await other.mutation("testing:insert", VIDEO, request_id=3)
     assert third["result"] == first["result"]
     conn = await asyncpg.connect(ripple.settings.database_url)
@@ -114,10 +115,17 @@ async def test_mutations_on_one_socket_run_in_order(ripple: RippleServer) -> Non
     client = await SyncClient.connect(ripple.ws_url)
     qid = await client.subscribe("testing:count", {"twitchId": "c"})
     for n in range(10):
-        await client.send({"type": "Mutation", "requestId": n, "udfPath": "testing:setProgress",
-                           "args": [{"twitchId": "c", "progress": n}]})
-    responses = [await client.expect(lambda m, n=n: m["type"] == "MutationResponse" and m["requestId"] == n)
-                 for n in range(10)]
+        await client.send(
+            {
+                "type": "Mutation",
+                "requestId": n,
+                "udfPath": "testing:setProgress",
+                "args": [{"twitchId": "c", "progress": n}],
+            }
+        )
+    responses = [
+        await client.expect(lambda m, n=n: m["type"] == "MutationResponse" and m["requestId"] == n) for n in range(10)
+    ]
     assert [ts_of(r["ts"]) for r in responses] == sorted(ts_of(r["ts"]) for r in responses)
     await client.expect(lambda m: m["type"] == "Transition" and client.results.get(qid) == 9)
     await client.close()
@@ -184,8 +192,16 @@ async def test_protocol_errors_are_reported_and_others_go_on(ripple: RippleServe
     # An oversized frame closes only its own socket.
     huge = await SyncClient.connect(ripple.ws_url)
     with pytest.raises(websockets.ConnectionClosed) as closed:
-        await huge.ws.send(json.dumps({"type": "Mutation", "requestId": 0, "udfPath": "testing:insert",
-                                       "args": [{"pad": "x" * (ripple.settings.max_message_bytes + 10)}]}))
+        await huge.ws.send(
+            json.dumps(
+                {
+                    "type": "Mutation",
+                    "requestId": 0,
+                    "udfPath": "testing:insert",
+                    "args": [{"pad": "x" * (ripple.settings.max_message_bytes + 10)}],
+                }
+            )
+        )
         await huge.expect(lambda m: False, timeout_s=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
