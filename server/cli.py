@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             log_level=args.log_level,
+            log_config=None,  # keep the logging set up by configure_logging (text or JSON)
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=5.0,
             ws_ping_timeout=120.0,
@@ -137,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(fn=_bench)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.logs import configure_logging
+
+    configure_logging(getattr(args, "log_level", "info"), os.environ.get("RIPPLE_LOG_FORMAT", "text"))
     return int(args.fn(args))
 
 

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     pool_min_size: int = 2
     pool_max_size: int = 10
 
+    # `RIPPLE_LOG_FORMAT=json` writes one JSON object per log line (read by the CLI before settings load).
+    log_format: str = "text"
     host: str = "127.0.0.1"
     port: int = 8000
     # Extra app modules to load ("package.module"), beyond the built-in ones.

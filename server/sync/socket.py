@@ -26,6 +26,8 @@ log = logging.getLogger("ripple.sync")
 async def sync_endpoint(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     await websocket.accept()
+    client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+    log.info("sync socket opened", extra={"client": client, "path": websocket.url.path})
     session = Session(services)
     services.sessions.add(session)
     services.metrics.connections.inc()
@@ -58,6 +60,10 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         if closed is None and sender.done() and not sender.cancelled():
             error = sender.exception()
             closed = error if isinstance(error, SessionClosed) else None
+        log.info(
+            "sync socket closed",
+            extra={"client": client, "session_id": session.session_id, "reason": closed.reason if closed else "peer"},
+        )
         if closed is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(websocket.close(closed.code, closed.reason), 5)
