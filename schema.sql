@@ -420,6 +420,12 @@ BEGIN
     ELSE
         doc := NEW._id;
     END IF;
+    IF TG_OP = 'UPDATE' AND OLD._id IS DISTINCT FROM doc THEN
+        -- an _id changed by plain SQL: the old document is gone and a new one appeared
+        INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys)
+        VALUES (x, TG_TABLE_NAME, OLD._id, o, NULL);
+        o := NULL;
+    END IF;
     INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys) VALUES (x, TG_TABLE_NAME, doc, o, n);
     IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
         INSERT INTO _ripple_pending (xid) VALUES (x) RETURNING ctid INTO pos;

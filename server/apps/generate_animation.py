@@ -37,14 +37,14 @@ You revise Remotion animations written in React and TypeScript.
 You get the current component and a change request. Answer with the complete updated component in a
 single ```tsx code block, changing only what the request asks for and keeping the same export."""
 
-Prompt = Annotated[str, Field(min_length=1)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 Positive = Annotated[float, Field(gt=0)]
 
 
 @action
 async def generate(
     ctx: Any,
-    prompt: Prompt,
+    prompt: NonEmpty,
     aspect_ratio: str | None = None,
     duration_in_seconds: Positive | None = None,
     fps: Positive | None = None,
@@ -52,22 +52,22 @@ async def generate(
     """A new generation from a prompt: {id, rawCode, code, durationInFrames, fps}."""
     token = await token_of(ctx, "generate animations")
     claude = Claude.from_settings(claude_settings())
-    settings = {"aspectRatio": aspect_ratio, "durationInSeconds": duration_in_seconds, "fps": fps}
+    composition = {"aspectRatio": aspect_ratio, "durationInSeconds": duration_in_seconds, "fps": fps}
     generation_id = await ctx.run_mutation(
         generations.create_pending,
-        {"userId": token, "prompt": prompt, "createdAt": now_ms(), "model": claude.model, **settings},
+        {"userId": token, "prompt": prompt, "createdAt": now_ms(), "model": claude.model, **composition},
     )
-    request = f"{prompt}\n\n{_composition(settings)}"
+    request = f"{prompt}\n\n{_describe_composition(composition)}"
     return await _fill_pending(
-        ctx, claude, generation_id, settings, GENERATION_SYSTEM_PROMPT, [{"role": "user", "content": request}]
+        ctx, claude, generation_id, composition, GENERATION_SYSTEM_PROMPT, [{"role": "user", "content": request}]
     )
 
 
 @action
 async def refine(
     ctx: Any,
-    current_code: Prompt,
-    refinement_prompt: Prompt,
+    current_code: NonEmpty,
+    refinement_prompt: NonEmpty,
     conversation_history: list[ConversationTurn] | None = None,
 ) -> dict[str, Any]:
     """A preview of the refined code, {rawCode, code}; nothing is stored."""
@@ -82,10 +82,10 @@ async def refine(
 async def refine_and_persist(
     ctx: Any,
     parent_generation_id: GenerationId,
-    refinement_prompt: Prompt,
+    refinement_prompt: NonEmpty,
     conversation_history: list[ConversationTurn],
 ) -> dict[str, Any]:
-    """A refinement stored as a child of the parent, with the parent's prompt and composition settings."""
+    """A refinement stored as a child of the parent; keeps its prompt, aspect ratio, fps and duration."""
     fn = "generateAnimation:refineAndPersist"
     token = await token_of(ctx, "refine animations")
     claude = Claude.from_settings(claude_settings())
@@ -99,7 +99,7 @@ async def refine_and_persist(
             f'{fn}: generation "{parent_generation_id}" has no code yet; refine it once it has finished',
             id=parent_generation_id,
         )
-    settings = {key: parent.get(key) for key in ("aspectRatio", "durationInSeconds", "fps")}
+    composition = {key: parent.get(key) for key in ("aspectRatio", "durationInSeconds", "fps")}
     child_id = await ctx.run_mutation(
         generations.create_pending,
         {
@@ -110,18 +110,18 @@ async def refine_and_persist(
             "refinementPrompt": refinement_prompt,
             "conversationHistory": [turn.model_dump() for turn in conversation_history],
             "model": claude.model,
-            **settings,
+            **composition,
         },
     )
     messages = _refinement_messages(current_code, refinement_prompt, conversation_history)
-    return await _fill_pending(ctx, claude, child_id, settings, REFINEMENT_SYSTEM_PROMPT, messages)
+    return await _fill_pending(ctx, claude, child_id, composition, REFINEMENT_SYSTEM_PROMPT, messages)
 
 
 async def _fill_pending(
     ctx: Any,
     claude: Claude,
     generation_id: str,
-    settings: dict[str, Any],
+    composition: dict[str, Any],
     system: str,
     messages: list[dict[str, str]],
 ) -> dict[str, Any]:
@@ -131,8 +131,8 @@ async def _fill_pending(
         partial = {"id": generation_id, "rawCode": text, "code": extract_code(text, partial=True)}
         await ctx.run_mutation(generations.update_partial, partial)
 
-    fps = settings.get("fps") or DEFAULT_FPS
-    seconds = settings.get("durationInSeconds") or DEFAULT_DURATION_S
+    fps = composition.get("fps") or DEFAULT_FPS
+    seconds = composition.get("durationInSeconds") or DEFAULT_DURATION_S
     try:
         raw_code = await claude.stream(system=system, messages=messages, on_text=show_partial)
         result = {"rawCode": raw_code, "code": _code_of(raw_code), "durationInFrames": round(seconds * fps), "fps": fps}
@@ -161,10 +161,10 @@ def _code_of(raw_code: str) -> str:
     return code
 
 
-def _composition(settings: dict[str, Any]) -> str:
-    fps = settings.get("fps") or DEFAULT_FPS
-    seconds = settings.get("durationInSeconds") or DEFAULT_DURATION_S
-    aspect = settings.get("aspectRatio") or "16:9"
+def _describe_composition(composition: dict[str, Any]) -> str:
+    fps = composition.get("fps") or DEFAULT_FPS
+    seconds = composition.get("durationInSeconds") or DEFAULT_DURATION_S
+    aspect = composition.get("aspectRatio") or "16:9"
     return f"Composition: aspect ratio {aspect}, {fps:g} fps, {seconds:g} seconds ({round(seconds * fps)} frames)."
 
 

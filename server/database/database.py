@@ -103,15 +103,21 @@ class Database:
                 async with self.pool.acquire() as conn, conn.transaction(isolation="serializable"):
                     tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
                     value = await fn(tx)
-                    ts = int(await conn.fetchval("SELECT _ripple_commit_ts()"))
-                    if dedupe is not None:
-                        await conn.execute(
-                            "INSERT INTO _ripple_mutations (session_id, request_id, result, ts)"
-                            " VALUES ($1, $2, $3, $4)",
-                            *dedupe,
-                            {"value": encode(value)},
-                            ts,
-                        )
+                    if tx.wrote:
+                        ts = int(await conn.fetchval("SELECT _ripple_commit_ts()"))
+                        if dedupe is not None:
+                            await conn.execute(
+                                "INSERT INTO _ripple_mutations (session_id, request_id, result, ts)"
+                                " VALUES ($1, $2, $3, $4)",
+                                *dedupe,
+                                {"value": encode(value)},
+                                ts,
+                            )
+                if not tx.wrote:
+                    # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than the
+                    # newest visible commit. (Reading _ripple_commits inside the SERIALIZABLE transaction would
+                    # make it conflict with every writer.)
+                    ts = await self.latest_ts()
                 return MutationOutcome(value, ts, attempt)
             except _RETRYABLE:
                 attempt += 1
