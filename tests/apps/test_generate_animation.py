@@ -26,8 +26,15 @@ from tests.support.server import RippleServer, run_server
 API_KEY = "test-key"
 MODEL = "claude-fake"
 CODE = "export const MyAnimation = () => {\n  return null;\n};"
-REPLY = ["Here is the animation:\n", "```tsx\n", "export const MyAnimation = () => {\n", "  return null;\n", "};\n",
-         "```\n", "It renders nothing yet."]
+REPLY = [
+    "Here is the animation:\n",
+    "```tsx\n",
+    "export const MyAnimation = () => {\n",
+    "  return null;\n",
+    "};\n",
+    "```\n",
+    "It renders nothing yet.",
+]
 HISTORY = [{"role": "user", "content": "make a ball"}, {"role": "assistant", "content": "```tsx\nball\n```"}]
 
 
@@ -74,7 +81,8 @@ async def rows_of(ripple: RippleServer, user: str) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(ripple.settings.database_url)
     try:
         rows = await conn.fetch(
-            "SELECT _id, status FROM generations WHERE user_id = $1 ORDER BY _creation_time", await token_of(ripple, user)
+            "SELECT _id, status FROM generations WHERE user_id = $1 ORDER BY _creation_time",
+            await token_of(ripple, user),
         )
     finally:
         await conn.close()
@@ -83,8 +91,13 @@ async def rows_of(ripple: RippleServer, user: str) -> list[dict[str, Any]]:
 
 async def stored_parent(ripple: RippleServer, user: str, **fields: Any) -> str:
     doc = {
-        "userId": await token_of(ripple, user), "prompt": "a bouncing ball", "code": "ball()", "rawCode": "```tsx\nball()\n```",
-        "aspectRatio": "9:16", "fps": 24, "durationInSeconds": 3,
+        "userId": await token_of(ripple, user),
+        "prompt": "a bouncing ball",
+        "code": "ball()",
+        "rawCode": "```tsx\nball()\n```",
+        "aspectRatio": "9:16",
+        "fps": 24,
+        "durationInSeconds": 3,
     }
     return await ripple.call("generations:store", {**doc, **fields}, internal=True)
 
@@ -96,7 +109,9 @@ def refine_args(parent: str, **extra: Any) -> dict[str, Any]:
 # generate
 
 
-async def test_generate_streams_claude_into_a_new_generation(ripple: RippleServer, fake: FakeAnthropic, alice: str) -> None:
+async def test_generate_streams_claude_into_a_new_generation(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
     result = await ripple.call(
         "generateAnimation:generate", {"prompt": "a bouncing ball", "fps": 24, "durationInSeconds": 2.5}, user=alice
     )
@@ -141,7 +156,7 @@ async def test_generate_patches_partial_output_while_streaming(
     assert len(seen) >= 3, seen  # the code appeared bit by bit
     assert all(final.startswith(raw) for raw, _ in seen)
     assert [len(raw) for raw, _ in seen] == sorted(len(raw) for raw, _ in seen)
-    assert seen[0][1] is None  # only prose so far: no code yet
+    assert all(code == extract_code(raw, partial=True) for raw, code in seen)  # no code until the block opens
     assert any(code and CODE.startswith(code) for _, code in seen)
     assert (await ripple.call("generations:get", {"id": result["id"]}, user=alice))["rawCode"] == final
 
@@ -195,14 +210,14 @@ async def test_generate_refused_request_fails_without_retry(
 async def test_generate_timeouts_fail_clearly_and_remove_the_row(
     ripple: RippleServer, fake: FakeAnthropic, alice: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RIPPLE_ANTHROPIC_TIMEOUT_S", "0.3")
+    monkeypatch.setenv("RIPPLE_ANTHROPIC_TIMEOUT_S", "0.2")
     fake.script = FakeScript(chunks=REPLY, hang_after_chunks=3)  # answers, then stalls mid-reply
     start = time.monotonic()
-    with pytest.raises(ConvexError, match=r"Claude did not answer within 0.3 s"):
+    with pytest.raises(ConvexError, match=r"Claude did not answer within 0.2 s"):
         await ripple.call("generateAnimation:generate", {"prompt": "p"}, user=alice)
     assert time.monotonic() - start < 3
     fake.script = FakeScript(mode="hang")  # never answers
-    with pytest.raises(ConvexError, match=r"Claude did not answer within 0.3 s"):
+    with pytest.raises(ConvexError, match=r"Claude did not answer within 0.2 s"):
         await ripple.call("generateAnimation:generate", {"prompt": "p"}, user=alice)
     assert await rows_of(ripple, alice) == []
 
@@ -212,6 +227,13 @@ async def test_generate_stream_error_mid_way_removes_the_row(
 ) -> None:
     fake.script = FakeScript(chunks=REPLY, stream_error_after=3)
     with pytest.raises(ConvexError, match=r"Claude API error \(overloaded_error\)"):
+        await ripple.call("generateAnimation:generate", {"prompt": "p"}, user=alice)
+    assert await rows_of(ripple, alice) == []
+
+
+async def test_generate_truncated_reply_fails(ripple: RippleServer, fake: FakeAnthropic, alice: str) -> None:
+    fake.script = FakeScript(chunks=REPLY[:4], stop_reason="max_tokens")
+    with pytest.raises(ConvexError, match="cut off at 8192 tokens"):
         await ripple.call("generateAnimation:generate", {"prompt": "p"}, user=alice)
     assert await rows_of(ripple, alice) == []
 
@@ -233,7 +255,9 @@ async def test_generate_requires_sign_in_and_valid_arguments(
 # refine (preview)
 
 
-async def test_refine_returns_new_code_and_stores_nothing(ripple: RippleServer, fake: FakeAnthropic, alice: str) -> None:
+async def test_refine_returns_new_code_and_stores_nothing(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
     args = {"currentCode": "ball()", "refinementPrompt": "make it blue", "conversationHistory": HISTORY}
     result = await ripple.call("generateAnimation:refine", args, user=alice)
     assert result == {"rawCode": "".join(REPLY), "code": CODE}

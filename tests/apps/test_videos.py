@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from server import ConvexError
@@ -236,3 +238,18 @@ async def test_list_by_status_newest_first_and_bounded(ripple: RippleServer) -> 
     for bad in (0, 501, 2.5):
         with pytest.raises(ArgumentError, match='"limit"'):
             await ripple.call("videos:listByStatus", {"limit": bad})
+
+
+async def test_concurrent_creates_of_one_twitch_id_make_one_video(ripple: RippleServer) -> None:
+    async def create(i: int) -> str | BaseException:
+        try:
+            return str(await ripple.call("videos:create", {"twitchId": "dup", "title": f"T{i}"}, user="alice"))
+        except ConvexError as exc:
+            return exc
+
+    results = await asyncio.gather(*(create(i) for i in range(6)))
+    made = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, ConvexError)]
+    assert len(made) == 1 and len(refused) == 5
+    assert all(r.data["code"] == "ALREADY_EXISTS" for r in refused)
+    assert [v["_id"] for v in await ripple.call("videos:listByStatus", {"status": "Queued"})] == made
