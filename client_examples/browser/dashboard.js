@@ -1,0 +1,421 @@
+/**
+ * dashboard.js: the live dashboard. Every panel is a query subscription; the DOM is updated in place
+ * (keyed rows) so progress bars animate instead of flickering. Server data is only ever written with
+ * textContent, never innerHTML.
+ *
+ * URL shortcuts: ?token=<JWT>&project=<projectId>&generation=<generationId>&server=<base URL>
+ */
+import { RippleClient } from "./ripple.js";
+
+const TOKEN_KEY = "ripple.dashboard.token";
+const $ = (id) => document.getElementById(id);
+
+// ---- Small DOM helpers ------------------------------------------------------------------------
+
+/** Create an element from a static template; data goes in afterwards through textContent. */
+function fromTemplate(html) {
+  const template = document.createElement("template");
+  template.innerHTML = html.trim();
+  return template.content.firstElementChild;
+}
+
+function showError(node, error) {
+  node.textContent = error?.message ?? String(error);
+  node.hidden = false;
+}
+
+function hideError(node) {
+  node.hidden = true;
+  node.textContent = "";
+}
+
+/** Values may arrive as BigInt ($integer) or be absent; the UI only wants plain numbers. */
+const num = (value) => (value === undefined || value === null ? null : Number(value));
+
+/** 0–100, rounded: the text the tests and people read. */
+const percent = (value) => Math.round(Math.min(100, Math.max(0, num(value) ?? 0)));
+
+/** Seconds -> "45s", "1m 05s", "2h 03m 09s". */
+export function formatEta(seconds) {
+  const total = num(seconds);
+  if (total === null || !Number.isFinite(total)) return "—";
+  const s = Math.max(0, Math.round(total));
+  const pad = (n) => String(n).padStart(2, "0");
+  const [h, m, sec] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
+  if (h) return `${h}h ${pad(m)}m ${pad(sec)}s`;
+  return m ? `${m}m ${pad(sec)}s` : `${sec}s`;
+}
+
+function setBar(bar, pct) {
+  bar.firstElementChild.style.width = `${pct}%`;
+  bar.setAttribute("aria-valuenow", String(pct));
+}
+
+/** Reuse one DOM node per key, drop the rest, and keep the server's order. */
+function reconcile(list, cache, items, keyOf, create, update) {
+  const seen = new Set();
+  items.forEach((item, index) => {
+    const key = keyOf(item, index);
+    seen.add(key);
+    let view = cache.get(key);
+    if (!view) cache.set(key, (view = create()));
+    update(view, item, index);
+    if (list.children[index] !== view.root) list.insertBefore(view.root, list.children[index] ?? null);
+  });
+  for (const [key, view] of cache) {
+    if (seen.has(key)) continue;
+    view.root.remove();
+    cache.delete(key);
+  }
+}
+
+/** Only http(s) links from data, so a stored "javascript:" URL can never run. */
+function safeHref(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function jwtSubject(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "="))).sub ?? null;
+  } catch {
+    return null;
+  }
+}
+
+const storage = {
+  get: () => { try { return localStorage.getItem(TOKEN_KEY); } catch { return null; } },
+  set: (t) => { try { localStorage.setItem(TOKEN_KEY, t); } catch { /* private mode: session only */ } },
+  clear: () => { try { localStorage.removeItem(TOKEN_KEY); } catch { /* nothing stored */ } },
+};
+
+// ---- URL parameters ----------------------------------------------------------------------------
+
+const params = new URLSearchParams(location.search);
+if (params.has("token")) storage.set(params.get("token"));
+
+/** Mirror the watched ids into the URL so a reload (or a shared link) shows the same thing. */
+function setParam(name, value) {
+  if (value) params.set(name, value);
+  else params.delete(name);
+  const query = params.toString();
+  history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+}
+setParam("token", null); // keep the JWT out of history, bookmarks and screenshots
+
+// ---- Connection and auth -----------------------------------------------------------------------
+
+const CONNECTION_LABELS = {
+  connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…",
+  fatal: "Stopped", closed: "Closed",
+};
+
+function renderConnection(state, detail) {
+  const node = $("connection-status");
+  node.dataset.state = state;
+  node.querySelector(".label").textContent =
+    state === "fatal" && detail ? `Stopped: ${detail}` : CONNECTION_LABELS[state] ?? state;
+  node.title = detail ? String(detail) : "";
+  document.body.dataset.connection = state;
+}
+
+let signedIn = false;
+
+function renderAuth(state, detail) {
+  const status = $("auth-status");
+  status.dataset.state = state;
+  const who = jwtSubject(client.token ?? "");
+  status.textContent = {
+    none: "Signed out",
+    pending: "Signing in…",
+    confirmed: who ? `Signed in as ${who}` : "Signed in",
+    error: `Sign-in failed: ${detail ?? "token rejected"}`,
+  }[state];
+  if (state === "error") storage.clear(); // the server refused it; do not offer it again on reload
+  const nowSignedIn = state === "pending" || state === "confirmed";
+  $("token-input").hidden = nowSignedIn;
+  $("sign-in").hidden = nowSignedIn;
+  $("sign-out").hidden = !nowSignedIn;
+  if (nowSignedIn !== signedIn) {
+    signedIn = nowSignedIn;
+    watchProject();
+    watchChain();
+  }
+}
+
+const client = new RippleClient(params.get("server") || location.origin, {
+  onConnectionChange: renderConnection,
+  onAuthChange: renderAuth,
+});
+
+$("auth-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const token = $("token-input").value.trim();
+  if (!token) return;
+  $("token-input").value = "";
+  storage.set(token);
+  client.setAuth(token);
+});
+
+$("sign-out").addEventListener("click", () => {
+  storage.clear();
+  client.setAuth(null);
+});
+
+// ---- Video jobs --------------------------------------------------------------------------------
+
+const jobViews = new Map();
+
+function createJobView() {
+  const root = fromTemplate(`
+    <li class="job">
+      <div class="job-head">
+        <div><strong class="job-title"></strong> <span class="muted job-ids"></span></div>
+        <span class="badge job-status"></span>
+      </div>
+      <div class="job-progress">
+        <div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"><span></span></div>
+        <span class="pct"></span>
+      </div>
+      <div class="job-meta">
+        <span>Stage <b class="stage"></b></span>
+        <span>ETA <b class="eta"></b></span>
+      </div>
+      <p class="job-error" hidden></p>
+    </li>`);
+  const q = (selector) => root.querySelector(selector);
+  return { root, title: q(".job-title"), ids: q(".job-ids"), status: q(".job-status"), bar: q(".bar"),
+    pct: q(".pct"), stage: q(".stage"), eta: q(".eta"), error: q(".job-error") };
+}
+
+function statusTone(status) {
+  if (status === "Completed" || status === "complete" || status === "success") return "ok";
+  if (status === "Failed" || status === "failed") return "bad";
+  if (status === "Queued" || status === "pending") return "idle";
+  return "active";
+}
+
+function updateJobView(view, job) {
+  const id = job.twitchId ?? job._id;
+  view.root.dataset.testid = `job-${id}`;
+  view.title.textContent = job.title || id;
+  view.ids.textContent = `#${id}${job.jobId ? ` · job ${job.jobId}` : ""}`;
+  view.status.textContent = job.status ?? "unknown";
+  view.status.dataset.tone = statusTone(job.status);
+  view.status.dataset.testid = `status-${id}`;
+  const done = job.status === "Completed";
+  const pct = percent(job.progressPercentage ?? (done ? 100 : 0));
+  setBar(view.bar, pct);
+  view.bar.dataset.tone = statusTone(job.status);
+  view.pct.textContent = `${pct}%`;
+  view.pct.dataset.testid = `progress-${id}`;
+  view.stage.textContent = job.currentStage || "—";
+  view.stage.dataset.testid = `stage-${id}`;
+  view.eta.textContent = done ? "done" : job.status === "Failed" ? "—" : formatEta(job.estimatedCompletionSeconds);
+  view.eta.dataset.testid = `eta-${id}`;
+  const failed = job.status === "Failed";
+  view.error.hidden = !failed;
+  view.error.dataset.testid = `error-${id}`;
+  if (failed) {
+    const retry = job.isRetryable ? ` (retryable${job.retryCount ? `, ${num(job.retryCount)} retries` : ""})` : "";
+    view.error.textContent = `${job.errorType ?? "error"}: ${job.errorMessage ?? "no message"}${retry}`;
+  }
+}
+
+client.subscribe("videos:listByStatus", {}, (jobs) => {
+  hideError($("jobs-error"));
+  const list = Array.isArray(jobs) ? jobs : [];
+  $("jobs-empty").hidden = list.length > 0;
+  $("jobs-empty").textContent = "No video jobs yet.";
+  $("jobs-count").textContent = list.length ? `${list.length} job${list.length === 1 ? "" : "s"}` : "";
+  reconcile($("jobs-list"), jobViews, list, (job, i) => job._id ?? job.twitchId ?? i, createJobView, updateJobView);
+}, (error) => {
+  $("jobs-empty").hidden = true;
+  showError($("jobs-error"), error);
+});
+
+// ---- Project -----------------------------------------------------------------------------------
+
+let projectWatch = [];
+const storyboardViews = new Map();
+
+function setMeter(name, progress, done, total, complete) {
+  const pct = percent(progress ?? (num(total) ? (100 * num(done)) / num(total) : 0));
+  const text = $(`${name}-progress`);
+  text.textContent = `${pct}%`;
+  text.dataset.value = String(num(progress) ?? pct);
+  setBar($(`${name}-bar`), pct);
+  $(`${name}-bar`).dataset.tone = complete ? "ok" : "active";
+  $(`${name}-detail`).textContent = `${num(done) ?? 0} of ${num(total) ?? 0} shots${complete ? " · complete" : ""}`;
+}
+
+function renderProgress(progress) {
+  hideError($("project-error"));
+  if (!progress) {
+    $("project-summary").textContent = "Project not found";
+    return;
+  }
+  const p = progress;
+  $("project-summary").textContent = `${num(p.totalScenes) ?? 0} scenes · ${num(p.totalShots) ?? 0} shots`;
+  setMeter("selection", p.selectionProgress, p.shotsWithSelections, p.totalShots, p.isSelectionComplete);
+  setMeter("animation", p.animationProgress, p.shotsWithAnimations, p.totalShots, p.isAnimationComplete);
+}
+
+function createStoryboardView() {
+  const root = fromTemplate(`
+    <li class="shot">
+      <div><strong class="where"></strong><div class="muted image"></div></div>
+      <div class="shot-side"><a class="video" target="_blank" rel="noopener" hidden>video</a>
+        <span class="badge anim"></span></div>
+    </li>`);
+  const q = (selector) => root.querySelector(selector);
+  return { root, where: q(".where"), image: q(".image"), video: q(".video"), anim: q(".anim") };
+}
+
+function updateStoryboardView(view, s) {
+  view.root.dataset.testid = `storyboard-${s._id}`;
+  view.where.textContent = `Scene ${s.sceneId ?? "?"} · Shot ${s.shotId ?? "?"}`;
+  view.image.textContent = s.selectedImageId ? `image ${s.selectedImageId}` : "no image selected";
+  view.anim.textContent = s.animationStatus ?? "pending";
+  view.anim.dataset.tone = statusTone(s.animationStatus ?? "pending");
+  const href = s.animatedVideoUrl ? safeHref(s.animatedVideoUrl) : null;
+  view.video.hidden = !href;
+  if (href) view.video.href = href;
+}
+
+function renderStoryboard(selections) {
+  hideError($("storyboard-error"));
+  const list = Array.isArray(selections) ? selections : [];
+  $("storyboard-empty").hidden = list.length > 0;
+  $("storyboard-empty").textContent = "No storyboard selections yet.";
+  reconcile($("storyboard-list"), storyboardViews, list, (s, i) => s._id ?? i,
+    createStoryboardView, updateStoryboardView);
+}
+
+/** (Re)subscribe the project panel; its queries need an identity, so it waits for sign-in. */
+function watchProject() {
+  for (const stop of projectWatch) stop();
+  projectWatch = [];
+  const projectId = $("project-input").value.trim();
+  setParam("project", projectId);
+  hideError($("project-error"));
+  hideError($("storyboard-error"));
+  $("storyboard-list").replaceChildren();
+  storyboardViews.clear();
+  $("project-summary").textContent = "";
+  const ready = Boolean(projectId && signedIn);
+  $("project-body").hidden = !ready;
+  $("project-notice").hidden = ready;
+  $("project-notice").textContent = signedIn ? "Enter a project id." : "Sign in to see project progress.";
+  if (!ready) return;
+  setMeter("selection", 0, 0, 0, false);
+  setMeter("animation", 0, 0, 0, false);
+  $("storyboard-empty").hidden = false;
+  $("storyboard-empty").textContent = "Loading storyboard…";
+  projectWatch = [
+    client.subscribe("projectRedesign:getProjectProgress", { projectId }, renderProgress,
+      (error) => showError($("project-error"), error)),
+    client.subscribe("projectRedesign:getStoryboardSelections", { projectId }, renderStoryboard,
+      (error) => { $("storyboard-empty").hidden = true; showError($("storyboard-error"), error); }),
+  ];
+}
+
+$("project-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  watchProject();
+});
+
+// ---- Refinement chain --------------------------------------------------------------------------
+
+let chainWatch = null;
+const chainViews = new Map();
+
+function createChainView() {
+  const root = fromTemplate(`
+    <li class="version">
+      <div class="version-head">
+        <strong class="label"></strong>
+        <span class="badge status"></span>
+        <span class="muted gen-id"></span>
+      </div>
+      <p class="prompt"></p>
+      <p class="job-error" hidden></p>
+      <pre class="code"><code></code></pre>
+    </li>`);
+  const q = (selector) => root.querySelector(selector);
+  return { root, label: q(".label"), status: q(".status"), id: q(".gen-id"), prompt: q(".prompt"),
+    error: q(".job-error"), pre: q(".code"), code: q(".code code") };
+}
+
+function updateChainView(view, gen, index) {
+  view.root.dataset.testid = `chain-item-${index}`;
+  view.label.textContent = index === 0 ? "Original" : `V${index}`;
+  view.status.textContent = gen.status ?? "pending";
+  view.status.dataset.tone = statusTone(gen.status ?? "pending");
+  view.status.dataset.testid = `chain-status-${index}`;
+  view.id.textContent = gen._id ?? "";
+  view.prompt.textContent = (index === 0 ? gen.prompt : gen.refinementPrompt ?? gen.prompt) ?? "";
+  view.error.hidden = gen.status !== "failed";
+  view.error.textContent = gen.status === "failed" ? gen.errorMessage ?? "Refinement failed" : "";
+  const code = gen.code || gen.rawCode || "";
+  if (view.code.textContent !== code) {
+    // Follow the stream only if the reader was already at the bottom.
+    const pre = view.pre;
+    const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    view.code.textContent = code;
+    if (atBottom) pre.scrollTop = pre.scrollHeight;
+  }
+  view.pre.dataset.testid = `chain-code-${index}`;
+  view.pre.dataset.empty = code ? "false" : "true";
+  view.pre.dataset.placeholder = gen.status === "pending" ? "Waiting for code…" : "No code";
+}
+
+function renderChain(chain) {
+  hideError($("chain-error"));
+  const list = Array.isArray(chain) ? chain : [];
+  $("chain-summary").textContent = list.length ? `${list.length} version${list.length === 1 ? "" : "s"}` : "";
+  $("chain-notice").hidden = list.length > 0;
+  $("chain-notice").textContent = "No generation with this id.";
+  reconcile($("chain-list"), chainViews, list, (_, i) => i, createChainView, updateChainView);
+}
+
+/** (Re)subscribe the chain panel; like the project panel it needs a signed-in user. */
+function watchChain() {
+  chainWatch?.();
+  chainWatch = null;
+  const generationId = $("chain-input").value.trim();
+  setParam("generation", generationId);
+  hideError($("chain-error"));
+  $("chain-list").replaceChildren();
+  chainViews.clear();
+  $("chain-summary").textContent = "";
+  const ready = Boolean(generationId && signedIn);
+  $("chain-notice").hidden = false;
+  $("chain-notice").textContent = !signedIn ? "Sign in to see refinement chains."
+    : ready ? "Loading chain…" : "Enter a generation id.";
+  if (!ready) return;
+  chainWatch = client.subscribe("generations:getRefinementChain", { generationId }, renderChain, (error) => {
+    $("chain-notice").hidden = true;
+    showError($("chain-error"), error);
+  });
+}
+
+$("chain-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  watchChain();
+});
+
+// ---- Start -------------------------------------------------------------------------------------
+
+$("project-input").value = params.get("project") ?? "";
+$("chain-input").value = params.get("generation") ?? "";
+renderAuth("none");
+watchProject();
+watchChain();
+const savedToken = storage.get();
+if (savedToken) client.setAuth(savedToken); // triggers renderAuth("pending"), which subscribes the panels
