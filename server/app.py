@@ -8,7 +8,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, http_api
 from server.auth import AuthConfig, Authenticator
-from server.config import Settings
+from server.config import Settings, shared_path
 from server.database.catalog import apply_schema, load_catalog
 from server.database.database import Database
 from server.database.pool import create_pool
@@ -36,7 +35,7 @@ __all__ = ["Services", "create_app", "load_modules"]
 log = logging.getLogger("ripple")
 
 BUILTIN_MODULES = "server.apps"
-_BROWSER_DIR = Path(__file__).resolve().parent.parent / "client_examples" / "browser"
+_BROWSER_DIR = shared_path("client_examples/browser")
 
 
 @dataclass

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["main"]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -35,6 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         print("ripple: using DATABASE_URL", flush=True)
     print(f"ripple: serving on http://{settings.host}:{settings.port}", flush=True)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turned into KeyboardInterrupt here, that
+    # re-raise unwinds to the `finally` below, so the embedded PostgreSQL is stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         uvicorn.run(
             create_app(settings, dsn),
@@ -47,6 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=120.0,
             timeout_graceful_shutdown=5,
         )
+    except KeyboardInterrupt:
+        pass
     finally:
         if embedded is not None:
             embedded.stop()

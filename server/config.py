@@ -5,15 +5,24 @@ Each default says why it is what it is; limits mirror Convex's where Convex has 
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "get_settings", "shared_path"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where `pip install .` (not editable) puts schema.sql and the dashboard: see [tool.setuptools.data-files].
+_INSTALLED_SHARE = Path(sys.prefix) / "share" / "ripple"
+
+
+def shared_path(name: str) -> Path:
+    """A file shipped beside the package: in the source tree, else where a wheel installed it."""
+    source = _REPO_ROOT / name
+    return source if source.exists() or not (_INSTALLED_SHARE / name).exists() else _INSTALLED_SHARE / name
 
 
 class Settings(BaseSettings):
@@ -22,7 +31,7 @@ class Settings(BaseSettings):
     # Where data lives. No DATABASE_URL means an embedded PostgreSQL under `data_dir`.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Path(".ripple")
-    schema_path: Path = _REPO_ROOT / "schema.sql"
+    schema_path: Path = shared_path("schema.sql")
     pool_min_size: int = 2
     pool_max_size: int = 10
 

@@ -216,7 +216,8 @@ class _View:
 
 
 def _is_job(value: Any) -> bool:
-    return isinstance(value, dict) and bool(_JOB_KEYS & value.keys())
+    """A job has progress fields once a worker reports; a video still Queued is one too (twitchId + status)."""
+    return isinstance(value, dict) and bool(_JOB_KEYS & value.keys() or {"twitchId", "status"} <= value.keys())
 
 
 def _render_value(value: Any) -> RenderableType:

@@ -35,10 +35,16 @@ async def test_worker_progress_reaches_a_job_watcher(ripple: RippleServer) -> No
     await worker.authenticate(ripple.services.settings.admin_key, token_type="Admin")
     seen = []
     for pct, stage in [(0, "Downloading"), (25, "Transcribing"), (60, "Analyzing"), (90, "Finding highlights")]:
-        response = await worker.mutation("videos:updateJobProgress", {
-            "twitchId": "tw1", "jobId": "job-1", "progressPercentage": pct, "currentStage": stage,
-            "estimatedCompletionSeconds": 100 - pct,
-        })
+        response = await worker.mutation(
+            "videos:updateJobProgress",
+            {
+                "twitchId": "tw1",
+                "jobId": "job-1",
+                "progressPercentage": pct,
+                "currentStage": stage,
+                "estimatedCompletionSeconds": 100 - pct,
+            },
+        )
         assert response["success"], response
         await watcher.expect(updated(watcher, qid, lambda doc, pct=pct: doc and doc["progressPercentage"] == pct))
         seen.append((watcher.results[qid]["progressPercentage"], watcher.results[qid]["currentStage"]))
@@ -49,8 +55,9 @@ async def test_worker_progress_reaches_a_job_watcher(ripple: RippleServer) -> No
 
     # Without the admin key the same report is refused and nothing changes.
     anonymous = await SyncClient.connect(ripple.ws_url)
-    refused = await anonymous.mutation("videos:updateJobProgress", {"twitchId": "tw1", "jobId": "job-1",
-                                                                     "progressPercentage": 5})
+    refused = await anonymous.mutation(
+        "videos:updateJobProgress", {"twitchId": "tw1", "jobId": "job-1", "progressPercentage": 5}
+    )
     assert refused["success"] is False and "admin key" in refused["result"]
     for client in (watcher, worker, anonymous):
         await client.close()
@@ -68,27 +75,45 @@ async def test_project_progress_moves_as_selections_and_animations_complete(ripp
     project = await call("createRedesignProject", {"prompt": "Tokyo dreams", "title": "Tokyo"})
     qid = await alice.subscribe("projectRedesign:getProjectProgress", {"projectId": project})
     assert alice.results[qid]["totalShots"] == 0
-    made = await call("createSceneWithShots", {
-        "projectId": project, "sceneNumber": 1, "title": "Opening", "description": "Dawn",
-        "shots": [{"shotNumber": n, "description": f"shot {n}", "initialPrompt": "p"} for n in (1, 2)],
-    })
+    made = await call(
+        "createSceneWithShots",
+        {
+            "projectId": project,
+            "sceneNumber": 1,
+            "title": "Opening",
+            "description": "Dawn",
+            "shots": [{"shotNumber": n, "description": f"shot {n}", "initialPrompt": "p"} for n in (1, 2)],
+        },
+    )
     scene, shots = made["sceneId"], made["shotIds"]
     assert alice.results[qid]["totalShots"] == 2  # read-your-writes: already there when the mutation returned
     selections = []
     for shot in shots:
-        images = await call("batchCreateShotImages", {
-            "projectId": project, "sceneId": scene, "shotId": shot, "iterationNumber": 0,
-            "iterationPrompt": "first", "images": [{"variantNumber": v, "imageUrl": f"https://i/{v}.png"}
-                                                   for v in range(6)],
-        })
-        selections.append(await call("selectMasterShot", {"projectId": project, "sceneId": scene, "shotId": shot,
-                                                           "selectedImageId": images[2]}))
+        images = await call(
+            "batchCreateShotImages",
+            {
+                "projectId": project,
+                "sceneId": scene,
+                "shotId": shot,
+                "iterationNumber": 0,
+                "iterationPrompt": "first",
+                "images": [{"variantNumber": v, "imageUrl": f"https://i/{v}.png"} for v in range(6)],
+            },
+        )
+        selections.append(
+            await call(
+                "selectMasterShot",
+                {"projectId": project, "sceneId": scene, "shotId": shot, "selectedImageId": images[2]},
+            )
+        )
         assert alice.results[qid]["shotsWithSelections"] == len(selections)
     assert alice.results[qid]["selectionProgress"] == 100 and alice.results[qid]["isSelectionComplete"] is True
     stored = await ripple.call("projectRedesign:getStoryboardSelections", {"projectId": project}, user="alice")
     for n, selection in enumerate(s["_id"] for s in stored):
-        await call("updateStoryboardAnimation", {"selectionId": selection, "animationStatus": "complete",
-                                                 "animatedVideoUrl": f"https://v/{n}.mp4"})
+        await call(
+            "updateStoryboardAnimation",
+            {"selectionId": selection, "animationStatus": "complete", "animatedVideoUrl": f"https://v/{n}.mp4"},
+        )
         assert alice.results[qid]["animationProgress"] == [50, 100][n]
     assert alice.results[qid]["isAnimationComplete"] is True
 
@@ -106,27 +131,44 @@ async def test_agent_sessions_change_status_live(ripple: RippleServer) -> None:
     workflow = (await alice.mutation("workflows:createWorkflow", {"task": "build a CLI"}))["result"]
     qid = await alice.subscribe("agents:listSessionsByWorkflow", {"workflowId": workflow})
     assert alice.results[qid] == []
-    planner = (await alice.mutation("agents:createAgentSession", {
-        "workflowId": workflow, "input": "plan it", "variant": {"kind": "planner_session"}}))["result"]
+    planner = (
+        await alice.mutation(
+            "agents:createAgentSession",
+            {"workflowId": workflow, "input": "plan it", "variant": {"kind": "planner_session"}},
+        )
+    )["result"]
     watcher = await signed_in(ripple, "alice")  # a second screen of the same user
     wq = await watcher.subscribe("agents:listSessionsByWorkflow", {"workflowId": workflow})
     assert [s["status"] for s in watcher.results[wq]] == ["idle"]
     await alice.mutation("agents:updateAgentSession", {"sessionId": planner, "status": "running"})
     await watcher.expect(updated(watcher, wq, lambda sessions: sessions[0]["status"] == "running"))
-    await alice.mutation("agents:updateAgentSession", {
-        "sessionId": planner, "status": "completed", "variant": {"kind": "planner_session", "plan": "1. parse"}})
+    await alice.mutation(
+        "agents:updateAgentSession",
+        {"sessionId": planner, "status": "completed", "variant": {"kind": "planner_session", "plan": "1. parse"}},
+    )
     await watcher.expect(updated(watcher, wq, lambda sessions: sessions[0]["status"] == "completed"))
     assert watcher.results[wq][0]["plan"] == "1. parse"
     await alice.close()
     await watcher.close()
 
 
-async def test_refinement_appears_and_streams_in_the_chain(ripple: RippleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_refinement_appears_and_streams_in_the_chain(
+    ripple: RippleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """seed 000: a subscriber to getRefinementChain sees the refinement appear, its code stream in, then succeed."""
-    parent = await ripple.call("generations:store", {
-        "userId": f"{ripple.settings.jwt_issuer}|alice", "prompt": "a bouncing ball", "code": "ball()",
-        "rawCode": "```tsx\nball()\n```", "aspectRatio": "16:9", "fps": 30, "durationInSeconds": 4,
-    }, internal=True)
+    parent = await ripple.call(
+        "generations:store",
+        {
+            "userId": f"{ripple.settings.jwt_issuer}|alice",
+            "prompt": "a bouncing ball",
+            "code": "ball()",
+            "rawCode": "```tsx\nball()\n```",
+            "aspectRatio": "16:9",
+            "fps": 30,
+            "durationInSeconds": 4,
+        },
+        internal=True,
+    )
     chunks = ["Here you go:\n```tsx\n", "const ball = ", "blue();", "\nball.bounce();", "\n```"]
     async with run_fake_anthropic(FakeScript(chunks=chunks, chunk_delay_s=0.25)) as fake:
         monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
@@ -135,9 +177,13 @@ async def test_refinement_appears_and_streams_in_the_chain(ripple: RippleServer,
         alice = await signed_in(ripple, "alice")
         children = await alice.subscribe("generations:listByParent", {"parentId": parent})
         assert alice.results[children] == []
-        refine = asyncio.create_task(ripple.call("generateAnimation:refineAndPersist", {
-            "parentGenerationId": parent, "refinementPrompt": "make it blue", "conversationHistory": []},
-            user="alice"))
+        refine = asyncio.create_task(
+            ripple.call(
+                "generateAnimation:refineAndPersist",
+                {"parentGenerationId": parent, "refinementPrompt": "make it blue", "conversationHistory": []},
+                user="alice",
+            )
+        )
         await alice.expect(updated(alice, children, lambda docs: len(docs) == 1), timeout_s=15)
         child = alice.results[children][0]["_id"]
         chain = await alice.subscribe("generations:getRefinementChain", {"generationId": child})
