@@ -12,18 +12,40 @@ async def test_dashboard_shows_job_progress_project_and_chain_live(ripple: Rippl
     await ripple.call("videos:create", {"twitchId": "live1", "title": "Friday stream"}, user="alice")
 
     async def report(pct: float, stage: str, eta: float) -> None:
-        await ripple.call("videos:updateJobProgress", {"twitchId": "live1", "jobId": "job-live1",
-                                                       "progressPercentage": pct, "currentStage": stage,
-                                                       "estimatedCompletionSeconds": eta}, admin=True)
+        await ripple.call(
+            "videos:updateJobProgress",
+            {
+                "twitchId": "live1",
+                "jobId": "job-live1",
+                "progressPercentage": pct,
+                "currentStage": stage,
+                "estimatedCompletionSeconds": eta,
+            },
+            admin=True,
+        )
 
     project = await ripple.call("projectRedesign:createRedesignProject", {"prompt": "Tokyo"}, user="alice")
-    made = await ripple.call("projectRedesign:createSceneWithShots", {
-        "projectId": project, "sceneNumber": 1, "title": "Opening", "description": "Dawn",
-        "shots": [{"shotNumber": n, "description": f"shot {n}", "initialPrompt": "p"} for n in (1, 2)],
-    }, user="alice")
-    parent = await ripple.call("generations:store", {
-        "userId": f"{ripple.settings.jwt_issuer}|alice", "prompt": "a ball", "code": "ball();", "rawCode": "ball();",
-    }, internal=True)
+    made = await ripple.call(
+        "projectRedesign:createSceneWithShots",
+        {
+            "projectId": project,
+            "sceneNumber": 1,
+            "title": "Opening",
+            "description": "Dawn",
+            "shots": [{"shotNumber": n, "description": f"shot {n}", "initialPrompt": "p"} for n in (1, 2)],
+        },
+        user="alice",
+    )
+    parent = await ripple.call(
+        "generations:store",
+        {
+            "userId": f"{ripple.settings.jwt_issuer}|alice",
+            "prompt": "a ball",
+            "code": "ball();",
+            "rawCode": "ball();",
+        },
+        internal=True,
+    )
 
     token = ripple.token("alice")
     async with chromium_page() as page:
@@ -43,12 +65,23 @@ async def test_dashboard_shows_job_progress_project_and_chain_live(ripple: Rippl
         # The project panel: selecting a master shot moves the selection percentage.
         await expect(page.get_by_test_id("selection-progress")).to_have_text("0%")
         scene, shot = made["sceneId"], made["shotIds"][0]
-        images = await ripple.call("projectRedesign:batchCreateShotImages", {
-            "projectId": project, "sceneId": scene, "shotId": shot, "iterationNumber": 0, "iterationPrompt": "p",
-            "images": [{"variantNumber": 0, "imageUrl": "https://i/0.png"}]}, user="alice")
-        await ripple.call("projectRedesign:selectMasterShot", {"projectId": project, "sceneId": scene,
-                                                               "shotId": shot, "selectedImageId": images[0]},
-                          user="alice")
+        images = await ripple.call(
+            "projectRedesign:batchCreateShotImages",
+            {
+                "projectId": project,
+                "sceneId": scene,
+                "shotId": shot,
+                "iterationNumber": 0,
+                "iterationPrompt": "p",
+                "images": [{"variantNumber": 0, "imageUrl": "https://i/0.png"}],
+            },
+            user="alice",
+        )
+        await ripple.call(
+            "projectRedesign:selectMasterShot",
+            {"projectId": project, "sceneId": scene, "shotId": shot, "selectedImageId": images[0]},
+            user="alice",
+        )
         await expect(page.get_by_test_id("selection-progress")).to_have_text("50%")
 
         # The refinement chain panel shows the stored generation.

@@ -50,8 +50,14 @@ async def npm_ci(folder: Path) -> None:
     if npm is None:
         raise RuntimeError(f"npm is not on PATH: install Node.js, or run `npm ci` in {folder}")
     proc = await asyncio.create_subprocess_exec(
-        npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", cwd=folder,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        npm,
+        "ci",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+        cwd=folder,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await proc.communicate()
     if proc.returncode != 0:
@@ -285,9 +291,7 @@ class ClientDriver:
         return [e for e in self.events if e.get("event") in ("uncaught", "driverError", "nonJsonOutput")]
 
     # ------------------------------------------------------------ conveniences
-    async def call(
-        self, op: str, fn: str, args: dict[str, Any] | None = None, *, timeout_s: float = 10.0
-    ) -> Event:
+    async def call(self, op: str, fn: str, args: dict[str, Any] | None = None, *, timeout_s: float = 10.0) -> Event:
         """Run a mutation/action/query and return its result or error event."""
         rid = self.new_id(op[0])
         await self.send({"op": op, "id": rid, "fn": fn, "args": args or {}})
@@ -302,8 +306,9 @@ class ClientDriver:
     async def next_update(self, sid: str, timeout_s: float = 10.0) -> Event:
         """The next update or error event for subscription ``sid``."""
         return await self.expect(
-            lambda e: e.get("id") == sid and e.get("event") in ("update", "error") and e.get("op", "subscribe")
-            == "subscribe",
+            lambda e: (
+                e.get("id") == sid and e.get("event") in ("update", "error") and e.get("op", "subscribe") == "subscribe"
+            ),
             timeout_s=timeout_s,
         )
 

@@ -158,11 +158,11 @@ class Driver:
     async def op_query(self, cmd: dict[str, Any]) -> None:
         await self._call(cmd, self.client.query)
 
-    async def op_setAuth(self, cmd: dict[str, Any]) -> None:  # noqa: N802 - protocol name
+    async def op_setAuth(self, cmd: dict[str, Any]) -> None:
         await asyncio.to_thread(self.client.set_auth, cmd.get("token"))
         emit({"event": "ack", "op": "setAuth", "id": cmd.get("id")})
 
-    async def op_clearAuth(self, cmd: dict[str, Any]) -> None:  # noqa: N802 - protocol name
+    async def op_clearAuth(self, cmd: dict[str, Any]) -> None:
         await asyncio.to_thread(self.client.clear_auth)
         emit({"event": "ack", "op": "clearAuth", "id": cmd.get("id")})
 
@@ -247,7 +247,7 @@ class Driver:
         self.commands.put_nowait(None)
         try:
             await asyncio.wait_for(processor, timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             emit({"event": "log", "level": "warn", "message": "close: a pending call did not finish in 5 s"})
         for entry in self.subs.values():
             entry["task"].cancel()

@@ -20,19 +20,16 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.staticfiles import StaticFiles
 
+from tests.clients.driver import npm_ci
+from tests.support.browser import artifact, chromium_page
 from tests.support.server import ADMIN_KEY, RippleServer
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_EXAMPLES = ROOT / "client_examples" / "python"
 NODE_EXAMPLES = ROOT / "client_examples" / "node"
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or not (NODE_EXAMPLES / "node_modules" / "convex").is_dir(),
-    reason="the node examples need node and `npm ci` in client_examples/node",
-)
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="the node examples need Node.js")
 
 
 async def start(*argv: str | Path, cwd: Path = ROOT) -> asyncio.subprocess.Process:
@@ -151,6 +148,8 @@ async def test_raw_websocket_prints_each_result(ripple: RippleServer) -> None:
 
 @needs_node
 async def test_node_subscribe_sees_its_own_mutation(ripple: RippleServer) -> None:
+    if not (NODE_EXAMPLES / "node_modules" / "convex").is_dir():
+        await npm_ci(NODE_EXAMPLES)
     code, out = await finish(
         await start(
             "node",
@@ -174,10 +173,8 @@ async def test_node_subscribe_sees_its_own_mutation(ripple: RippleServer) -> Non
 @pytest.fixture
 async def react_page() -> AsyncIterator[str]:
     """The React example, built by Vite and served from 127.0.0.1; yields the page's base URL."""
-    if shutil.which("node") is None or not (NODE_EXAMPLES / "node_modules" / "vite").is_dir():
-        pytest.skip("the React example needs node and `npm ci` in client_examples/node")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's Chromium: apt-get install -y chromium")
+    if not (NODE_EXAMPLES / "node_modules" / "vite").is_dir():
+        await npm_ci(NODE_EXAMPLES)
     code, out = await finish(
         await start(NODE_EXAMPLES / "node_modules" / ".bin" / "vite", "build", cwd=NODE_EXAMPLES), 120
     )
@@ -197,7 +194,7 @@ async def react_page() -> AsyncIterator[str]:
 
 
 async def test_react_page_renders_jobs_and_workflows_live(ripple: RippleServer, react_page: str) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     await ripple.call("videos:create", {"twitchId": "vod-a", "title": "First VOD"}, admin=True)
     report = {"twitchId": "vod-a", "jobId": "job-a", "status": "Downloading", "currentStage": "Downloading"}
@@ -206,43 +203,35 @@ async def test_react_page_renders_jobs_and_workflows_live(ripple: RippleServer, 
         await ripple.call("workflows:createWorkflow", {"task": task}, user="alice")
     query = urlencode({"url": ripple.url, "token": ripple.token("alice")})
 
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = await browser.new_page(viewport={"width": 900, "height": 700})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(f"{react_page}/index.html?{query}")
-            row = page.locator('tr[data-twitch-id="vod-a"]')
-            await expect(row).to_contain_text("25%")
-            await expect(row).to_contain_text("Downloading")
+    async with chromium_page(900, 700) as page:
+        await page.goto(f"{react_page}/index.html?{query}")
+        row = page.locator('tr[data-twitch-id="vod-a"]')
+        await expect(row).to_contain_text("25%")
+        await expect(row).to_contain_text("Downloading")
 
-            # useQuery: a mutation made elsewhere shows up without a reload.
-            await ripple.call(
-                "videos:updateJobProgress",
-                {**report, "progressPercentage": 75, "status": "Transcribing", "currentStage": "Transcribing"},
-                admin=True,
-            )
-            await expect(row).to_contain_text("75%")
-            await expect(row).to_contain_text("Transcribing")
-            await ripple.call("videos:create", {"twitchId": "vod-b", "title": "Second VOD"}, admin=True)
-            await expect(page.locator('tr[data-twitch-id="vod-b"]')).to_contain_text("Queued")
+        # useQuery: a mutation made elsewhere shows up without a reload.
+        await ripple.call(
+            "videos:updateJobProgress",
+            {**report, "progressPercentage": 75, "status": "Transcribing", "currentStage": "Transcribing"},
+            admin=True,
+        )
+        await expect(row).to_contain_text("75%")
+        await expect(row).to_contain_text("Transcribing")
+        await ripple.call("videos:create", {"twitchId": "vod-b", "title": "Second VOD"}, admin=True)
+        await expect(page.locator('tr[data-twitch-id="vod-b"]')).to_contain_text("Queued")
 
-            # usePaginatedQuery: two per page, "Load more" fetches the next page; useMutation adds one live.
-            items = page.locator("#workflows li")
-            await expect(items).to_have_count(2)
-            await page.click("#load-more")
-            await expect(items).to_have_count(3)
-            await expect(page.locator("#page-status")).to_have_text("Exhausted")
-            await page.fill("#task", "from the browser")
-            await page.click("#create")
-            await expect(items).to_have_count(4)
-            await expect(items.last).to_contain_text("from the browser")
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=ARTIFACTS / "client_examples_react.png", full_page=True)
-            assert errors == []
-        finally:
-            await browser.close()
+        # usePaginatedQuery: two per page, "Load more" fetches the next page; useMutation adds one live.
+        items = page.locator("#workflows li")
+        await expect(items).to_have_count(2)
+        await page.click("#load-more")
+        await expect(items).to_have_count(3)
+        await expect(page.locator("#page-status")).to_have_text("Exhausted")
+        await page.fill("#task", "from the browser")
+        await page.click("#create")
+        await expect(items).to_have_count(4)
+        await expect(items.last).to_contain_text("from the browser")
+        await page.screenshot(path=artifact("client_examples_react.png"), full_page=True)
+        assert page.console_errors == []
     created = await ripple.call(
         "workflows:listByStatus",
         {"status": "pending", "paginationOpts": {"numItems": 10, "cursor": None}},

@@ -289,7 +289,7 @@ async def run_fake_anthropic(script: ScriptSpec | None = None) -> AsyncIterator[
         server.should_exit = True
         try:
             await asyncio.wait_for(task, 10)
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task

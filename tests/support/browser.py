@@ -27,7 +27,7 @@ _ARGS = [
 
 @asynccontextmanager
 async def chromium_page(width: int = 1280, height: int = 800) -> AsyncIterator[Any]:
-    """A fresh page; console errors are collected on `page.console_errors`. Skips where no Chromium is
+    """A fresh page; console errors, uncaught exceptions and failed loads are collected on `page.console_errors`. Skips where no Chromium is
     installed, except in CI (`CI=true`), where a missing browser is a failure."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
@@ -40,8 +40,24 @@ async def chromium_page(width: int = 1280, height: int = 800) -> AsyncIterator[A
         try:
             page = await browser.new_page(viewport={"width": width, "height": height})
             page.console_errors = []
-            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+            # Failed loads are reported by URL from the responses (a missing favicon is no error of the page).
+            page.on(
+                "console",
+                lambda m: (
+                    m.type == "error"
+                    and not m.text.startswith("Failed to load resource")
+                    and page.console_errors.append(m.text)
+                ),
+            )
             page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+            page.on(
+                "response",
+                lambda r: (
+                    r.status >= 400
+                    and not r.url.endswith("/favicon.ico")
+                    and page.console_errors.append(f"HTTP {r.status} for {r.url}")
+                ),
+            )
             yield page
         finally:
             await browser.close()
