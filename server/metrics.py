@@ -32,7 +32,9 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
-        self.hub_lag = Gauge("ripple_hub_lag_seconds", "Age of the newest commit the hub has not processed", registry=r)
+        self.hub_lag = Gauge(
+            "ripple_hub_lag_seconds", "Age of the newest commit when the hub finished its round", registry=r
+        )
         self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)
 
     async def endpoint(self, request: Request) -> Response:

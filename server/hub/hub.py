@@ -211,6 +211,9 @@ class Hub:
             self.metrics.subscriptions.set(len(self._by_token))
             if notified_at is not None:
                 self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
+            if ts > 0:
+                # Commit timestamps come from the clock (ns), so this is how old the newest result is when sent.
+                self.metrics.hub_lag.set(max(0.0, time.time() - ts / 1e9))
 
     def _release_waiters(self) -> None:
         while self._waiters and self._waiters[0][0] <= self.processed_ts:
