@@ -185,3 +185,30 @@ async def test_differential_random_mutations_settle_on_fresh_results(ripple: Rip
         assert watcher.results[qid] == fresh, (path, args)
     for watcher in watchers:
         await watcher.close()
+
+
+async def test_old_log_rows_are_pruned_on_a_schedule(fresh_dsn: str) -> None:
+    from tests.support.server import run_server
+
+    async with run_server(fresh_dsn, prune_interval_s=0.2, log_retention_s=0.0) as server:
+        writer = await SyncClient.connect(server.ws_url)
+        for n in range(3):
+            await writer.mutation("testing:setProgress", {"twitchId": "pr", "progress": n})
+        conn = await asyncpg.connect(fresh_dsn)
+        try:
+            for _ in range(50):
+                if await conn.fetchval("SELECT count(*) FROM _ripple_commits") == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await conn.fetchval("SELECT count(*) FROM _ripple_commits") == 0
+            assert await conn.fetchval("SELECT count(*) FROM _ripple_changes") == 0
+            assert await conn.fetchval("SELECT ts FROM _ripple_horizon") > 0
+        finally:
+            await conn.close()
+        # The hub goes on from the pruned log.
+        watcher = await SyncClient.connect(server.ws_url)
+        qid = await watcher.subscribe("testing:count", {"twitchId": "pr"})
+        await writer.mutation("testing:setProgress", {"twitchId": "pr", "progress": 9})
+        await watcher.expect(lambda m: m["type"] == "Transition" and watcher.results[qid] == 9)
+        await writer.close()
+        await watcher.close()

@@ -263,3 +263,14 @@ async def test_versioned_sync_path_and_double_slashes(ripple: RippleServer) -> N
         qid = await client.subscribe("testing:videosByStatus", {"status": "Queued"})
         assert client.results[qid] == []
         await client.close()
+
+
+async def test_graceful_shutdown_closes_sockets_with_a_reason(fresh_dsn: str) -> None:
+    from tests.support.server import run_server
+
+    async with run_server(fresh_dsn) as server:
+        client = await SyncClient.connect(server.ws_url)
+        await client.subscribe("testing:videosByStatus", {"status": "Queued"})
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.expect(lambda m: False, timeout_s=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
