@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import warnings
@@ -70,3 +71,25 @@ async def ripple(fresh_dsn: str, request: pytest.FixtureRequest) -> AsyncIterato
     overrides = getattr(request, "param", None) or {}
     async with run_server(fresh_dsn, **overrides) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+async def module_ripple(pg_server: str) -> AsyncIterator[RippleServer]:
+    """One server for a whole test module, for modules whose tests keep to their own users' data."""
+    dsn = await create_database(pg_server)
+    try:
+        async with run_server(dsn) as server:
+            yield server
+    finally:
+        await drop_database(pg_server, unquote(urlsplit(dsn).path.lstrip("/")))
+
+
+@pytest.fixture
+def alice() -> str:
+    """A user name of this test alone."""
+    return f"alice-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def bob() -> str:
+    return f"bob-{secrets.token_hex(4)}"

@@ -7,21 +7,18 @@ with monkeypatched environment variables. One Ripple server serves the module; e
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
 
 from server.apps.claude import extract_code
 from server.apps.generate_animation import GENERATION_SYSTEM_PROMPT, REFINEMENT_SYSTEM_PROMPT
-from server.database.embedded import create_database, drop_database
 from server.errors import AuthRequired, ConvexError, IdError, RippleError
 from tests.fakes.anthropic_api import FakeAnthropic, FakeScript, run_fake_anthropic
-from tests.support.server import RippleServer, run_server
+from tests.support.server import RippleServer
 
 API_KEY = "test-key"
 MODEL = "claude-fake"
@@ -39,23 +36,9 @@ HISTORY = [{"role": "user", "content": "make a ball"}, {"role": "assistant", "co
 
 
 @pytest.fixture(scope="module")
-async def ripple(pg_server: str) -> AsyncIterator[RippleServer]:
-    dsn = await create_database(pg_server)
-    try:
-        async with run_server(dsn) as server:
-            yield server
-    finally:
-        await drop_database(pg_server, unquote(urlsplit(dsn).path.lstrip("/")))
-
-
-@pytest.fixture
-def alice() -> str:
-    return f"alice-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def bob() -> str:
-    return f"bob-{secrets.token_hex(4)}"
+def ripple(module_ripple: RippleServer) -> RippleServer:
+    """One server for the whole module; each test signs in as its own users (`alice`, `bob`)."""
+    return module_ripple
 
 
 @pytest.fixture

@@ -6,38 +6,20 @@ apart by signing in as their own users (`alice`, `bob` are unique per test).
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
 
 from server.apps.generations import MAX_CHAIN_LENGTH
-from server.database.embedded import create_database, drop_database
 from server.errors import AuthRequired, ConvexError, FunctionNotFound, IdError, RippleError
-from tests.support.server import RippleServer, run_server
+from tests.support.server import RippleServer
 
 
 @pytest.fixture(scope="module")
-async def ripple(pg_server: str) -> AsyncIterator[RippleServer]:
-    dsn = await create_database(pg_server)
-    try:
-        async with run_server(dsn) as server:
-            yield server
-    finally:
-        await drop_database(pg_server, unquote(urlsplit(dsn).path.lstrip("/")))
-
-
-@pytest.fixture
-def alice() -> str:
-    return f"alice-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def bob() -> str:
-    return f"bob-{secrets.token_hex(4)}"
+def ripple(module_ripple: RippleServer) -> RippleServer:
+    """One server for the whole module; each test signs in as its own users (`alice`, `bob`)."""
+    return module_ripple
 
 
 async def token_of(ripple: RippleServer, user: str) -> str:

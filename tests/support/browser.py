@@ -27,8 +27,9 @@ _ARGS = [
 
 @asynccontextmanager
 async def chromium_page(width: int = 1280, height: int = 800) -> AsyncIterator[Any]:
-    """A fresh page; console errors, uncaught exceptions and failed loads are collected on `page.console_errors`. Skips where no Chromium is
-    installed, except in CI (`CI=true`), where a missing browser is a failure."""
+    """A fresh page; console errors, uncaught exceptions and failed loads are collected on `page.console_errors`.
+
+    Skips where no Chromium is installed, except in CI (`CI=true`), where a missing browser is a failure."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's chromium (apt-get install -y chromium)")
