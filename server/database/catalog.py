@@ -156,12 +156,12 @@ async def load_catalog(conn: asyncpg.Connection) -> Catalog:
         table_name, _, index_name = row["index_name"].partition("__")
         if table_name != row["table_name"] or table_name not in columns:
             continue
-        cols = tuple(row["columns"])
-        if cols[-2:] != INDEX_SUFFIX:
+        key = tuple(row["columns"])
+        if key[-2:] != INDEX_SUFFIX:
             raise SchemaError(
                 f"index {row['index_name']} must end with (_creation_time, _id), as every Convex index does"
             )
-        indexes.setdefault(table_name, {})[index_name] = Index(index_name, cols[:-2])
+        indexes.setdefault(table_name, {})[index_name] = Index(index_name, key[:-2])
     catalog = Catalog()
     for name, cols in columns.items():
         if "_id" not in cols or "_creation_time" not in cols:

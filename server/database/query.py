@@ -316,10 +316,10 @@ class Query:
                 where.append(f"{col} = ${len(params)}")
         n_eq = len(rng.eq_values)
         if n_eq < len(columns):
-            for bound, upper in ((rng.lower, False), (rng.upper, True)):
+            for bound, is_upper in ((rng.lower, False), (rng.upper, True)):
                 if bound is not None:
                     (value,), inclusive = bound
-                    op = ("<=" if inclusive else "<") if upper else (">=" if inclusive else ">")
+                    op = ("<=" if inclusive else "<") if is_upper else (">=" if inclusive else ">")
                     where.append(self._bound_sql(columns[n_eq], value, op, params))
         descending = self._order == "desc"
         if start is not None:

@@ -16,7 +16,8 @@ __all__ = ["ActionCtx", "Auth", "Caller", "MutationCtx", "QueryCtx"]
 
 
 class Identity(Protocol):
-    token_identifier: str
+    @property
+    def token_identifier(self) -> str: ...
 
     def to_user_identity(self) -> dict[str, Any]: ...
 

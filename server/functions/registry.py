@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -97,30 +97,39 @@ def _module_name(fn: Callable[..., Any]) -> str:
     return to_camel(fn.__module__.rpartition(".")[2])
 
 
-def _decorator(kind: FunctionKind, visibility: Visibility) -> Any:
-    @overload
-    def decorate(fn: Callable[..., Any], /) -> FunctionSpec: ...
-    @overload
-    def decorate(*, name: str | None = None) -> Callable[[Callable[..., Any]], FunctionSpec]: ...
+Handler = Callable[..., Awaitable[Any]]
 
-    def decorate(fn: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
-        def register(handler: Callable[..., Any]) -> FunctionSpec:
+
+class _Decorator:
+    """`@query` or `@query(name="module:fn")`: registers the handler and returns its `FunctionSpec`."""
+
+    def __init__(self, kind: FunctionKind, visibility: Visibility) -> None:
+        self.kind = kind
+        self.visibility = visibility
+
+    @overload
+    def __call__(self, fn: Handler, /) -> FunctionSpec: ...
+    @overload
+    def __call__(self, /, *, name: str | None = None) -> Callable[[Handler], FunctionSpec]: ...
+
+    def __call__(
+        self, fn: Handler | None = None, /, *, name: str | None = None
+    ) -> FunctionSpec | Callable[[Handler], FunctionSpec]:
+        def register(handler: Handler) -> FunctionSpec:
             if not inspect.iscoroutinefunction(handler):
                 raise TypeError(f"{handler.__qualname__} must be an async function (async def ...)")
             export = name or to_camel(handler.__name__)
             path = export if ":" in export else f"{_module_name(handler)}:{export}"
-            spec = FunctionSpec(canonical_path(path), kind, visibility, handler, args_model(handler))
+            spec = FunctionSpec(canonical_path(path), self.kind, self.visibility, handler, args_model(handler))
             registry.add(spec)
             return spec
 
         return register(fn) if fn is not None else register
 
-    return decorate
 
-
-query = _decorator(FunctionKind.QUERY, Visibility.PUBLIC)
-mutation = _decorator(FunctionKind.MUTATION, Visibility.PUBLIC)
-action = _decorator(FunctionKind.ACTION, Visibility.PUBLIC)
-internal_query = _decorator(FunctionKind.QUERY, Visibility.INTERNAL)
-internal_mutation = _decorator(FunctionKind.MUTATION, Visibility.INTERNAL)
-internal_action = _decorator(FunctionKind.ACTION, Visibility.INTERNAL)
+query = _Decorator(FunctionKind.QUERY, Visibility.PUBLIC)
+mutation = _Decorator(FunctionKind.MUTATION, Visibility.PUBLIC)
+action = _Decorator(FunctionKind.ACTION, Visibility.PUBLIC)
+internal_query = _Decorator(FunctionKind.QUERY, Visibility.INTERNAL)
+internal_mutation = _Decorator(FunctionKind.MUTATION, Visibility.INTERNAL)
+internal_action = _Decorator(FunctionKind.ACTION, Visibility.INTERNAL)

@@ -192,13 +192,13 @@ class Hub:
                     self.metrics.reruns.inc()
                 work.extend(self._record(inst, outcome, deliveries, delivered, new))
             for inst_id, tokens in new.items():
-                inst = self._instances.get(inst_id)
-                if inst is None or inst.result is None:
+                joined = self._instances.get(inst_id)
+                if joined is None or joined.result is None:
                     continue
                 for token in tokens - delivered:
-                    entry = inst.subscribers.get(token)
+                    entry = joined.subscribers.get(token)
                     if entry is not None:
-                        deliveries[entry[0]].append((token, inst.result))
+                        deliveries[entry[0]].append((token, joined.result))
         self.processed_ts = max(self.processed_ts, ts)
         self.rounds += 1
         self._pending_new = defaultdict(set)
@@ -254,7 +254,7 @@ class Hub:
         """Store a run's result, re-index its reads, queue deliveries if it changed; return instances to run."""
         result = QueryResult.from_outcome(outcome)
         inst.journal = outcome.journal
-        self.index.set(inst.id, outcome.read_set.ranges)
+        self.index.put(inst.id, outcome.read_set.ranges)
         split = self._rekey(inst, outcome.reads_auth, new)
         if inst.result is None or result.wire != inst.result.wire:
             inst.result = result

@@ -27,7 +27,7 @@ def _freeze(value: Any) -> Hashable:
     """A hashable stand-in for an index value; floats and ints that are equal hash alike, as they compare."""
     if isinstance(value, (dict, list)):
         return ("json", orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 class ReadSetIndex:
@@ -41,7 +41,7 @@ class ReadSetIndex:
     def __len__(self) -> int:
         return len(self._by_instance)
 
-    def set(self, instance: InstanceId, ranges: Iterable[IndexRange]) -> None:
+    def put(self, instance: InstanceId, ranges: Iterable[IndexRange]) -> None:
         """Replace what `instance` depends on with `ranges` (after each of its runs)."""
         self.remove(instance)
         entries = []

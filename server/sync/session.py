@@ -214,6 +214,7 @@ class Session:
                         earlier.waiting.discard(query.token)
                 pending.removed.append(mod.queryId)
                 continue
+            args: dict[str, Any] | ValueError
             try:
                 args = protocol.args_object(mod.args)
             except ValueError as exc:

@@ -53,14 +53,14 @@ def test_index_matches_exactly_what_a_scan_of_all_ranges_matches() -> None:
     for instance in range(300):
         ranges = [random_range(rng) for _ in range(rng.randint(1, 3))]
         instances[instance] = ranges
-        index.set(instance, ranges)
+        index.put(instance, ranges)
     for instance in rng.sample(sorted(instances), 60):  # re-runs change read sets; some instances go away
         if rng.random() < 0.5:
             index.remove(instance)
             del instances[instance]
         else:
             instances[instance] = [random_range(rng)]
-            index.set(instance, instances[instance])
+            index.put(instance, instances[instance])
     for _ in range(1000):
         old = random_doc(rng) if rng.random() < 0.8 else None
         new = random_doc(rng) if rng.random() < 0.8 else None
@@ -73,7 +73,7 @@ def test_index_matches_exactly_what_a_scan_of_all_ranges_matches() -> None:
 def test_changes_to_other_tables_and_keys_touch_nothing() -> None:
     index = ReadSetIndex()
     for i in range(10_000):
-        index.set(i, [IndexRange("t", "by_status", FIELDS["by_status"], (f"s{i}",))])
+        index.put(i, [IndexRange("t", "by_status", FIELDS["by_status"], (f"s{i}",))])
     matched: set[int] = set()
     index.match("other", FIELDS, None, {"status": "s1", "_creation_time": 1.0, "_id": "x"}, matched)
     assert matched == set()
