@@ -354,18 +354,16 @@ END
 $$;
 
 -- Deferred constraint trigger on _ripple_pending: runs once per writing transaction, at COMMIT.
--- The pending row is deleted by its ctid (remembered at insert), a TID scan: a scan of the xid index would
--- take an SSI predicate lock on the one index page every writer inserts into, and so could turn unrelated
--- SERIALIZABLE transactions into serialization failures (T2 reads X; T1 writes X and commits; T2's first
--- write then inserts its pending row into the page T1 scanned: a cycle, and T2 is cancelled).
--- A row this misses (say, inserted by hand) is removed by _ripple_prune.
+-- Nothing here reads _ripple_pending: any scan of it (even of the xid index) takes an SSI predicate lock on
+-- what every other writer inserts into, and turns unrelated SERIALIZABLE transactions into serialization
+-- failures. The rows of finished transactions are removed by _ripple_prune.
 CREATE OR REPLACE FUNCTION _ripple_pending_commit() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 AS $$
 BEGIN
+    -- The row is left for _ripple_prune: deleting it here would make every SERIALIZABLE writer scan (and so
+    -- SIREAD-lock) a table all other writers insert into, turning concurrent commits into serialization failures.
     PERFORM _ripple_commit_ts();
-    DELETE FROM _ripple_pending
-     WHERE ctid = nullif(current_setting('ripple.pending_ctid', true), '')::tid AND xid = NEW.xid;
     RETURN NULL;
 END
 $$;
@@ -399,7 +397,6 @@ DECLARE
     n   jsonb;
     k   text;
     doc text;
-    pos tid;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
         row := to_jsonb(OLD);
@@ -428,9 +425,8 @@ BEGIN
     END IF;
     INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys) VALUES (x, TG_TABLE_NAME, doc, o, n);
     IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
-        INSERT INTO _ripple_pending (xid) VALUES (x) RETURNING ctid INTO pos;
+        INSERT INTO _ripple_pending (xid) VALUES (x);
         PERFORM set_config('ripple.pending', x::text, true);
-        PERFORM set_config('ripple.pending_ctid', pos::text, true);
     END IF;
     RETURN NULL;
 END
@@ -442,7 +438,6 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     x   bigint := txid_current();
-    pos tid;
 BEGIN
     EXECUTE format(
         'INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys)
@@ -450,9 +445,8 @@ BEGIN
            FROM %I.%I t', TG_TABLE_SCHEMA, TG_TABLE_NAME)
     USING x, TG_TABLE_NAME, TG_ARGV;
     IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
-        INSERT INTO _ripple_pending (xid) VALUES (x) RETURNING ctid INTO pos;
+        INSERT INTO _ripple_pending (xid) VALUES (x);
         PERFORM set_config('ripple.pending', x::text, true);
-        PERFORM set_config('ripple.pending_ctid', pos::text, true);
     END IF;
     RETURN NULL;
 END

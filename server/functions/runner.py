@@ -92,7 +92,8 @@ class Runner:
     def resolve(self, path: str, *, internal_ok: bool = False) -> FunctionSpec:
         return self.registry.resolve(path, internal_ok=internal_ok)
 
-    def _validate(self, spec: FunctionSpec, args: Any) -> dict[str, Any]:
+    def validate(self, spec: FunctionSpec, args: Any) -> dict[str, Any]:
+        """Check wire arguments against the function's parameters; returns handler keyword arguments."""
         token = id_tables.set(self._tables)
         try:
             return validate_args(spec.path, spec.args, {} if args is None else args)
@@ -126,7 +127,7 @@ class Runner:
             outcome.path = spec.path
             if kind is not None and spec.kind is not kind:
                 raise RippleError(f"{spec.path} is a {spec.kind.value}, not a {kind.value}; call it as one")
-            kwargs = self._validate(spec, args)
+            kwargs = self.validate(spec, args)
             if spec.kind is FunctionKind.QUERY:
                 async with self.database.snapshot() as snap:
                     return await self._query(spec, kwargs, caller, snap, None, outcome)
@@ -138,12 +139,20 @@ class Runner:
             return outcome
 
     async def run_query(
-        self, spec: FunctionSpec, args: Any, caller: Caller, snapshot: Snapshot, journal: str | None = None
+        self,
+        spec: FunctionSpec,
+        kwargs: dict[str, Any],
+        caller: Caller,
+        snapshot: Snapshot,
+        journal: str | None = None,
     ) -> Outcome:
-        """Run a query inside a snapshot the caller holds (the hub's round); failures come back in the Outcome."""
+        """Run a query with already-validated arguments (see `validate`) inside a snapshot the caller holds.
+
+        The hub's rounds use this; failures come back in the Outcome.
+        """
         outcome = Outcome(spec.path)
         try:
-            return await self._query(spec, self._validate(spec, args), caller, snapshot, journal, outcome)
+            return await self._query(spec, kwargs, caller, snapshot, journal, outcome)
         except Exception as exc:
             outcome.error = exc
             return outcome

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["Change", "ChangeFeed", "read_changes"]
+__all__ = ["Change", "ChangeFeed", "LogSlice", "read_changes"]
 
 log = logging.getLogger("ripple.hub")
 
@@ -31,12 +31,19 @@ class Change:
     new_keys: dict[str, Any] | None
 
 
-_CHANGES_SQL = """
-SELECT c.ts, ch.table_name, ch.doc_id, ch.old_keys, ch.new_keys
-FROM _ripple_commits c JOIN _ripple_changes ch ON ch.xid = c.xid
-WHERE c.ts > $1 AND c.ts <= $2
-ORDER BY c.ts
-LIMIT $3
+# One round trip for the snapshot's newest ts S, the pruned horizon and the changes up to S (at least one row).
+_ROUND_SQL = """
+WITH s AS (SELECT _ripple_latest_ts() AS ts),
+     h AS (SELECT COALESCE((SELECT ts FROM _ripple_horizon WHERE id = 1), 0) AS ts)
+SELECT s.ts AS snapshot_ts, h.ts AS horizon, x.*
+FROM s CROSS JOIN h
+LEFT JOIN LATERAL (
+    SELECT c.ts, ch.table_name, ch.doc_id, ch.old_keys, ch.new_keys
+    FROM _ripple_commits c JOIN _ripple_changes ch ON ch.xid = c.xid
+    WHERE c.ts > $1 AND c.ts <= s.ts
+    ORDER BY c.ts
+    LIMIT $2
+) x ON TRUE
 """
 
 _TABLES_SQL = """
@@ -46,22 +53,30 @@ WHERE c.ts > $1 AND c.ts <= $2
 """
 
 
-async def read_changes(
-    conn: asyncpg.Connection, after_ts: int, upto_ts: int, limit: int
-) -> tuple[list[Change], set[str] | None, int]:
-    """Changes of commits in (after_ts, upto_ts], read in the caller's snapshot.
+@dataclass(slots=True)
+class LogSlice:
+    """What a round reads first: its snapshot's ts, the horizon, and the changes since the last round.
 
-    Returns (changes, None, horizon) normally; when there are more than `limit` changes, returns
-    ([], tables touched, horizon) so the caller invalidates those tables whole instead of row by row. A
-    horizon above `after_ts` means the log was pruned past what the caller has seen.
+    `tables` is set instead of `changes` when there were more than the limit: invalidate those tables whole.
     """
-    horizon = int(await conn.fetchval("SELECT COALESCE((SELECT ts FROM _ripple_horizon WHERE id = 1), 0)"))
-    rows = await conn.fetch(_CHANGES_SQL, after_ts, upto_ts, limit + 1)
+
+    snapshot_ts: int
+    horizon: int
+    changes: list[Change]
+    tables: set[str] | None = None
+
+
+async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int) -> LogSlice:
+    """Read, in the caller's open snapshot, its newest commit ts S and the changes of commits in (after_ts, S]."""
+    rows = await conn.fetch(_ROUND_SQL, after_ts, limit + 1)
+    snapshot_ts, horizon = int(rows[0]["snapshot_ts"]), int(rows[0]["horizon"])
     if len(rows) > limit:
-        tables = {r["table_name"] for r in await conn.fetch(_TABLES_SQL, after_ts, upto_ts)}
-        return [], tables, horizon
-    changes = [Change(r["ts"], r["table_name"], r["doc_id"], r["old_keys"], r["new_keys"]) for r in rows]
-    return changes, None, horizon
+        tables = {r["table_name"] for r in await conn.fetch(_TABLES_SQL, after_ts, snapshot_ts)}
+        return LogSlice(snapshot_ts, horizon, [], tables)
+    changes = [
+        Change(r["ts"], r["table_name"], r["doc_id"], r["old_keys"], r["new_keys"]) for r in rows if r["ts"] is not None
+    ]
+    return LogSlice(snapshot_ts, horizon, changes)
 
 
 class ChangeFeed:

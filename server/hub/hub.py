@@ -16,14 +16,17 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
 from server import values
 from server.database.catalog import Catalog
-from server.database.database import Database
-from server.errors import ArgumentError, FunctionNotFound, RippleError
+from server.database.database import Database, Snapshot
+from server.database.pool import init_connection
+from server.errors import ArgumentError, RippleError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.functions.runner import Outcome, Runner
-from server.hub.changes import ChangeFeed, read_changes
+from server.hub.changes import ChangeFeed, LogSlice, read_changes
 from server.hub.index import ReadSetIndex
 from server.hub.instances import ANY_CALLER, InstanceKey, QueryInstance, QueryResult, Subscriber
 
@@ -64,6 +67,8 @@ class Hub:
         self.runner = runner
         self.settings = settings
         self.metrics = metrics
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
         self.feed = ChangeFeed(dsn, self._wake, reconnect_max_s=settings.listen_reconnect_max_s)
         self.index = ReadSetIndex()
         self.processed_ts = 0
@@ -104,6 +109,8 @@ class Hub:
                 task.cancel()
         await asyncio.gather(*(t for t in (self._task, self._prune_task) if t), return_exceptions=True)
         await self.feed.close()
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()
         for _, _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
@@ -176,18 +183,19 @@ class Hub:
         self._apply_requests(requests, new, deliveries)
         notified_at, self._notified_at = self._notified_at, None
         delivered: set[int] = set()
-        async with self.database.snapshot() as snap:
-            ts = snap.ts
-            stale: set[int] = set()
-            if ts > self.processed_ts:
-                stale = await self._invalidated(snap.conn, ts)
+        conn = await self._connection()
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            log_slice = await read_changes(conn, self.processed_ts, self.settings.max_changes_per_round)
+            ts = log_slice.snapshot_ts
+            snap = Snapshot(conn, ts)
+            stale = self._invalidated(log_slice) if ts > self.processed_ts else set()
             work = [self._instances[i] for i in stale | new.keys() if i in self._instances]
             work = [i for i in work if i.id in stale or i.result is None]
             while work:
                 inst = work.pop()
                 if inst.id not in self._instances:
                     continue
-                outcome = await self.runner.run_query(inst.spec, inst.args, inst.caller, snap, inst.journal)
+                outcome = await self.runner.run_query(inst.spec, inst.kwargs, inst.caller, snap, inst.journal)
                 if self.metrics:
                     self.metrics.reruns.inc()
                 work.extend(self._record(inst, outcome, deliveries, delivered, new))
@@ -221,18 +229,24 @@ class Hub:
             if not fut.done():
                 fut.set_result(self.processed_ts)
 
-    async def _invalidated(self, conn: Any, ts: int) -> set[int]:
-        """Instances whose read sets the commits in (processed_ts, ts] touched."""
-        changes, tables, horizon = await read_changes(conn, self.processed_ts, ts, self.settings.max_changes_per_round)
-        if horizon > self.processed_ts:
+    async def _connection(self) -> asyncpg.Connection:
+        """The hub's own connection: rounds run back to back on it, with no pool checkout or reset in between."""
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn)
+            await init_connection(self._conn)
+        return self._conn
+
+    def _invalidated(self, log_slice: LogSlice) -> set[int]:
+        """Instances whose read sets the commits in (processed_ts, S] touched."""
+        if log_slice.horizon > self.processed_ts:
             log.warning("the commit log was pruned past ts %d; re-running every query", self.processed_ts)
             return set(self._instances)
         stale: set[int] = set()
-        if tables is not None:
-            for table in tables:
+        if log_slice.tables is not None:
+            for table in log_slice.tables:
                 stale |= self.index.instances_reading(table)
             return stale
-        for change in changes:
+        for change in log_slice.changes:
             indexes = self._indexes.get(change.table)
             if indexes is None:
                 continue
@@ -309,10 +323,10 @@ class Hub:
                 spec = self.runner.resolve(req.path)
                 if spec.kind is not FunctionKind.QUERY:
                     raise RippleError(f"{spec.path} is a {spec.kind.value}; only queries can be subscribed to")
-            except (FunctionNotFound, RippleError) as exc:
+                inst = self._attach(req, spec)
+            except Exception as exc:  # a bad subscription fails alone, in order with the round's results
                 deliveries[req.session].append((req.token, QueryResult.from_outcome(Outcome(req.path, error=exc))))
                 continue
-            inst = self._attach(req, spec)
             new[inst.id].add(req.token)
 
     def _attach(self, req: _Subscribe, spec: Any) -> QueryInstance:
@@ -322,8 +336,9 @@ class Hub:
         own_key: InstanceKey = (spec.path, args_json, req.journal, req.caller.cache_key)
         inst = self._by_key.get(shared_key) or self._by_key.get(own_key)
         if inst is None:
+            kwargs = self.runner.validate(spec, args)
             self._next_id += 1
-            inst = QueryInstance(self._next_id, spec, args, args_json, req.caller, req.journal, own_key)
+            inst = QueryInstance(self._next_id, spec, args, kwargs, args_json, req.caller, req.journal, own_key)
             self._instances[inst.id] = inst
             self._by_key[own_key] = inst
         inst.subscribers[req.token] = (req.session, req.caller)

@@ -60,6 +60,8 @@ class QueryInstance:
     id: int
     spec: FunctionSpec
     args: dict[str, Any]
+    # The handler's keyword arguments, validated once when the instance was created.
+    kwargs: dict[str, Any]
     args_json: str
     caller: Caller
     journal: str | None
