@@ -63,10 +63,13 @@ CREATE TABLE IF NOT EXISTS _ripple_mutations (
     session_id text COLLATE "C",
     request_id bigint,
     result     jsonb,
-    ts         bigint NOT NULL,
+    xid        bigint,  -- the applying transaction; its commit ts is in _ripple_commits
+    ts         bigint,  -- unused since xid: the ts is drawn inside COMMIT, after this row is written
     created_at timestamptz DEFAULT now(),
     PRIMARY KEY (session_id, request_id)
 );
+ALTER TABLE _ripple_mutations ADD COLUMN IF NOT EXISTS xid bigint;
+ALTER TABLE _ripple_mutations ALTER COLUMN ts DROP NOT NULL;
 CREATE INDEX IF NOT EXISTS _ripple_mutations__created_at ON _ripple_mutations (created_at);
 
 -- ---------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import re
@@ -28,7 +29,7 @@ from server.database.transaction import Limits
 from server.functions.runner import Runner, RunnerLimits
 from server.hub.hub import Hub
 from server.metrics import Metrics
-from server.sync.socket import sync_endpoint
+from server.sync.socket import sync_endpoint, watch_sessions
 
 __all__ = ["Services", "create_app", "load_modules"]
 
@@ -113,10 +114,14 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             hub = Hub(dsn, database, runner, settings=settings, metrics=metrics)
             await hub.start()
             app.state.services = Services(settings, pool, database, runner, authenticator_for(settings), hub, metrics)
+            watcher = asyncio.create_task(
+                watch_sessions(app.state.services.sessions, settings.ping_interval_s, settings.slow_client_timeout_s)
+            )
             log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
             try:
                 yield
             finally:
+                watcher.cancel()
                 for session in list(app.state.services.sessions):
                     session.shut(1012, "server shutting down; reconnect")
                 await hub.close("server shutting down")

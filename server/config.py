@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     mutation_max_retries: int = 12
     mutation_retry_base_s: float = 0.002
 
+    # WebSocket-level pings find dead peers; the protocol's own Ping (ping_interval_s) keeps clients content.
+    ws_ping_interval_s: float = 30.0
+    ws_ping_timeout_s: float = 60.0
+    # Collect young objects after this many allocations (Python's default is 700): fewer pauses under fan-out.
+    gc_gen0_threshold: int = 50_000
     # Sync: Convex pings after 15 s of silence; a socket whose unsent backlog exceeds this is closed.
     ping_interval_s: float = 15.0
     max_pending_transitions: int = 256

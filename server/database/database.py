@@ -1,8 +1,8 @@
 """Transactions with Convex's guarantees: snapshot reads at a commit ts, serializable mutations retried on conflict.
 
 A mutation is one SERIALIZABLE transaction; a serialization failure or deadlock re-runs it from the start with
-jittered exponential backoff (Convex's optimistic concurrency, done by PostgreSQL). Its last statement draws the
-commit ts from schema.sql's clock, so the caller learns the ts its write is visible at.
+jittered exponential backoff (Convex's optimistic concurrency, done by PostgreSQL). Its COMMIT draws the commit
+ts from schema.sql's clock; the caller then reads it back by xid, so it learns the ts its write is visible at.
 """
 
 from __future__ import annotations
@@ -24,6 +24,18 @@ __all__ = ["Database", "MutationOutcome", "Snapshot"]
 T = TypeVar("T")
 
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+_MAX_RETRY_DELAY_S = 0.25
+
+_RECORD_SQL = """
+INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES ($1, $2, $3, txid_current())
+RETURNING xid
+"""
+# The stored result of an applied (session, request), with its commit ts (or none, if the log was pruned).
+_APPLIED_SQL = """
+SELECT m.result, coalesce(c.ts, m.ts) AS ts
+FROM _ripple_mutations m LEFT JOIN _ripple_commits c ON c.xid = m.xid
+WHERE m.session_id = $1 AND m.request_id = $2
+"""
 
 
 @dataclass(slots=True)
@@ -92,44 +104,48 @@ class Database:
         returned for duplicates, the live value otherwise.
         """
         if dedupe is not None:
-            stored = await self.pool.fetchrow(
-                "SELECT result, ts FROM _ripple_mutations WHERE session_id = $1 AND request_id = $2", *dedupe
-            )
+            stored = await self._applied(dedupe)
             if stored is not None:
-                return MutationOutcome(stored["result"]["value"], int(stored["ts"]), 0, deduplicated=True)
+                return stored
         attempt = 0
         while True:
             try:
-                async with self.pool.acquire() as conn, conn.transaction(isolation="serializable"):
-                    tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
-                    value = await fn(tx)
-                    if tx.wrote:
-                        ts = int(await conn.fetchval("SELECT _ripple_commit_ts()"))
-                        if dedupe is not None:
-                            await conn.execute(
-                                "INSERT INTO _ripple_mutations (session_id, request_id, result, ts)"
-                                " VALUES ($1, $2, $3, $4)",
-                                *dedupe,
-                                {"value": encode(value)},
-                                ts,
+                async with self.pool.acquire() as conn:
+                    async with conn.transaction(isolation="serializable"):
+                        tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
+                        value = await fn(tx)
+                        if tx.wrote:
+                            xid = await conn.fetchval(
+                                _RECORD_SQL if dedupe else "SELECT txid_current()",
+                                *((*dedupe, {"value": encode(value)}) if dedupe else ()),
                             )
-                if not tx.wrote:
-                    # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than the
-                    # newest visible commit. (Reading _ripple_commits inside the SERIALIZABLE transaction would
-                    # make it conflict with every writer.)
-                    ts = await self.latest_ts()
+                    # COMMIT drew the ts (schema.sql's deferred trigger), holding the clock lock only inside
+                    # PostgreSQL's commit: no network round trip or Python scheduling happens under it.
+                    if tx.wrote:
+                        ts = int(await conn.fetchval("SELECT ts FROM _ripple_commits WHERE xid = $1", xid))
+                    else:
+                        # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than
+                        # the newest visible commit.
+                        ts = int(await conn.fetchval("SELECT _ripple_latest_ts()"))
                 return MutationOutcome(value, ts, attempt)
             except _RETRYABLE:
                 attempt += 1
                 self.retries_total += 1
                 if attempt > self.max_retries:
                     raise
-                delay = self.retry_base_s * (2 ** min(attempt, 10))
+                delay = min(self.retry_base_s * (2 ** min(attempt, 10)), _MAX_RETRY_DELAY_S)
                 await asyncio.sleep(delay * (0.5 + random.random()))
             except asyncpg.UniqueViolationError as exc:
                 if dedupe is None or exc.table_name != "_ripple_mutations":
                     raise
-                stored = await self.pool.fetchrow(
-                    "SELECT result, ts FROM _ripple_mutations WHERE session_id = $1 AND request_id = $2", *dedupe
-                )
-                return MutationOutcome(stored["result"]["value"], int(stored["ts"]), attempt, deduplicated=True)
+                stored = await self._applied(dedupe)  # a resend raced the original: return its result
+                if stored is None:
+                    raise
+                return stored
+
+    async def _applied(self, dedupe: tuple[str, int]) -> MutationOutcome | None:
+        row = await self.pool.fetchrow(_APPLIED_SQL, *dedupe)
+        if row is None:
+            return None
+        ts = row["ts"] if row["ts"] is not None else await self.latest_ts()
+        return MutationOutcome(row["result"]["value"], int(ts), 0, deduplicated=True)

@@ -207,12 +207,14 @@ class Hub:
                     entry = joined.subscribers.get(token)
                     if entry is not None:
                         deliveries[entry[0]].append((token, joined.result))
-        self.processed_ts = max(self.processed_ts, ts)
-        self.rounds += 1
-        self._pending_new = defaultdict(set)
-        for session, updates in deliveries.items():
-            session.deliver(ts, updates)
-        self._release_waiters()
+            # Deliver before COMMIT: the snapshot is read-only, so its results are final once read, and the
+            # sessions need not wait for one more database round trip.
+            self.processed_ts = max(self.processed_ts, ts)
+            self.rounds += 1
+            self._pending_new = defaultdict(set)
+            for session, updates in deliveries.items():
+                session.deliver(ts, updates)
+            self._release_waiters()
         if self.metrics:
             self.metrics.hub_ts.set(self.processed_ts)
             self.metrics.query_instances.set(len(self._instances))

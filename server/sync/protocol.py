@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -25,7 +26,9 @@ __all__ = [
 ]
 
 
+@lru_cache(maxsize=1024)
 def encode_ts(ts: int) -> str:
+    """Cached: one round's ts goes out to every session it updates."""
     return base64.b64encode(struct.pack("<Q", ts)).decode()
 
 
@@ -133,7 +136,12 @@ class StateVersion:
     ts: int = 0
 
     def wire(self) -> str:
-        return f'{{"querySet":{self.query_set},"identity":{self.identity},"ts":"{encode_ts(self.ts)}"}}'
+        return _version_wire(self.query_set, self.identity, self.ts)
+
+
+@lru_cache(maxsize=4096)
+def _version_wire(query_set: int, identity: int, ts: int) -> str:
+    return f'{{"querySet":{query_set},"identity":{identity},"ts":"{encode_ts(ts)}"}}'
 
 
 @dataclass(slots=True)

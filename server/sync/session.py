@@ -27,18 +27,17 @@ from server.sync.protocol import StateVersion, TransitionMessage
 if TYPE_CHECKING:
     from server.app import Services
 
-__all__ = ["Session", "SessionClosed"]
+__all__ = ["Closing", "Session"]
 
 log = logging.getLogger("ripple.sync")
 
 
-class SessionClosed(Exception):
-    """The session must end; `code` and `reason` go in the close frame."""
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Why a session ends: `code` and `reason` go in the WebSocket close frame."""
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
+    code: int
+    reason: str
 
 
 @dataclass(slots=True)
@@ -78,9 +77,16 @@ class Session:
         self._transitions_queued = 0
         self._mutations: asyncio.Queue[protocol.Mutation] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._mutation_worker = self._spawn(self._run_mutations())
+        self._mutation_worker: asyncio.Task[None] | None = None  # started by the first mutation
         self._expiry: asyncio.TimerHandle | None = None
-        self.closed: SessionClosed | None = None
+        self.closed: Closing | None = None
+        # Set when the close frame could not be sent either; the receive loop then stops on its own.
+        self.aborted = False
+        # Read by socket.watch_sessions: when the current send began (None when not sending), the last send.
+        self.sending_since: float | None = None
+        self.last_send = asyncio.get_running_loop().time()
+        self.stuck = False
+        self.sender: asyncio.Task[None] | None = None
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -98,10 +104,22 @@ class Session:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def ping(self) -> None:
+        self._send(protocol.PING)
+
+    def give_up(self, reason: str) -> None:
+        """A send has been blocked too long: stop it and close with 1013 (overloaded), so the client reconnects."""
+        if self.stuck:
+            return
+        self.shut(1013, reason)
+        self.stuck = True
+        if self.sender is not None:
+            self.sender.cancel()
+
     def shut(self, code: int, reason: str) -> None:
         """Close this socket after what is queued has been sent (server shutdown, tests)."""
         if self.closed is None:
-            self.closed = SessionClosed(code, reason)
+            self.closed = Closing(code, reason)
         self.outbox_ready.set()
 
     # Outbox.
@@ -184,6 +202,8 @@ class Session:
             self._modify_query_set(message)
         elif isinstance(message, protocol.Mutation):
             self._mutations.put_nowait(message)
+            if self._mutation_worker is None:
+                self._mutation_worker = self._spawn(self._run_mutations())
         elif isinstance(message, protocol.Action):
             self._spawn(self._run_action(message))
         elif isinstance(message, protocol.Authenticate):
@@ -291,7 +311,11 @@ class Session:
     # Mutations and actions.
 
     async def _run_mutations(self) -> None:
-        """One at a time, in arrival order, as Convex does; each is followed by a covering Transition."""
+        """One at a time, in arrival order, as Convex does; each is followed by a covering Transition.
+
+        The wait for that Transition runs beside the next mutation: only execution is serial, and the outbox
+        keeps each response before the Transition that covers it.
+        """
         while True:
             message = await self._mutations.get()
             try:
@@ -302,7 +326,7 @@ class Session:
                         "MutationResponse", message.requestId, ok=False, result=f"{message.udfPath}: {exc}"
                     )
                 )
-                self._emit(self.hub.processed_ts, {}, force=True)
+                self._spawn(self._cover(0))
                 continue
             dedupe = (self.session_id, message.requestId) if self.session_id else None
             outcome = await self.services.runner.call(
@@ -326,7 +350,7 @@ class Session:
                         error_data=outcome.error_data,
                     )
                 )
-            await self._cover(outcome.ts or 0)
+            self._spawn(self._cover(outcome.ts or 0))
 
     async def _cover(self, ts: int) -> None:
         """Make sure a Transition with end.ts >= ts follows what was just queued."""

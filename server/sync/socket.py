@@ -1,4 +1,5 @@
-"""The sync WebSocket endpoint: a receive loop feeding the session, a send loop draining its outbox, a heartbeat.
+"""The sync WebSocket endpoint: a receive loop feeding the session, a send loop draining its outbox, and one
+watcher for all sockets (heartbeat, stuck clients).
 
 The two loops never wait on each other, so a slow client delays only its own outbox, never the hub.
 """
@@ -12,13 +13,12 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.sync import protocol
-from server.sync.session import Session, SessionClosed
+from server.sync.session import Session
 
 if TYPE_CHECKING:
     from server.app import Services
 
-__all__ = ["sync_endpoint"]
+__all__ = ["sync_endpoint", "watch_sessions"]
 
 log = logging.getLogger("ripple.sync")
 
@@ -31,15 +31,13 @@ async def sync_endpoint(websocket: WebSocket) -> None:
     session = Session(services)
     services.sessions.add(session)
     services.metrics.connections.inc()
-    sender = asyncio.create_task(_send_loop(websocket, session, services.settings.ping_interval_s))
+    receiver = asyncio.current_task()
+    assert receiver is not None
+    sender = asyncio.create_task(_send_loop(websocket, session, receiver))
+    session.sender = sender
     try:
-        while not sender.done():
-            receive = asyncio.create_task(websocket.receive())
-            done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if receive not in done:
-                receive.cancel()
-                break
-            message = receive.result()
+        while True:
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
             text = message.get("text")
@@ -49,6 +47,10 @@ async def sync_endpoint(websocket: WebSocket) -> None:
             await session.handle(text)
     except WebSocketDisconnect:
         pass
+    except asyncio.CancelledError:
+        if not session.aborted:
+            raise
+        receiver.uncancel()  # the send loop gave up on a client that took not even a close frame
     finally:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -56,32 +58,54 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         await session.close()
         services.sessions.discard(session)
         services.metrics.connections.dec()
-        closed = session.closed
-        if closed is None and sender.done() and not sender.cancelled():
-            error = sender.exception()
-            closed = error if isinstance(error, SessionClosed) else None
-        log.info(
-            "sync socket closed",
-            extra={"client": client, "session_id": session.session_id, "reason": closed.reason if closed else "peer"},
-        )
-        if closed is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(websocket.close(closed.code, closed.reason), 5)
+        reason = session.closed.reason if session.closed else "peer"
+        log.info("sync socket closed", extra={"client": client, "session_id": session.session_id, "reason": reason})
 
 
-async def _send_loop(websocket: WebSocket, session: Session, ping_interval_s: float) -> None:
-    """Send queued messages in order; a Ping after `ping_interval_s` of silence; stop when the session closes."""
+async def _send_loop(websocket: WebSocket, session: Session, receiver: asyncio.Task[None]) -> None:
+    """Send queued messages in order; when the session closes, send the close frame.
+
+    No timer per message: `watch_sessions` pings quiet sockets and closes stuck ones for every socket at once.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        while session.closed is None:
+            await session.outbox_ready.wait()
+            session.outbox_ready.clear()
+            while (text := session.next_message()) is not None:
+                session.sending_since = loop.time()
+                try:
+                    await websocket.send_text(text)
+                finally:
+                    session.sending_since = None
+                session.last_send = loop.time()
+    except asyncio.CancelledError:
+        if session.closed is None or not session.stuck:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]  # give_up's cancel is handled: close now
+    closed = session.closed
+    if closed is None:
+        return
+    try:
+        async with asyncio.timeout(5):
+            await websocket.close(closed.code, closed.reason)
+    except Exception as exc:
+        log.info("could not send the close frame (%r); dropping the connection", exc)
+        session.aborted = True
+        receiver.cancel()
+
+
+async def watch_sessions(sessions: set[Session], ping_interval_s: float, slow_client_timeout_s: float) -> None:
+    """Once a second, for every socket: a Ping after `ping_interval_s` of silence (Convex's heartbeat), and a
+    1013 close for a socket that could not take a message for `slow_client_timeout_s` (its client reconnects
+    to fresh results instead of keeping an ever-growing backlog)."""
+    loop = asyncio.get_running_loop()
+    tick = min(1.0, ping_interval_s / 2, slow_client_timeout_s / 2)
     while True:
-        try:
-            await asyncio.wait_for(session.outbox_ready.wait(), ping_interval_s)
-        except TimeoutError:
-            await websocket.send_text(protocol.PING)
-            continue
-        session.outbox_ready.clear()
-        while (text := session.next_message()) is not None:
-            try:
-                await asyncio.wait_for(websocket.send_text(text), session.services.settings.slow_client_timeout_s)
-            except TimeoutError:
-                raise SessionClosed(1013, "client too slow: a message waited too long to be sent; reconnect") from None
-        if session.closed is not None:
-            raise SessionClosed(session.closed.code, session.closed.reason)
+        await asyncio.sleep(tick)
+        now = loop.time()
+        for session in list(sessions):
+            if session.sending_since is not None and now - session.sending_since > slow_client_timeout_s:
+                session.give_up("client too slow: a message waited too long to be sent; reconnect")
+            elif now - session.last_send >= ping_interval_s and not session.outbox:
+                session.ping()

@@ -250,8 +250,8 @@ async def test_client_too_far_behind_is_closed_with_a_reason(ripple: RippleServe
     await fast.close()
 
 
+@pytest.mark.parametrize("ripple", [{"ping_interval_s": 0.4}], indirect=True)
 async def test_heartbeat_ping(ripple: RippleServer) -> None:
-    ripple.settings.ping_interval_s = 0.2
     client = await SyncClient.connect(ripple.ws_url)
     await client.expect(lambda m: m["type"] == "Ping", timeout_s=3)
     await client.close()
