@@ -27,8 +27,7 @@ _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 _MAX_RETRY_DELAY_S = 0.25
 
 _RECORD_SQL = """
-INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES ($1, $2, $3, txid_current())
-RETURNING xid
+INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES ($1, $2, $3, $4)
 """
 # The stored result of an applied (session, request), with its commit ts (or none, if the log was pruned).
 _APPLIED_SQL = """
@@ -114,15 +113,12 @@ class Database:
                     async with conn.transaction(isolation="serializable"):
                         tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
                         value = await fn(tx)
-                        if tx.wrote:
-                            xid = await conn.fetchval(
-                                _RECORD_SQL if dedupe else "SELECT txid_current()",
-                                *((*dedupe, {"value": encode(value)}) if dedupe else ()),
-                            )
+                        if tx.xid is not None and dedupe is not None:
+                            await conn.execute(_RECORD_SQL, *dedupe, {"value": encode(value)}, tx.xid)
                     # COMMIT drew the ts (schema.sql's deferred trigger), holding the clock lock only inside
                     # PostgreSQL's commit: no network round trip or Python scheduling happens under it.
-                    if tx.wrote:
-                        ts = int(await conn.fetchval("SELECT ts FROM _ripple_commits WHERE xid = $1", xid))
+                    if tx.xid is not None:
+                        ts = int(await conn.fetchval("SELECT ts FROM _ripple_commits WHERE xid = $1", tx.xid))
                     else:
                         # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than
                         # the newest visible commit.

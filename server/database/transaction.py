@@ -70,6 +70,7 @@ class Transaction:
         self.journal = journal
         self.documents_read = 0
         self.documents_written = 0
+        self.xid: int | None = None  # set by the first write
 
     @property
     def wrote(self) -> bool:
@@ -174,7 +175,17 @@ class DatabaseReader:
 
 
 class DatabaseWriter(DatabaseReader):
-    """`ctx.db` in a mutation: reads plus `insert`, `patch`, `replace`, `delete`."""
+    """`ctx.db` in a mutation: reads plus `insert`, `patch`, `replace`, `delete`.
+
+    Every write returns the transaction id (`RETURNING txid_current()`): it proves the document existed, with no
+    separate read, and tells `Database.mutate` which commit to read the ts of.
+    """
+
+    async def _write(self, sql: str, doc_id: str, table: Table, verb: str, *args: Any) -> None:
+        xid = await self._tx.conn.fetchval(sql + " RETURNING txid_current()", doc_id, *args)
+        if xid is None:
+            raise ArgumentError(f'{verb}: document "{doc_id}" does not exist in "{table.convex_name}"')
+        self._tx.xid = int(xid)
 
     async def insert(self, table_name: str, document: Mapping[str, Any]) -> str:
         tx = self._tx
@@ -182,41 +193,40 @@ class DatabaseWriter(DatabaseReader):
         columns = tx.to_columns(table, document, partial=False, verb="insert into")
         tx.count_write(table)
         doc_id = new_id(table.number)
-        columns = {"_id": doc_id, "_creation_time": time.time() * 1000.0, **columns}
-        names = ", ".join(_quote(c) for c in columns)
-        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-        await tx.conn.execute(f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks})", *columns.values())
+        columns = {"_creation_time": time.time() * 1000.0, **columns}
+        names = ", ".join(_quote(c) for c in ("_id", *columns))
+        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 2))
+        await self._write(
+            f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks})", doc_id, table, "insert", *columns.values()
+        )
         return doc_id
-
-    async def _existing(self, doc_id: str, verb: str) -> Table:
-        tx = self._tx
-        table = tx.table_of(doc_id)
-        found = await tx.conn.fetchval(f"SELECT 1 FROM {_quote(table.name)} WHERE _id = $1", doc_id)
-        if not found:
-            raise ArgumentError(f'{verb}: document "{doc_id}" does not exist in "{table.convex_name}"')
-        return table
 
     async def patch(self, doc_id: str, fields: Mapping[str, Any]) -> None:
         """Set the given fields; a field set to None becomes absent. Others keep their values."""
-        table = await self._existing(doc_id, "patch")
-        columns = self._tx.to_columns(table, fields, partial=True, verb="patch")
-        self._tx.count_write(table)
-        if not columns:
-            return
-        sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(columns, start=2))
-        await self._tx.conn.execute(f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *columns.values())
+        tx = self._tx
+        table = tx.table_of(doc_id)
+        columns = tx.to_columns(table, fields, partial=True, verb="patch")
+        tx.count_write(table)
+        # An empty patch still checks that the document exists (and still counts as a write, as in Convex).
+        sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(columns, start=2)) or "_id = _id"
+        await self._write(
+            f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, table, "patch", *columns.values()
+        )
 
     async def replace(self, doc_id: str, document: Mapping[str, Any]) -> None:
         """Replace every field; fields not given become absent. `_id` and `_creationTime` are kept."""
-        table = await self._existing(doc_id, "replace")
-        columns = self._tx.to_columns(table, document, partial=False, verb="replace")
-        self._tx.count_write(table)
+        tx = self._tx
+        table = tx.table_of(doc_id)
+        columns = tx.to_columns(table, document, partial=False, verb="replace")
+        tx.count_write(table)
         full = {c: columns.get(c) for c, spec in table.columns.items() if not c.startswith("_") and spec.nullable}
         full.update(columns)
         sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(full, start=2))
-        await self._tx.conn.execute(f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, *full.values())
+        await self._write(
+            f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, table, "replace", *full.values()
+        )
 
     async def delete(self, doc_id: str) -> None:
-        table = await self._existing(doc_id, "delete")
+        table = self._tx.table_of(doc_id)
         self._tx.count_write(table)
-        await self._tx.conn.execute(f"DELETE FROM {_quote(table.name)} WHERE _id = $1", doc_id)
+        await self._write(f"DELETE FROM {_quote(table.name)} WHERE _id = $1", doc_id, table, "delete")
