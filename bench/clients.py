@@ -1,0 +1,527 @@
+"""`python -m bench.clients`: one load-generating process, driven by the orchestrator over stdin/stdout.
+
+The first stdin line is a JSON spec; later lines are commands (`stats`, `go`, `quit`). Every answer is one JSON
+line on stdout. Modes:
+
+* `convex`     - groups of sync WebSockets, each with some `bench:counter` subscriptions; records each update's
+                 arrival against the commit stamp in the row (and the Transition's commit ts and serverTs).
+* `raw`        - plain WebSockets to `bench.rawws`; records each broadcast's arrival against its stamp.
+* `listen`     - one asyncpg connection LISTENing; records each NOTIFY's arrival against its stamp.
+* `mutate`     - sync WebSockets sending `bench:bump` mutations, each socket one at a time.
+* `rawmutate`  - asyncpg connections running the same read-modify-write transaction, each one at a time.
+
+Every wait is bounded: the process exits by itself after `max_s` seconds, or when stdin closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import resource
+import struct
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+OPEN_TIMEOUT_S = 120.0
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft
+    return want
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+def decode_ts(text: str) -> int:
+    return int(struct.unpack("<Q", base64.b64decode(text))[0])
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Group:
+    """Subscriptions whose updates are tallied together."""
+
+    def __init__(self, index: int, spec: dict[str, Any]) -> None:
+        self.index = index
+        self.sockets = int(spec["sockets"])
+        self.per_socket = int(spec.get("per_socket", 1))
+        self.row_start = int(spec.get("row_start", 0))
+        self.row_count = int(spec.get("row_count", self.sockets * self.per_socket))
+        self.record_all = bool(spec.get("record_all", True))
+        self.notify_complete = bool(spec.get("notify_complete", False))
+        self.expected = self.sockets * self.per_socket
+        self.records: list[tuple[float, float, int | None, int | None, float]] = []
+        self.seqs: dict[float, list[float]] = {}
+        self.errors: list[str] = []
+        self.msg_bytes = 0
+
+    def rows_for(self, socket_index: int) -> list[str]:
+        first = socket_index * self.per_socket
+        return [f"r{self.row_start + (first + k) % self.row_count}" for k in range(self.per_socket)]
+
+    def record(
+        self, seq: float, stamp_ms: float, commit_ns: int | None, server_ns: int | None, arrival: float, size: int
+    ) -> None:
+        self.msg_bytes = size
+        if self.record_all:
+            self.records.append((seq, stamp_ms, commit_ns, server_ns, arrival))
+        entry = self.seqs.get(seq)
+        if entry is None:
+            entry = self.seqs[seq] = [0, arrival, arrival, stamp_ms]
+        entry[0] += 1
+        entry[2] = arrival
+        if self.notify_complete and entry[0] == self.expected:
+            emit(
+                {
+                    "event": "complete",
+                    "group": self.index,
+                    "seq": seq,
+                    "first": entry[1],
+                    "last": entry[2],
+                    "stamp": stamp_ms,
+                }
+            )
+
+    def stats(self) -> dict[str, Any]:
+        out = {
+            "records": self.records,
+            "seqs": [[k, *v] for k, v in self.seqs.items()],
+            "errors": self.errors[:20],
+            "error_count": len(self.errors),
+            "msg_bytes": self.msg_bytes,
+        }
+        self.records, self.seqs, self.errors = [], {}, []
+        return out
+
+
+class Runner:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.mode = spec["mode"]
+        self.groups = [Group(i, g) for i, g in enumerate(spec.get("groups", []))]
+        self.compression = "deflate" if spec.get("deflate") else None
+        self.sockets: list[Any] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.pending_ready = 0
+        self.all_ready = asyncio.Event()
+        self.failed: list[str] = []
+        self.mutators: list[Mutator] = []
+        self.pg: list[Any] = []
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _one_ready(self) -> None:
+        self.pending_ready -= 1
+        if self.pending_ready == 0:
+            self.all_ready.set()
+
+    # Set-up.
+
+    async def setup(self) -> None:
+        t0 = time.perf_counter()
+        if self.mode in ("convex", "raw"):
+            await self._open_subscribers()
+        elif self.mode == "listen":
+            await self._open_listener()
+        elif self.mode == "mutate":
+            await self._open_mutators()
+        elif self.mode == "rawmutate":
+            await self._open_raw_mutators()
+        else:
+            raise ValueError(f"unknown mode {self.mode}")
+        connected = time.perf_counter()
+        if self.pending_ready:
+            try:
+                await asyncio.wait_for(self.all_ready.wait(), float(self.spec.get("ready_timeout_s", 300)))
+            except TimeoutError:
+                raise RuntimeError(
+                    f"{self.pending_ready} sockets had no first result after {self.spec.get('ready_timeout_s', 300)} s"
+                    + (f"; first error: {self.failed[0]}" if self.failed else "")
+                ) from None
+        if self.failed:
+            raise RuntimeError(f"{len(self.failed)} connections failed; first: {self.failed[0]}")
+        emit(
+            {
+                "event": "ready",
+                "connect_s": connected - t0,
+                "ready_s": time.perf_counter() - t0,
+                "sockets": len(self.sockets),
+                "cpu_s": cpu_s(),
+            }
+        )
+
+    async def _open_subscribers(self) -> None:
+        from websockets.asyncio.client import connect
+
+        url = self.spec["url"]
+        limit = asyncio.Semaphore(int(self.spec.get("connect_concurrency", 64)))
+        jobs = []
+        for group in self.groups:
+            for s in range(group.sockets):
+                jobs.append((group, s))
+        self.pending_ready = len(jobs)
+
+        async def open_one(group: Group, s: int) -> None:
+            async with limit:
+                try:
+                    ws = await connect(
+                        url,
+                        compression=self.compression,
+                        max_size=None,
+                        ping_interval=None,
+                        open_timeout=OPEN_TIMEOUT_S,
+                        close_timeout=1,
+                        max_queue=None,
+                    )
+                except Exception as exc:
+                    self.failed.append(f"connect: {exc!r}")
+                    self.all_ready.set()
+                    return
+                self.sockets.append(ws)
+                if self.mode == "convex":
+                    rows = group.rows_for(s)
+                    await ws.send(
+                        orjson.dumps(
+                            {
+                                "type": "Connect",
+                                "sessionId": str(uuid.uuid4()),
+                                "connectionCount": 0,
+                                "lastCloseReason": "InitialConnect",
+                                "clientTs": 0,
+                            }
+                        ).decode()
+                    )
+                    await ws.send(
+                        orjson.dumps(
+                            {
+                                "type": "ModifyQuerySet",
+                                "baseVersion": 0,
+                                "newVersion": 1,
+                                "modifications": [
+                                    {
+                                        "type": "Add",
+                                        "queryId": i,
+                                        "udfPath": "bench:counter",
+                                        "args": [{"twitchId": row}],
+                                    }
+                                    for i, row in enumerate(rows)
+                                ],
+                            }
+                        ).decode()
+                    )
+                    self._spawn(self._read_convex(ws, group, len(rows)))
+                else:
+                    self._spawn(self._read_raw(ws, group))
+
+        await asyncio.gather(*(open_one(g, s) for g, s in jobs))
+
+    async def _read_convex(self, ws: Any, group: Group, n_queries: int) -> None:
+        seen: set[int] = set()
+        ready = False
+        try:
+            async for text in ws:
+                arrival = time.time()
+                msg = orjson.loads(text)
+                kind = msg.get("type")
+                if kind == "Transition":
+                    commit_ns = decode_ts(msg["endVersion"]["ts"])
+                    server_ns = msg.get("serverTs")
+                    for mod in msg["modifications"]:
+                        mtype = mod.get("type")
+                        qid = mod.get("queryId")
+                        if mtype == "QueryFailed":
+                            group.errors.append(str(mod.get("errorMessage")))
+                        if mtype not in ("QueryUpdated", "QueryFailed"):
+                            continue
+                        if qid not in seen:
+                            seen.add(qid)
+                            if not ready and len(seen) == n_queries:
+                                ready = True
+                                self._one_ready()
+                            continue
+                        value = mod.get("value")
+                        if isinstance(value, dict):
+                            group.record(value["seq"], value["stamp"], commit_ns, server_ns, arrival, len(text))
+                elif kind in ("FatalError", "AuthError"):
+                    group.errors.append(str(msg))
+        except Exception as exc:
+            group.errors.append(f"socket closed: {exc!r}")
+        if not ready:
+            self.failed.append(f"socket closed before its first results: {group.errors[-1:]}")
+            self._one_ready()
+
+    async def _read_raw(self, ws: Any, group: Group) -> None:
+        ready = False
+        try:
+            async for text in ws:
+                arrival = time.time()
+                if not ready:
+                    ready = True
+                    self._one_ready()
+                    continue
+                msg = orjson.loads(text)
+                group.record(msg["seq"], msg["stamp"], None, None, arrival, len(text))
+        except Exception as exc:
+            group.errors.append(f"socket closed: {exc!r}")
+        if not ready:
+            self.failed.append("raw socket closed before its hello")
+            self._one_ready()
+
+    async def _open_listener(self) -> None:
+        import asyncpg
+
+        group = self.groups[0]
+        conn = await asyncpg.connect(self.spec["dsn"])
+        self.pg.append(conn)
+
+        def notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            arrival = time.time()
+            seq, stamp = payload.split(":")
+            group.record(float(seq), float(stamp), None, None, arrival, len(payload))
+
+        await conn.add_listener(self.spec["channel"], notified)
+
+    async def _open_mutators(self) -> None:
+        from websockets.asyncio.client import connect
+
+        for i in range(int(self.spec["clients"])):
+            ws = await connect(
+                self.spec["url"],
+                compression=self.compression,
+                max_size=None,
+                ping_interval=None,
+                open_timeout=OPEN_TIMEOUT_S,
+                close_timeout=1,
+            )
+            await ws.send(
+                orjson.dumps(
+                    {
+                        "type": "Connect",
+                        "sessionId": str(uuid.uuid4()),
+                        "connectionCount": 0,
+                        "lastCloseReason": "InitialConnect",
+                        "clientTs": 0,
+                    }
+                ).decode()
+            )
+            m = Mutator(ws, f"r{int(self.spec['row_start']) + i}")
+            self.mutators.append(m)
+            self.sockets.append(ws)
+            self._spawn(m.read())
+
+    async def _open_raw_mutators(self) -> None:
+        import asyncpg
+
+        for i in range(int(self.spec["clients"])):
+            conn = await asyncpg.connect(self.spec["dsn"])
+            self.pg.append(conn)
+            self.mutators.append(RawMutator(conn, self.spec["table"], f"r{int(self.spec['row_start']) + i}"))
+
+    # Commands.
+
+    async def go(self) -> None:
+        """Run every mutator for warm-up + duration; report what completed inside the measured window."""
+        warm = float(self.spec.get("warmup_s", 1.0))
+        duration = float(self.spec["duration_s"])
+        t0 = time.perf_counter()
+        start, end = t0 + warm, t0 + warm + duration
+        cpu0: float | None = None
+
+        async def mark() -> None:
+            nonlocal cpu0
+            await asyncio.sleep(warm)
+            cpu0 = cpu_s()
+
+        marker = asyncio.create_task(mark())
+        await asyncio.gather(*(m.run(end) for m in self.mutators))
+        await marker
+        done = [lat for m in self.mutators for (t, lat) in m.done if start <= t <= end]
+        emit(
+            {
+                "event": "result",
+                "count": len(done),
+                "window_s": duration,
+                "latencies": done,
+                "errors": sum(m.errors for m in self.mutators),
+                "retries": sum(m.retries for m in self.mutators),
+                "cover": [c for m in self.mutators for c in getattr(m, "cover", [])],
+                "first_error": next((m.first_error for m in self.mutators if m.first_error), None),
+                "cpu_s": cpu_s() - (cpu0 or 0.0),
+            }
+        )
+
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        try:
+            await self.setup()
+        except Exception as exc:
+            emit({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            cmd = line.decode().strip()
+            if cmd == "stats":
+                emit({"event": "stats", "groups": [g.stats() for g in self.groups], "cpu_s": cpu_s()})
+            elif cmd == "go":
+                await self.go()
+            elif cmd == "quit":
+                return
+
+
+class Mutator:
+    """One sync socket sending `bench:bump`, the next only after the previous MutationResponse."""
+
+    def __init__(self, ws: Any, row: str) -> None:
+        self.ws = ws
+        self.row = row
+        self.next_id = 0
+        self.waiting: dict[int, asyncio.Future[bool]] = {}
+        self.done: list[tuple[float, float]] = []
+        self.errors = 0
+        self.retries = 0
+        self.first_error: str | None = None
+        self.cover_ts: int | None = None
+        self.cover_sent = 0.0
+        self.cover: list[float] = []
+
+    async def read(self) -> None:
+        try:
+            async for text in self.ws:
+                msg = orjson.loads(text)
+                kind = msg.get("type")
+                if kind == "MutationResponse":
+                    fut = self.waiting.pop(msg["requestId"], None)
+                    if msg.get("success") and "ts" in msg:
+                        self.cover_ts, self.cover_sent = decode_ts(msg["ts"]), time.perf_counter()
+                    if fut is not None and not fut.done():
+                        fut.set_result(bool(msg.get("success")))
+                        if not msg.get("success") and self.first_error is None:
+                            self.first_error = str(msg.get("result"))
+                elif kind == "Transition" and self.cover_ts is not None:
+                    if decode_ts(msg["endVersion"]["ts"]) >= self.cover_ts:
+                        # MutationResponse → the Transition covering it (read-your-writes for the official client)
+                        self.cover.append(time.perf_counter() - self.cover_sent)
+                        self.cover_ts = None
+        except Exception:
+            pass
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_result(False)
+
+    async def run(self, end: float) -> None:
+        loop = asyncio.get_running_loop()
+        while time.perf_counter() < end:
+            self.next_id += 1
+            fut: asyncio.Future[bool] = loop.create_future()
+            self.waiting[self.next_id] = fut
+            t = time.perf_counter()
+            await self.ws.send(
+                orjson.dumps(
+                    {
+                        "type": "Mutation",
+                        "requestId": self.next_id,
+                        "udfPath": "bench:bump",
+                        "args": [{"twitchId": self.row}],
+                    }
+                ).decode()
+            )
+            try:
+                ok = await asyncio.wait_for(fut, 30)
+            except TimeoutError:
+                ok = False
+                self.first_error = self.first_error or "no MutationResponse within 30 s"
+            now = time.perf_counter()
+            if ok:
+                self.done.append((now, now - t))
+            else:
+                self.errors += 1
+                if self.ws.state.name != "OPEN":
+                    return
+
+
+class RawMutator:
+    """The floor: the same read-modify-write as `bench:bump`, as a SERIALIZABLE asyncpg transaction."""
+
+    def __init__(self, conn: Any, table: str, row: str) -> None:
+        self.conn = conn
+        self.row = row
+        # The statement ctx.db's `.with_index("by_twitch_id", eq).unique()` issues, so only Ripple's own work differs.
+        self.select = (
+            f"SELECT * FROM {table} WHERE twitch_id = $1 "
+            "ORDER BY twitch_id ASC NULLS FIRST, _creation_time ASC NULLS FIRST, _id ASC NULLS FIRST LIMIT 2"
+        )
+        self.update = f"UPDATE {table} SET progress_percentage = $2 WHERE _id = $1"
+        self.done: list[tuple[float, float]] = []
+        self.errors = 0
+        self.retries = 0
+        self.first_error: str | None = None
+
+    async def run(self, end: float) -> None:
+        import asyncpg
+
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            while True:
+                try:
+                    async with self.conn.transaction(isolation="serializable"):
+                        row = await self.conn.fetchrow(self.select, self.row)
+                        await self.conn.execute(self.update, row["_id"], (row["progress_percentage"] or 0) + 1)
+                    break
+                except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
+                    self.retries += 1
+            now = time.perf_counter()
+            self.done.append((now, now - t))
+
+
+async def _main() -> None:
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    line = await reader.readline()
+    if not line:
+        return
+    spec = orjson.loads(line)
+    max_s = float(spec.get("max_s", 900))
+    try:
+        await asyncio.wait_for(Runner(spec).serve(reader), max_s)
+    except TimeoutError:
+        emit({"event": "error", "message": f"client process gave up after {max_s} s"})
+
+
+def main() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(_main())
+    else:
+        uvloop.run(_main())
+    sys.stdout.flush()
+    # Sockets close with the process; thousands of closing handshakes would only slow the exit down.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
