@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -31,7 +32,7 @@ from server.hub.hub import Hub
 from server.metrics import Metrics
 from server.sync.socket import sync_endpoint, watch_sessions
 
-__all__ = ["Services", "create_app", "load_modules"]
+__all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
 
 log = logging.getLogger("ripple")
 
@@ -82,6 +83,23 @@ class _CollapseSlashes:
         if scope["type"] in ("http", "websocket") and "//" in scope["path"]:
             scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
         await self.app(scope, receive, send)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, but sync sockets are closed first with Ripple's own reason (1012, reconnect), so clients know
+    to come back rather than guess from a bare close."""
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        app = self.config.app
+        services = getattr(getattr(app, "state", None), "services", None)
+        if services is not None:
+            for session in list(services.sessions):
+                session.shut(1012, "server shutting down; reconnect")
+            for _ in range(20):  # give the send loops a moment to send their close frames
+                if not services.sessions:
+                    break
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
 
 
 def create_app(settings: Settings, dsn: str) -> Starlette:

@@ -31,7 +31,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import create_app, load_modules
+    from server.app import GracefulServer, create_app, load_modules
     from server.config import get_settings
     from server.database.embedded import EmbeddedPostgres
 
@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     # re-raise unwinds to the `finally` below, so the embedded PostgreSQL is stopped too.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
@@ -69,6 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=settings.ws_ping_timeout_s,
             timeout_graceful_shutdown=5,
         )
+        GracefulServer(config).run()
     except KeyboardInterrupt:
         pass
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from server.app import Services, create_app
+from server.app import GracefulServer, Services, create_app
 from server.auth import make_dev_token
 from server.config import Settings
 from server.errors import RippleError
@@ -104,7 +104,7 @@ async def run_server(dsn: str, **overrides: Any) -> AsyncIterator[RippleServer]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_max_size=settings.max_message_bytes
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

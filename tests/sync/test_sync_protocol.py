@@ -274,3 +274,4 @@ async def test_graceful_shutdown_closes_sockets_with_a_reason(fresh_dsn: str) ->
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await client.expect(lambda m: False, timeout_s=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012, closed.value
+    assert closed.value.rcvd.reason == "server shutting down; reconnect"
