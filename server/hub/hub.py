@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub"]
 
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_NEXT_ROUND = "COMMIT; " + _BEGIN
+
 log = logging.getLogger("ripple.hub")
 
 
@@ -183,8 +186,8 @@ class Hub:
         self._apply_requests(requests, new, deliveries)
         notified_at, self._notified_at = self._notified_at, None
         delivered: set[int] = set()
-        conn = await self._connection()
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
+        conn = await self._snapshot_connection()
+        try:
             log_slice = await read_changes(conn, self.processed_ts, self.settings.max_changes_per_round)
             ts = log_slice.snapshot_ts
             snap = Snapshot(conn, ts)
@@ -215,6 +218,17 @@ class Hub:
             for session, updates in deliveries.items():
                 session.deliver(ts, updates)
             self._release_waiters()
+        except BaseException:
+            await self._drop_connection()
+            raise
+        # End this snapshot and open the next round's transaction in one round trip. In REPEATABLE READ the
+        # snapshot is taken by the first query, so the next round still reads the newest commits, and its
+        # BEGIN is off the path from commit to client.
+        try:
+            await conn.execute(_NEXT_ROUND)
+        except BaseException:
+            await self._drop_connection()
+            raise
         if self.metrics:
             self.metrics.hub_ts.set(self.processed_ts)
             self.metrics.query_instances.set(len(self._instances))
@@ -231,12 +245,19 @@ class Hub:
             if not fut.done():
                 fut.set_result(self.processed_ts)
 
-    async def _connection(self) -> asyncpg.Connection:
-        """The hub's own connection: rounds run back to back on it, with no pool checkout or reset in between."""
+    async def _snapshot_connection(self) -> asyncpg.Connection:
+        """The hub's own connection, inside a REPEATABLE READ, READ ONLY transaction whose snapshot the round's
+        first query will take. No pool checkout or reset between rounds."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn)
             await init_connection(self._conn)
+            await self._conn.execute(_BEGIN)
         return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
 
     def _invalidated(self, log_slice: LogSlice) -> set[int]:
         """Instances whose read sets the commits in (processed_ts, S] touched."""
