@@ -102,14 +102,14 @@ class Database:
         `encode` turns the result into what is stored for a resend (the wire value); the stored form is
         returned for duplicates, the live value otherwise.
         """
-        if dedupe is not None:
-            stored = await self._applied(dedupe)
-            if stored is not None:
-                return stored
         attempt = 0
         while True:
             try:
                 async with self.pool.acquire() as conn:
+                    if dedupe is not None and attempt == 0:
+                        stored = await self._applied(conn, dedupe)
+                        if stored is not None:
+                            return stored
                     async with conn.transaction(isolation="serializable"):
                         tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
                         value = await fn(tx)
@@ -134,14 +134,15 @@ class Database:
             except asyncpg.UniqueViolationError as exc:
                 if dedupe is None or exc.table_name != "_ripple_mutations":
                     raise
-                stored = await self._applied(dedupe)  # a resend raced the original: return its result
+                async with self.pool.acquire() as conn:
+                    stored = await self._applied(conn, dedupe)  # a resend raced the original: return its result
                 if stored is None:
                     raise
                 return stored
 
-    async def _applied(self, dedupe: tuple[str, int]) -> MutationOutcome | None:
-        row = await self.pool.fetchrow(_APPLIED_SQL, *dedupe)
+    async def _applied(self, conn: asyncpg.Connection, dedupe: tuple[str, int]) -> MutationOutcome | None:
+        row = await conn.fetchrow(_APPLIED_SQL, *dedupe)
         if row is None:
             return None
-        ts = row["ts"] if row["ts"] is not None else await self.latest_ts()
+        ts = row["ts"] if row["ts"] is not None else await conn.fetchval("SELECT _ripple_latest_ts()")
         return MutationOutcome(row["result"]["value"], int(ts), 0, deduplicated=True)
