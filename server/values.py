@@ -19,11 +19,9 @@ from typing import Any, Protocol, SupportsIndex, SupportsInt, TypeAlias
 import orjson
 
 __all__ = [
-    "MAX_ARGS_SIZE_BYTES",
     "MAX_DEPTH",
     "MAX_DOCUMENT_SIZE_BYTES",
     "MAX_FIELD_NAME_LENGTH",
-    "MAX_RESULT_SIZE_BYTES",
     "MAX_SAFE_INTEGER",
     "ConvexValueError",
     "Int64",
@@ -32,7 +30,6 @@ __all__ = [
     "ValueTooLargeError",
     "check_size",
     "decode",
-    "document_to_columns",
     "dumps",
     "dumps_bytes",
     "encode",
@@ -52,8 +49,6 @@ JSONValue: TypeAlias = "None | bool | int | float | str | list[JSONValue] | dict
 MAX_DEPTH = 64  # nested arrays/objects; a scalar has depth 0, a list of scalars depth 1
 MAX_FIELD_NAME_LENGTH = 1024
 MAX_DOCUMENT_SIZE_BYTES = 1 << 20  # one stored document
-MAX_RESULT_SIZE_BYTES = 8 << 20  # one function result
-MAX_ARGS_SIZE_BYTES = 8 << 20  # one function's arguments
 MAX_SAFE_INTEGER = 2**53  # a Python int beyond ±2**53 has no exact float64; use Int64
 
 _MIN_INT64 = -(2**63)
@@ -484,16 +479,3 @@ class _Row(Protocol):
 def row_to_document(row: Mapping[str, Any] | _Row) -> dict[str, Any]:
     """A table row (asyncpg `Record` or dict) → Convex document: camelCase fields, NULL columns absent."""
     return {to_camel(column): value for column, value in row.items() if value is not None}
-
-
-def document_to_columns(document: Mapping[str, Any]) -> dict[str, Any]:
-    """A Convex document → column values by snake_case name. Absent fields stay absent; `None` means NULL.
-
-    Raises:
-        ConvexValueError: a field name Convex refuses (see `validate_field_name`).
-    """
-    columns = {}
-    for field, value in document.items():
-        validate_field_name(field)
-        columns[to_snake(field)] = value
-    return columns

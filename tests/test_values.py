@@ -312,19 +312,6 @@ def test_row_to_document_drops_null_columns_and_renames() -> None:
     assert values.row_to_document(row) == {"_id": "abc", "_creationTime": 1.0, "promptText": "hi"}
 
 
-def test_document_to_columns_renames_and_validates() -> None:
-    document = {"_id": "abc", "_creationTime": 1.0, "parentGenerationId": None, "promptText": "hi"}
-    assert values.document_to_columns(document) == {
-        "_id": "abc",
-        "_creation_time": 1.0,
-        "parent_generation_id": None,
-        "prompt_text": "hi",
-    }
-    assert values.row_to_document(values.document_to_columns({"promptText": "hi"})) == {"promptText": "hi"}
-    with pytest.raises(ConvexValueError, match="field name"):
-        values.document_to_columns({"$bad": 1})
-
-
 def test_module_declares_its_surface() -> None:
     for name in values.__all__:
         assert hasattr(values, name), name

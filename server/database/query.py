@@ -34,7 +34,7 @@ def _quote(name: str) -> str:
 
 
 def _column(table: Table, field: str) -> str:
-    name = "_creation_time" if field == "_creationTime" else to_snake(field)
+    name = to_snake(field)
     if name not in table.columns:
         raise SchemaError(f'table "{table.convex_name}" has no field "{field}"')
     return name

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
+from server import values
 from server.database.catalog import Catalog, ColumnType, Table
 from server.database.ids import new_id, table_number_of
 from server.database.query import Query, _quote
@@ -27,15 +27,6 @@ class Limits:
     def __init__(self, max_documents_read: int = 16_384, max_documents_written: int = 8_192) -> None:
         self.max_documents_read = max_documents_read
         self.max_documents_written = max_documents_written
-
-
-@lru_cache(maxsize=4096)
-def _field_name(column: str) -> str:
-    return "_creationTime" if column == "_creation_time" else to_camel(column)
-
-
-def _column_name(field: str) -> str:
-    return "_creation_time" if field == "_creationTime" else to_snake(field)
 
 
 _TYPE_CHECKS: dict[ColumnType, tuple[type, ...]] = {
@@ -93,7 +84,7 @@ class Transaction:
             )
 
     def to_document(self, table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {_field_name(k): v for k, v in row.items() if v is not None}
+        return values.row_to_document(row)
 
     def table_of(self, doc_id: Any, what: str = "id") -> Table:
         if not isinstance(doc_id, str):
@@ -108,16 +99,20 @@ class Transaction:
         """Check a document's fields against the table's columns and convert names; None means absent."""
         if not isinstance(fields, Mapping):
             raise ArgumentError(f'{verb} "{table.convex_name}": the document must be an object')
+        try:
+            values.check_size(fields, values.MAX_DOCUMENT_SIZE_BYTES, f'{verb} "{table.convex_name}": the document')
+        except values.ValueTooLargeError as exc:
+            raise LimitExceeded(str(exc)) from None
         columns: dict[str, Any] = {}
         for name, value in fields.items():
             if name.startswith("_"):
                 raise ArgumentError(f'{verb} "{table.convex_name}": system field "{name}" cannot be written')
-            column = _column_name(name)
+            column = to_snake(name)
             spec = table.columns.get(column)
             if spec is None:
                 raise ArgumentError(
                     f'{verb} "{table.convex_name}": unknown field "{name}"; the table\'s fields are: '
-                    + ", ".join(sorted(_field_name(c) for c in table.columns if not c.startswith("_")))
+                    + ", ".join(sorted(to_camel(c) for c in table.columns if not c.startswith("_")))
                 )
             if value is not None:
                 ok = isinstance(value, _TYPE_CHECKS[spec.type]) and not (
@@ -137,7 +132,7 @@ class Transaction:
             columns[column] = value
         if not partial:
             missing = [
-                _field_name(c.name)
+                to_camel(c.name)
                 for c in table.columns.values()
                 if c.required and not c.name.startswith("_") and columns.get(c.name) is None
             ]

@@ -257,6 +257,8 @@ async def test_limits_on_documents_read_and_written(db: Database) -> None:
 
     with pytest.raises(LimitExceeded, match="wrote more than 20 documents"):
         await write(db, too_many)
+    with pytest.raises(LimitExceeded, match="the document is too large"):
+        await write(db, lambda w: video(w, "huge", title="x" * (1 << 20)))
     rows = await db.pool.fetchval("SELECT count(*) FROM videos WHERE twitch_id LIKE 'w%'")
     assert rows == 0  # the failed mutation left nothing
 
