@@ -24,115 +24,36 @@ from typing import Any
 from server import Id, mutation, query
 from server.apps._model import (
     AppError,
-    WireModel,
     check_choice,
     check_number,
     check_text,
     now_ms,
-    owned,
     round_percent,
     token_of,
 )
+from server.apps._redesign import (
+    ANIMATION_STATUSES,
+    IMAGE_STATUSES,
+    REDESIGN_STATUSES,
+    VARIANTS_PER_ITERATION,
+    ImageInput,
+    ShotInput,
+    delete_all,
+    image_of_shot,
+    insert_images,
+    insert_project,
+    insert_scene,
+    insert_selection,
+    insert_shot,
+    load_child,
+    load_project,
+    owned_project,
+    point_selection,
+    readable,
+    selection_of,
+    selection_target,
+)
 from server.errors import ArgumentError
-
-REDESIGN_STATUSES = ("prompt_planning", "scenes_setup", "shot_iteration", "storyboard_final", "animation_complete")
-IMAGE_STATUSES = ("pending", "processing", "complete", "failed")
-ANIMATION_STATUSES = ("pending", "processing", "complete", "failed")
-VARIANTS_PER_ITERATION = 6  # variantNumber 0..5
-_PARENT = {"projectId": "project", "sceneId": "scene", "shotId": "shot"}
-_TABLE_WORD = {
-    "projectScenes": "scene",
-    "sceneShots": "shot",
-    "shotImages": "image",
-    "storyboardSelections": "selection",
-}
-
-
-class ShotInput(WireModel):
-    shot_number: float
-    description: str
-    initial_prompt: str | None = None
-
-
-class ImageInput(WireModel):
-    variant_number: float
-    image_url: str
-    image_storage_id: str | None = None
-    replicate_image_id: str | None = None
-    status: str | None = None
-    metadata: dict[str, Any] | None = None
-
-
-# Access: one loader for writes (raises), one for reads (None).
-
-
-async def _owned_project(ctx: Any, project_id: str, token: str) -> dict[str, Any] | None:
-    return owned(await ctx.db.get(project_id), token)
-
-
-async def _project(ctx: Any, fn: str, project_id: str, token: str) -> dict[str, Any]:
-    project = await _owned_project(ctx, project_id, token)
-    if project is None:
-        raise AppError("NOT_FOUND", f'{fn}: project "{project_id}" not found', id=project_id)
-    return project
-
-
-async def _readable(ctx: Any, doc_id: str, token: str) -> dict[str, Any] | None:
-    """A scene/shot/image/selection when the caller owns its project; else None."""
-    doc = await ctx.db.get(doc_id)
-    if doc is None or await _owned_project(ctx, doc["projectId"], token) is None:
-        return None
-    return doc
-
-
-async def _child(ctx: Any, fn: str, table: str, doc_id: str, token: str, **parents: str | None) -> dict[str, Any]:
-    """A document under one of the caller's projects, checked to belong to the given parents."""
-    word = _TABLE_WORD[table]
-    doc = await _readable(ctx, doc_id, token)
-    if doc is None:
-        raise AppError("NOT_FOUND", f'{fn}: {word} "{doc_id}" not found', id=doc_id)
-    for field, expected in parents.items():
-        if expected is not None and doc.get(field) != expected:
-            raise ArgumentError(f'{fn}: {word} "{doc_id}" does not belong to {_PARENT[field]} "{expected}"')
-    return doc
-
-
-async def _image_of_shot(ctx: Any, fn: str, name: str, image_id: str, shot: dict[str, Any]) -> dict[str, Any]:
-    image = await ctx.db.get(image_id)
-    if image is None or image.get("shotId") != shot["_id"]:
-        raise ArgumentError(f'{fn}: "{name}" must be an image of shot "{shot["_id"]}"; "{image_id}" is not')
-    return image
-
-
-def _check_user_arg(fn: str, user_id: str | None, identity: dict[str, Any]) -> None:
-    if user_id is not None and user_id not in (identity["tokenIdentifier"], identity.get("subject")):
-        raise ArgumentError(
-            f'{fn}: "userId" must be the signed-in caller (their tokenIdentifier or subject); a project always '
-            "belongs to its creator, so userId may be left out"
-        )
-
-
-async def _insert_project(
-    ctx: Any, fn: str, prompt: str, title: str | None, prompt_planner_data: str | None, user_id: str | None
-) -> str:
-    identity = await ctx.auth.require_user("create a project")
-    _check_user_arg(fn, user_id, identity)
-    check_text(fn, "prompt", prompt)
-    if title is not None:
-        check_text(fn, "title", title)
-    now = now_ms()
-    doc = {
-        "userId": identity["tokenIdentifier"],
-        "prompt": prompt,
-        "title": title or prompt,
-        "workflowVersion": "v2_redesign",
-        "redesignStatus": "prompt_planning",
-        "promptPlannerData": prompt_planner_data,
-        "createdAt": now,
-        "updatedAt": now,
-    }
-    return await ctx.db.insert("videoProjects", {k: v for k, v in doc.items() if v is not None})
-
 
 # Projects.
 
@@ -146,7 +67,7 @@ async def create_redesign_project(
     user_id: str | None = None,
 ) -> str:
     """A new v2 project at "prompt_planning"; title defaults to the prompt."""
-    return await _insert_project(
+    return await insert_project(
         ctx, "projectRedesign:createRedesignProject", prompt, title, prompt_planner_data, user_id
     )
 
@@ -157,14 +78,14 @@ async def initialize_project(
 ) -> str:
     """createRedesignProject with the prompt planner's brain dump, in one transaction (the seed's composite)."""
     fn = "projectRedesign:initializeProject"
-    return await _insert_project(ctx, fn, prompt, title, prompt_planner_data, user_id)
+    return await insert_project(ctx, fn, prompt, title, prompt_planner_data, user_id)
 
 
 @mutation
 async def update_prompt_planner(ctx: Any, project_id: Id("videoProjects"), prompt_planner_data: str) -> None:
     fn = "projectRedesign:updatePromptPlanner"
     token = await token_of(ctx, "update a project")
-    await _project(ctx, fn, project_id, token)
+    await load_project(ctx, fn, project_id, token)
     await ctx.db.patch(project_id, {"promptPlannerData": prompt_planner_data, "updatedAt": now_ms()})
 
 
@@ -174,7 +95,7 @@ async def update_redesign_status(ctx: Any, project_id: Id("videoProjects"), stat
     fn = "projectRedesign:updateRedesignStatus"
     token = await token_of(ctx, "update a project")
     check_choice(fn, "status", status, REDESIGN_STATUSES)
-    project = await _project(ctx, fn, project_id, token)
+    project = await load_project(ctx, fn, project_id, token)
     current = project.get("redesignStatus")
     here = REDESIGN_STATUSES.index(current) if current in REDESIGN_STATUSES else -1
     there = REDESIGN_STATUSES.index(status)
@@ -196,66 +117,19 @@ async def update_redesign_status(ctx: Any, project_id: Id("videoProjects"), stat
 async def delete_redesign_project(ctx: Any, project_id: Id("videoProjects")) -> None:
     """Delete the project and everything under it."""
     token = await token_of(ctx, "delete a project")
-    await _project(ctx, "projectRedesign:deleteRedesignProject", project_id, token)
+    await load_project(ctx, "projectRedesign:deleteRedesignProject", project_id, token)
     for table in ("storyboardSelections", "shotImages", "sceneShots", "projectScenes"):
-        await _delete_all(ctx, table, "by_project", "projectId", project_id)
+        await delete_all(ctx, table, "by_project", "projectId", project_id)
     await ctx.db.delete(project_id)
-
-
-async def _delete_all(ctx: Any, table: str, index: str, field: str, value: str) -> None:
-    for doc in await ctx.db.query(table).with_index(index, lambda q: q.eq(field, value)).collect():
-        await ctx.db.delete(doc["_id"])
 
 
 @query
 async def get_project(ctx: Any, project_id: Id("videoProjects")) -> dict[str, Any] | None:
     token = await token_of(ctx, "read a project")
-    return await _owned_project(ctx, project_id, token)
+    return await owned_project(ctx, project_id, token)
 
 
 # Scenes.
-
-
-async def _insert_scene(
-    ctx: Any, fn: str, project_id: str, scene_number: float, title: str, description: str, now: float
-) -> str:
-    check_number(fn, "sceneNumber", scene_number, low=0)
-    check_text(fn, "title", title)
-    return await ctx.db.insert(
-        "projectScenes",
-        {
-            "projectId": project_id,
-            "sceneNumber": scene_number,
-            "title": title,
-            "description": description,
-            "createdAt": now,
-            "updatedAt": now,
-        },
-    )
-
-
-async def _insert_shot(
-    ctx: Any,
-    fn: str,
-    project_id: str,
-    scene_id: str,
-    shot_number: float,
-    description: str,
-    initial_prompt: str | None,
-    now: float,
-    where: str = "",
-) -> str:
-    check_number(fn, f"{where}shotNumber", shot_number, low=0)
-    doc = {
-        "projectId": project_id,
-        "sceneId": scene_id,
-        "shotNumber": shot_number,
-        "description": description,
-        "initialPrompt": initial_prompt,
-        "createdAt": now,
-        "updatedAt": now,
-    }
-    return await ctx.db.insert("sceneShots", {k: v for k, v in doc.items() if v is not None})
 
 
 @mutation
@@ -264,8 +138,8 @@ async def create_project_scene(
 ) -> str:
     fn = "projectRedesign:createProjectScene"
     token = await token_of(ctx, "add a scene")
-    await _project(ctx, fn, project_id, token)
-    return await _insert_scene(ctx, fn, project_id, scene_number, title, description, now_ms())
+    await load_project(ctx, fn, project_id, token)
+    return await insert_scene(ctx, fn, project_id, scene_number, title, description, now_ms())
 
 
 @mutation
@@ -280,11 +154,11 @@ async def create_scene_with_shots(
     """A scene and its shots in one transaction: all are created or none. Returns {sceneId, shotIds}."""
     fn = "projectRedesign:createSceneWithShots"
     token = await token_of(ctx, "add a scene")
-    await _project(ctx, fn, project_id, token)
+    await load_project(ctx, fn, project_id, token)
     now = now_ms()
-    scene_id = await _insert_scene(ctx, fn, project_id, scene_number, title, description, now)
+    scene_id = await insert_scene(ctx, fn, project_id, scene_number, title, description, now)
     shot_ids = [
-        await _insert_shot(
+        await insert_shot(
             ctx, fn, project_id, scene_id, s.shot_number, s.description, s.initial_prompt, now, f"shots.{i}."
         )
         for i, s in enumerate(shots)
@@ -302,7 +176,7 @@ async def update_project_scene(
 ) -> None:
     fn = "projectRedesign:updateProjectScene"
     token = await token_of(ctx, "update a scene")
-    await _child(ctx, fn, "projectScenes", scene_id, token)
+    await load_child(ctx, fn, "projectScenes", scene_id, token)
     fields: dict[str, Any] = {"updatedAt": now_ms()}
     if scene_number is not None:
         fields["sceneNumber"] = check_number(fn, "sceneNumber", scene_number, low=0)
@@ -317,9 +191,9 @@ async def update_project_scene(
 async def delete_project_scene(ctx: Any, scene_id: Id("projectScenes")) -> None:
     """Delete the scene with its shots, their images and selections."""
     token = await token_of(ctx, "delete a scene")
-    await _child(ctx, "projectRedesign:deleteProjectScene", "projectScenes", scene_id, token)
+    await load_child(ctx, "projectRedesign:deleteProjectScene", "projectScenes", scene_id, token)
     for table in ("storyboardSelections", "shotImages", "sceneShots"):
-        await _delete_all(ctx, table, "by_scene", "sceneId", scene_id)
+        await delete_all(ctx, table, "by_scene", "sceneId", scene_id)
     await ctx.db.delete(scene_id)
 
 
@@ -327,7 +201,7 @@ async def delete_project_scene(ctx: Any, scene_id: Id("projectScenes")) -> None:
 async def get_project_scenes(ctx: Any, project_id: Id("videoProjects")) -> list[dict[str, Any]]:
     """The project's scenes by sceneNumber."""
     token = await token_of(ctx, "read a project")
-    if await _owned_project(ctx, project_id, token) is None:
+    if await owned_project(ctx, project_id, token) is None:
         return []
     return (
         await ctx.db.query("projectScenes").with_index("by_project", lambda q: q.eq("projectId", project_id)).collect()
@@ -348,8 +222,8 @@ async def create_scene_shot(
 ) -> str:
     fn = "projectRedesign:createSceneShot"
     token = await token_of(ctx, "add a shot")
-    await _child(ctx, fn, "projectScenes", scene_id, token, projectId=project_id)
-    return await _insert_shot(ctx, fn, project_id, scene_id, shot_number, description, initial_prompt, now_ms())
+    await load_child(ctx, fn, "projectScenes", scene_id, token, projectId=project_id)
+    return await insert_shot(ctx, fn, project_id, scene_id, shot_number, description, initial_prompt, now_ms())
 
 
 @mutation
@@ -365,7 +239,7 @@ async def update_scene_shot(
     selection, when it has one, to that image (use selectMasterShot to create the selection)."""
     fn = "projectRedesign:updateSceneShot"
     token = await token_of(ctx, "update a shot")
-    shot = await _child(ctx, fn, "sceneShots", shot_id, token)
+    shot = await load_child(ctx, fn, "sceneShots", shot_id, token)
     now = now_ms()
     fields: dict[str, Any] = {"updatedAt": now}
     if shot_number is not None:
@@ -375,11 +249,11 @@ async def update_scene_shot(
     if initial_prompt is not None:
         fields["initialPrompt"] = initial_prompt
     if selected_image_id is not None:
-        await _image_of_shot(ctx, fn, "selectedImageId", selected_image_id, shot)
+        await image_of_shot(ctx, fn, "selectedImageId", selected_image_id, shot)
         fields["selectedImageId"] = selected_image_id
-        selection = await _selection_of(ctx, shot_id)
+        selection = await selection_of(ctx, shot_id)
         if selection is not None:
-            await _point_selection(ctx, selection, selected_image_id, now)
+            await point_selection(ctx, selection, selected_image_id, now)
     await ctx.db.patch(shot_id, fields)
 
 
@@ -387,9 +261,9 @@ async def update_scene_shot(
 async def delete_scene_shot(ctx: Any, shot_id: Id("sceneShots")) -> None:
     """Delete the shot with its images and selection."""
     token = await token_of(ctx, "delete a shot")
-    await _child(ctx, "projectRedesign:deleteSceneShot", "sceneShots", shot_id, token)
+    await load_child(ctx, "projectRedesign:deleteSceneShot", "sceneShots", shot_id, token)
     for table in ("storyboardSelections", "shotImages"):
-        await _delete_all(ctx, table, "by_shot", "shotId", shot_id)
+        await delete_all(ctx, table, "by_shot", "shotId", shot_id)
     await ctx.db.delete(shot_id)
 
 
@@ -397,71 +271,12 @@ async def delete_scene_shot(ctx: Any, shot_id: Id("sceneShots")) -> None:
 async def get_scene_shots(ctx: Any, scene_id: Id("projectScenes")) -> list[dict[str, Any]]:
     """The scene's shots by shotNumber."""
     token = await token_of(ctx, "read a project")
-    if await _readable(ctx, scene_id, token) is None:
+    if await readable(ctx, scene_id, token) is None:
         return []
     return await ctx.db.query("sceneShots").with_index("by_scene", lambda q: q.eq("sceneId", scene_id)).collect()
 
 
 # Images.
-
-
-async def _insert_images(
-    ctx: Any,
-    fn: str,
-    token: str,
-    ids: tuple[str, str, str],
-    iteration_number: float,
-    iteration_prompt: str,
-    parent_image_id: str | None,
-    images: list[dict[str, Any]],
-) -> list[str]:
-    """The one path images are created by: checks the hierarchy, numbers, statuses and uniqueness."""
-    project_id, scene_id, shot_id = ids
-    shot = await _child(ctx, fn, "sceneShots", shot_id, token, projectId=project_id, sceneId=scene_id)
-    check_number(fn, "iterationNumber", iteration_number, low=0, whole=True)
-    if parent_image_id is not None:
-        await _image_of_shot(ctx, fn, "parentImageId", parent_image_id, shot)
-    seen: set[float] = set()
-    docs = []
-    now = now_ms()
-    for image in images:
-        where = image.pop("_where")
-        variant = check_number(fn, f"{where}variantNumber", image["variantNumber"], low=0, high=5, whole=True)
-        if variant in seen:
-            raise ArgumentError(f"{fn}: variantNumber {variant:g} appears twice in this iteration")
-        seen.add(variant)
-        image["status"] = check_choice(fn, f"{where}status", image.get("status") or "complete", IMAGE_STATUSES)
-        check_text(fn, f"{where}imageUrl", image["imageUrl"])
-        taken = await (
-            ctx.db.query("shotImages")
-            .with_index(
-                "by_shot",
-                lambda q, v=variant: (
-                    q.eq("shotId", shot_id).eq("iterationNumber", iteration_number).eq("variantNumber", v)
-                ),
-            )
-            .first()
-        )
-        if taken is not None:
-            raise AppError(
-                "ALREADY_EXISTS",
-                f'{fn}: shot "{shot_id}" already has variant {variant:g} of iteration {iteration_number:g} '
-                f'("{taken["_id"]}"); use getLatestIterationNumber + 1 for a new iteration',
-            )
-        doc = {
-            "projectId": project_id,
-            "sceneId": scene_id,
-            "shotId": shot_id,
-            "iterationNumber": iteration_number,
-            "iterationPrompt": iteration_prompt,
-            "parentImageId": parent_image_id,
-            "isFavorite": False,
-            "createdAt": now,
-            "updatedAt": now,
-            **image,
-        }
-        docs.append({k: v for k, v in doc.items() if v is not None})
-    return [await ctx.db.insert("shotImages", doc) for doc in docs]
 
 
 @mutation
@@ -494,7 +309,7 @@ async def create_shot_image(
     }
     if is_favorite is not None:
         image["isFavorite"] = is_favorite
-    (image_id,) = await _insert_images(
+    (image_id,) = await insert_images(
         ctx,
         "projectRedesign:createShotImage",
         token,
@@ -524,7 +339,7 @@ async def batch_create_shot_images(
     if not 1 <= len(images) <= VARIANTS_PER_ITERATION:
         raise ArgumentError(f'{fn}: "images" must hold 1 to {VARIANTS_PER_ITERATION} variants; got {len(images)}')
     rows = [{"_where": f"images.{i}.", **img.model_dump(by_alias=True)} for i, img in enumerate(images)]
-    return await _insert_images(
+    return await insert_images(
         ctx, fn, token, (project_id, scene_id, shot_id), iteration_number, iteration_prompt, parent_image_id, rows
     )
 
@@ -542,7 +357,7 @@ async def update_shot_image(
 ) -> None:
     fn = "projectRedesign:updateShotImage"
     token = await token_of(ctx, "update an image")
-    await _child(ctx, fn, "shotImages", image_id, token)
+    await load_child(ctx, fn, "shotImages", image_id, token)
     fields: dict[str, Any] = {"updatedAt": now_ms()}
     if status is not None:
         fields["status"] = check_choice(fn, "status", status, IMAGE_STATUSES)
@@ -563,7 +378,7 @@ async def update_shot_image(
 async def toggle_favorite(ctx: Any, image_id: Id("shotImages")) -> bool:
     """Flip the image's isFavorite; returns the new value."""
     token = await token_of(ctx, "update an image")
-    image = await _child(ctx, "projectRedesign:toggleFavorite", "shotImages", image_id, token)
+    image = await load_child(ctx, "projectRedesign:toggleFavorite", "shotImages", image_id, token)
     value = not image.get("isFavorite", False)
     await ctx.db.patch(image_id, {"isFavorite": value, "updatedAt": now_ms()})
     return value
@@ -573,10 +388,10 @@ async def toggle_favorite(ctx: Any, image_id: Id("shotImages")) -> bool:
 async def delete_shot_image(ctx: Any, image_id: Id("shotImages")) -> None:
     """Delete the image, the selection that picked it, and every reference to it (shot, derived images)."""
     token = await token_of(ctx, "delete an image")
-    image = await _child(ctx, "projectRedesign:deleteShotImage", "shotImages", image_id, token)
+    image = await load_child(ctx, "projectRedesign:deleteShotImage", "shotImages", image_id, token)
     shot_id = image["shotId"]
     now = now_ms()
-    selection = await _selection_of(ctx, shot_id)
+    selection = await selection_of(ctx, shot_id)
     if selection is not None and selection["selectedImageId"] == image_id:
         await ctx.db.delete(selection["_id"])
     shot = await ctx.db.get(shot_id)
@@ -594,7 +409,7 @@ async def get_shot_images(
 ) -> list[dict[str, Any]]:
     """The shot's images by iteration then variant; only one iteration's when iterationNumber is given."""
     token = await token_of(ctx, "read a project")
-    if await _readable(ctx, shot_id, token) is None:
+    if await readable(ctx, shot_id, token) is None:
         return []
     if iteration_number is None:
         rng = lambda q: q.eq("shotId", shot_id)  # noqa: E731
@@ -608,7 +423,7 @@ async def get_shot_images(
 async def get_latest_iteration_number(ctx: Any, shot_id: Id("sceneShots")) -> float:
     """The highest iterationNumber of the shot's images, -1 when it has none (so the next is latest + 1)."""
     token = await token_of(ctx, "read a project")
-    if await _readable(ctx, shot_id, token) is None:
+    if await readable(ctx, shot_id, token) is None:
         return -1
     latest = (
         await ctx.db.query("shotImages").with_index("by_shot", lambda q: q.eq("shotId", shot_id)).order("desc").first()
@@ -620,7 +435,7 @@ async def get_latest_iteration_number(ctx: Any, shot_id: Id("sceneShots")) -> fl
 async def get_grouped_shot_images(ctx: Any, shot_id: Id("sceneShots")) -> list[dict[str, Any]]:
     """[{iterationNumber, images (by variant), prompt, parentImage (document or null)}] by iteration."""
     token = await token_of(ctx, "read a project")
-    if await _readable(ctx, shot_id, token) is None:
+    if await readable(ctx, shot_id, token) is None:
         return []
     images = await ctx.db.query("shotImages").with_index("by_shot", lambda q: q.eq("shotId", shot_id)).collect()
     by_id = {img["_id"]: img for img in images}
@@ -644,52 +459,6 @@ async def get_grouped_shot_images(ctx: Any, shot_id: Id("sceneShots")) -> list[d
 # Storyboard selections.
 
 
-async def _selection_of(ctx: Any, shot_id: str) -> dict[str, Any] | None:
-    return await ctx.db.query("storyboardSelections").with_index("by_shot", lambda q: q.eq("shotId", shot_id)).first()
-
-
-async def _point_selection(ctx: Any, selection: dict[str, Any], image_id: str, now: float) -> None:
-    """Move a selection to another image; its animation was of the old image, so it starts over."""
-    if selection["selectedImageId"] == image_id:
-        return
-    await ctx.db.patch(
-        selection["_id"],
-        {
-            "selectedImageId": image_id,
-            "animationStatus": None,
-            "animatedVideoUrl": None,
-            "replicateVideoId": None,
-            "updatedAt": now,
-        },
-    )
-
-
-async def _selection_target(
-    ctx: Any, fn: str, token: str, project_id: str, scene_id: str, shot_id: str, image_id: str
-) -> dict[str, Any]:
-    shot = await _child(ctx, fn, "sceneShots", shot_id, token, projectId=project_id, sceneId=scene_id)
-    await _image_of_shot(ctx, fn, "selectedImageId", image_id, shot)
-    return shot
-
-
-async def _insert_selection(
-    ctx: Any, ids: tuple[str, str, str], image_id: str, animation_status: str | None, now: float
-) -> str:
-    project_id, scene_id, shot_id = ids
-    doc = {
-        "projectId": project_id,
-        "sceneId": scene_id,
-        "shotId": shot_id,
-        "selectedImageId": image_id,
-        "animationStatus": animation_status,
-        "createdAt": now,
-        "updatedAt": now,
-    }
-    selection_id = await ctx.db.insert("storyboardSelections", {k: v for k, v in doc.items() if v is not None})
-    await ctx.db.patch(shot_id, {"selectedImageId": image_id, "updatedAt": now})
-    return selection_id
-
-
 @mutation
 async def create_storyboard_selection(
     ctx: Any,
@@ -705,8 +474,8 @@ async def create_storyboard_selection(
     token = await token_of(ctx, "select a master shot")
     if animation_status is not None:
         check_choice(fn, "animationStatus", animation_status, ANIMATION_STATUSES)
-    await _selection_target(ctx, fn, token, project_id, scene_id, shot_id, selected_image_id)
-    existing = await _selection_of(ctx, shot_id)
+    await selection_target(ctx, fn, token, project_id, scene_id, shot_id, selected_image_id)
+    existing = await selection_of(ctx, shot_id)
     if existing is not None:
         raise AppError(
             "ALREADY_EXISTS",
@@ -714,7 +483,7 @@ async def create_storyboard_selection(
             "use selectMasterShot to change it",
             id=existing["_id"],
         )
-    return await _insert_selection(ctx, (project_id, scene_id, shot_id), selected_image_id, animation_status, now_ms())
+    return await insert_selection(ctx, (project_id, scene_id, shot_id), selected_image_id, animation_status, now_ms())
 
 
 @mutation
@@ -729,12 +498,12 @@ async def select_master_shot(
     Moving it to another image resets its animation. Returns the selection id."""
     fn = "projectRedesign:selectMasterShot"
     token = await token_of(ctx, "select a master shot")
-    await _selection_target(ctx, fn, token, project_id, scene_id, shot_id, selected_image_id)
+    await selection_target(ctx, fn, token, project_id, scene_id, shot_id, selected_image_id)
     now = now_ms()
-    existing = await _selection_of(ctx, shot_id)
+    existing = await selection_of(ctx, shot_id)
     if existing is None:
-        return await _insert_selection(ctx, (project_id, scene_id, shot_id), selected_image_id, None, now)
-    await _point_selection(ctx, existing, selected_image_id, now)
+        return await insert_selection(ctx, (project_id, scene_id, shot_id), selected_image_id, None, now)
+    await point_selection(ctx, existing, selected_image_id, now)
     await ctx.db.patch(shot_id, {"selectedImageId": selected_image_id, "updatedAt": now})
     return str(existing["_id"])
 
@@ -752,7 +521,7 @@ async def update_storyboard_animation(
     token = await token_of(ctx, "update an animation")
     if animation_status is not None:
         check_choice(fn, "animationStatus", animation_status, ANIMATION_STATUSES)
-    selection = await _child(ctx, fn, "storyboardSelections", selection_id, token)
+    selection = await load_child(ctx, fn, "storyboardSelections", selection_id, token)
     if animation_status == "complete" and not (animated_video_url or selection.get("animatedVideoUrl")):
         raise ArgumentError(f'{fn}: animationStatus "complete" needs animatedVideoUrl')
     fields: dict[str, Any] = {"updatedAt": now_ms()}
@@ -769,7 +538,7 @@ async def update_storyboard_animation(
 @query
 async def get_storyboard_selections(ctx: Any, project_id: Id("videoProjects")) -> list[dict[str, Any]]:
     token = await token_of(ctx, "read a project")
-    if await _owned_project(ctx, project_id, token) is None:
+    if await owned_project(ctx, project_id, token) is None:
         return []
     return await (
         ctx.db.query("storyboardSelections").with_index("by_project", lambda q: q.eq("projectId", project_id)).collect()
@@ -780,7 +549,7 @@ async def get_storyboard_selections(ctx: Any, project_id: Id("videoProjects")) -
 async def get_scene_storyboard_complete(ctx: Any, scene_id: Id("projectScenes")) -> bool | None:
     """True when the scene has shots and every one has a storyboard selection; None for an unknown scene."""
     token = await token_of(ctx, "read a project")
-    if await _readable(ctx, scene_id, token) is None:
+    if await readable(ctx, scene_id, token) is None:
         return None
     shots = await ctx.db.query("sceneShots").with_index("by_scene", lambda q: q.eq("sceneId", scene_id)).collect()
     selections = await (
@@ -794,7 +563,7 @@ async def get_scene_storyboard_complete(ctx: Any, scene_id: Id("projectScenes"))
 async def get_project_progress(ctx: Any, project_id: Id("videoProjects")) -> dict[str, Any] | None:
     """Selection and animation progress over the project's shots; percentages rounded to one decimal."""
     token = await token_of(ctx, "read a project")
-    if await _owned_project(ctx, project_id, token) is None:
+    if await owned_project(ctx, project_id, token) is None:
         return None
 
     def by_project(q: Any) -> Any:
