@@ -73,20 +73,19 @@ class ModifyQuerySet(_Message):
     modifications: list[Annotated[AddQuery | RemoveQuery, Field(discriminator="type")]]
 
 
-class Mutation(_Message):
+class _FunctionCall(_Message):
+    requestId: int
+    udfPath: str
+    args: list[Any] = Field(default_factory=list)
+    componentPath: str | None = None
+
+
+class Mutation(_FunctionCall):
     type: Literal["Mutation"]
-    requestId: int
-    udfPath: str
-    args: list[Any] = Field(default_factory=list)
-    componentPath: str | None = None
 
 
-class Action(_Message):
+class Action(_FunctionCall):
     type: Literal["Action"]
-    requestId: int
-    udfPath: str
-    args: list[Any] = Field(default_factory=list)
-    componentPath: str | None = None
 
 
 class Authenticate(_Message):
