@@ -323,11 +323,20 @@ CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
 -- The commit clock (ARCHITECTURE.md, "Change capture and the commit clock")
 -- ---------------------------------------------------------------------------------------------------------
 
+-- Why no lock serialises writers: holding a lock (or NOTIFY's own commit-order lock) until a COMMIT ends
+-- serialises every commit including its WAL flush, which halves write throughput. Instead each writer holds
+-- the clock key SHARED from drawing its ts until its COMMIT ends (shared holders never wait for each other),
+-- and a reader that needs a snapshot holding exactly the commits up to some ts takes the key EXCLUSIVE just
+-- before its snapshot (_ripple_settle, then _ripple_unsettle inside the first query): that waits for the
+-- writers between drawing a ts and becoming visible, and holds back new draws for that moment. Such a
+-- snapshot sees every commit with ts <= _ripple_latest_ts() and none above.
+--
 -- The commit ts of the current transaction.
---   * It captured writes and has no ts yet: take the clock lock (held until the transaction ends, so ts order
---     is visibility order), draw ts = max(last + 1, now in ns), record (ts, xid), NOTIFY the ts, remember it.
---   * It already has a ts: return it (Ripple mutations call this as their last statement; the deferred
---     trigger calls it again at COMMIT).
+--   * It captured writes and has no ts yet: take the clock key shared, draw ts from the sequence (pulled up
+--     to the wall clock in ns when it lags by over 1 ms), record (ts, xid), NOTIFY the ts unless the writer
+--     announces it after COMMIT (Ripple's mutations set ripple.notify = 'after_commit': a NOTIFY inside the
+--     transaction takes a lock held until COMMIT ends and so serialises writers), remember it.
+--   * It already has a ts: return it (the deferred trigger calls it again at COMMIT).
 --   * It captured no write: return the clock's last value (0 if never drawn); nothing is recorded.
 -- It reads no table that concurrent writers write (only settings and the sequence), so SERIALIZABLE
 -- transactions never get a serialization failure from it.
@@ -338,6 +347,7 @@ DECLARE
     x    bigint := txid_current_if_assigned();
     seen text;
     ts   bigint;
+    now  bigint;
 BEGIN
     IF x IS NULL OR current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
         RETURN coalesce(pg_sequence_last_value('_ripple_ts'), 0);
@@ -346,15 +356,39 @@ BEGIN
     IF seen IS NOT NULL AND seen <> '' THEN
         RETURN seen::bigint;
     END IF;
-    PERFORM pg_advisory_xact_lock(7264001000000000002);
-    ts := greatest(nextval('_ripple_ts'), (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint);
-    PERFORM setval('_ripple_ts', ts);
+    PERFORM pg_advisory_xact_lock_shared(7264001000000000002);
+    ts := nextval('_ripple_ts');
+    -- Only one writer at a time moves the sequence (the try-lock), and only forward past every value drawn so
+    -- far: it draws and reads the clock again once it holds the lock (the previous holder may have moved the
+    -- sequence meanwhile), and 1 ms ahead is a million draws ahead. So no ts is ever drawn twice.
+    IF ts < (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint - 1000000
+       AND pg_try_advisory_xact_lock(7264001000000000003) THEN
+        ts := nextval('_ripple_ts');
+        now := (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint;
+        IF ts < now - 1000000 THEN
+            PERFORM setval('_ripple_ts', now);
+            ts := nextval('_ripple_ts');
+        END IF;
+    END IF;
     INSERT INTO _ripple_commits (ts, xid) VALUES (ts, x);
-    PERFORM pg_notify('ripple_commits', ts::text);
+    IF current_setting('ripple.notify', true) IS DISTINCT FROM 'after_commit' THEN
+        PERFORM pg_notify('ripple_commits', ts::text);
+    END IF;
     PERFORM set_config('ripple.ts', ts::text, true);
     RETURN ts;
 END
 $$;
+
+-- The reader's side of the clock key (see above). Call _ripple_settle() outside any transaction (it takes a
+-- session lock), then BEGIN ISOLATION LEVEL REPEATABLE READ and call _ripple_unsettle() in the first query:
+-- the snapshot is taken when that query starts, before the key is let go.
+CREATE OR REPLACE FUNCTION _ripple_settle() RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT pg_advisory_lock(7264001000000000002) $$;
+
+CREATE OR REPLACE FUNCTION _ripple_unsettle() RETURNS boolean
+LANGUAGE sql VOLATILE
+AS $$ SELECT pg_advisory_unlock(7264001000000000002) $$;
 
 -- Deferred constraint trigger on _ripple_pending: runs once per writing transaction, at COMMIT.
 -- Nothing here reads _ripple_pending: any scan of it (even of the xid index) takes an SSI predicate lock on
@@ -547,11 +581,15 @@ $$;
 
 -- Newest commit ts visible to the caller's snapshot (or the pruned horizon, or 0). Meant for REPEATABLE READ
 -- readers (the hub); a SERIALIZABLE writer should not call it (it reads _ripple_commits, which writers write).
+-- PL/pgSQL, not SQL: a SQL function with sub-selects is not inlined and is planned again on every call, which
+-- cost the hub more than the rest of its round.
 CREATE OR REPLACE FUNCTION _ripple_latest_ts() RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT greatest(coalesce((SELECT max(ts) FROM _ripple_commits), 0),
-                    coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0))
+BEGIN
+    RETURN greatest(coalesce((SELECT max(ts) FROM _ripple_commits), 0),
+                    coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0));
+END
 $$;
 
 -- Deletes the commits older than keep_ms (by ts, in ns) with their change rows, mutation-dedupe rows older

@@ -3,6 +3,11 @@
 A mutation is one SERIALIZABLE transaction; a serialization failure or deadlock re-runs it from the start with
 jittered exponential backoff (Convex's optimistic concurrency, done by PostgreSQL). Its COMMIT draws the commit
 ts from schema.sql's clock; the caller then reads it back by xid, so it learns the ts its write is visible at.
+
+Round trips are what a mutation costs (each is a send, a wake-up and a protocol parse on both sides), so the
+path is: BEGIN, the handler's own statements, one message with the dedupe row and COMMIT, and one statement that
+reads the ts back and NOTIFYs it. The NOTIFY comes after COMMIT because inside a transaction it takes a lock
+held until COMMIT ends, which would serialise all writers.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from server.database.catalog import Catalog
 from server.database.transaction import Limits, Transaction
@@ -26,9 +32,9 @@ T = TypeVar("T")
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 _MAX_RETRY_DELAY_S = 0.25
 
-_RECORD_SQL = """
-INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES ($1, $2, $3, $4)
-"""
+# Ripple announces its own commits after COMMIT (see the module docstring and schema.sql's _ripple_commit_ts).
+_BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
+_PUBLISH_SQL = "SELECT ts, pg_notify('ripple_commits', ts::text) FROM _ripple_commits WHERE xid = $1"
 # The stored result of an applied (session, request), with its commit ts (or none, if the log was pruned).
 _APPLIED_SQL = """
 SELECT m.result, coalesce(c.ts, m.ts) AS ts
@@ -54,6 +60,21 @@ class Snapshot:
     ts: int
 
 
+def _literal(text: str) -> str:
+    """`text` as an SQL string literal, valid whatever `standard_conforming_strings` is."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _record_and_commit(dedupe: tuple[str, int], result: Any, xid: int) -> str:
+    """The dedupe row and COMMIT in one simple-protocol message (no parameters there, hence literals)."""
+    session_id, request_id = dedupe
+    return (
+        "INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES "
+        f"({_literal(session_id)}, {int(request_id)}, {_literal(orjson.dumps(result).decode())}::jsonb, {int(xid)});"
+        " COMMIT"
+    )
+
+
 class Database:
     def __init__(
         self,
@@ -70,6 +91,9 @@ class Database:
         self.max_retries = max_retries
         self.retry_base_s = retry_base_s
         self.retries_total = 0
+        # Called with the ts of each commit made here, right after it is visible (the hub wakes on it without
+        # waiting for its own NOTIFY to come back).
+        self.on_commit: list[Callable[[int], None]] = []
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Snapshot]:
@@ -95,34 +119,31 @@ class Database:
         fn: Callable[[Transaction], Awaitable[Any]],
         *,
         dedupe: tuple[str, int] | None = None,
+        maybe_applied: bool = True,
         encode: Callable[[Any], Any] = lambda v: v,
     ) -> MutationOutcome:
         """Run `fn` in a SERIALIZABLE transaction, retrying on conflict; apply a (session, request) once.
 
         `encode` turns the result into what is stored for a resend (the wire value); the stored form is
-        returned for duplicates, the live value otherwise.
+        returned for duplicates, the live value otherwise. `maybe_applied=False` says the request cannot have
+        been applied before (a session's first connection), which saves looking it up first.
         """
         attempt = 0
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    if dedupe is not None and attempt == 0:
+                    if dedupe is not None and maybe_applied and attempt == 0:
                         stored = await self._applied(conn, dedupe)
                         if stored is not None:
                             return stored
-                    async with conn.transaction(isolation="serializable"):
-                        tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
-                        value = await fn(tx)
-                        if tx.xid is not None and dedupe is not None:
-                            await conn.execute(_RECORD_SQL, *dedupe, {"value": encode(value)}, tx.xid)
-                    # COMMIT drew the ts (schema.sql's deferred trigger), holding the clock lock only inside
-                    # PostgreSQL's commit: no network round trip or Python scheduling happens under it.
-                    if tx.xid is not None:
-                        ts = int(await conn.fetchval("SELECT ts FROM _ripple_commits WHERE xid = $1", tx.xid))
-                    else:
+                    value, xid = await self._attempt(conn, fn, dedupe, encode)
+                    if xid is None:
                         # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than
                         # the newest visible commit.
-                        ts = int(await conn.fetchval("SELECT _ripple_latest_ts()"))
+                        return MutationOutcome(value, int(await conn.fetchval("SELECT _ripple_latest_ts()")), attempt)
+                    ts = int(await conn.fetchval(_PUBLISH_SQL, xid))
+                for listener in self.on_commit:
+                    listener(ts)
                 return MutationOutcome(value, ts, attempt)
             except _RETRYABLE:
                 attempt += 1
@@ -139,6 +160,28 @@ class Database:
                 if stored is None:
                     raise
                 return stored
+
+    async def _attempt(
+        self,
+        conn: asyncpg.Connection,
+        fn: Callable[[Transaction], Awaitable[Any]],
+        dedupe: tuple[str, int] | None,
+        encode: Callable[[Any], Any],
+    ) -> tuple[Any, int | None]:
+        """One try: the handler's value and the transaction's xid (None when it wrote nothing)."""
+        await conn.execute(_BEGIN)
+        try:
+            tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
+            value = await fn(tx)
+            if tx.xid is not None and dedupe is not None:
+                await conn.execute(_record_and_commit(dedupe, {"value": encode(value)}, tx.xid))
+            else:
+                await conn.execute("COMMIT")
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+            raise
+        return value, tx.xid
 
     async def _applied(self, conn: asyncpg.Connection, dedupe: tuple[str, int]) -> MutationOutcome | None:
         row = await conn.fetchrow(_APPLIED_SQL, *dedupe)

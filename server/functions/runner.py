@@ -119,6 +119,7 @@ class Runner:
         internal_ok: bool = False,
         kind: FunctionKind | None = None,
         dedupe: tuple[str, int] | None = None,
+        maybe_applied: bool = True,
     ) -> Outcome:
         """Run any function by wire name; failures come back in the Outcome, never raised."""
         outcome = Outcome(path)
@@ -132,7 +133,7 @@ class Runner:
                 async with self.database.snapshot() as snap:
                     return await self._query(spec, kwargs, caller, snap, None, outcome)
             if spec.kind is FunctionKind.MUTATION:
-                return await self._mutation(spec, kwargs, caller, dedupe, outcome)
+                return await self._mutation(spec, kwargs, caller, dedupe, maybe_applied, outcome)
             return await self._action(spec, kwargs, caller, outcome)
         except Exception as exc:  # every failure is reported on its own request
             outcome.error = exc
@@ -189,6 +190,7 @@ class Runner:
         kwargs: dict[str, Any],
         caller: Caller,
         dedupe: tuple[str, int] | None,
+        maybe_applied: bool,
         outcome: Outcome,
     ) -> Outcome:
         async def body(tx: Transaction) -> Any:
@@ -196,7 +198,9 @@ class Runner:
             return self._encode(value)
 
         try:
-            result = await asyncio.wait_for(self.database.mutate(body, dedupe=dedupe), self.limits.mutation_timeout_s)
+            result = await asyncio.wait_for(
+                self.database.mutate(body, dedupe=dedupe, maybe_applied=maybe_applied), self.limits.mutation_timeout_s
+            )
         except TimeoutError:
             raise LimitExceeded(f"{spec.path} ran longer than {self.limits.mutation_timeout_s} s") from None
         outcome.value, outcome.ts, outcome.retries = result.value, result.ts, result.retries

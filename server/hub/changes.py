@@ -32,14 +32,18 @@ class Change:
 
 
 # One round trip for the snapshot's newest ts S, the pruned horizon and the changes up to S (at least one row).
+# It also lets go of the clock key taken before the snapshot (schema.sql, _ripple_settle): the snapshot was taken
+# when this query started. The changes are looked up per commit (OFFSET 0 keeps the planner from turning that
+# into a join): a cached generic plan made while the log was small otherwise scanned the whole log every round.
 _ROUND_SQL = """
-WITH s AS (SELECT _ripple_latest_ts() AS ts),
+WITH s AS MATERIALIZED (SELECT _ripple_latest_ts() AS ts, _ripple_unsettle() AS released),
      h AS (SELECT COALESCE((SELECT ts FROM _ripple_horizon WHERE id = 1), 0) AS ts)
 SELECT s.ts AS snapshot_ts, h.ts AS horizon, x.*
 FROM s CROSS JOIN h
 LEFT JOIN LATERAL (
     SELECT c.ts, ch.table_name, ch.doc_id, ch.old_keys, ch.new_keys
-    FROM _ripple_commits c JOIN _ripple_changes ch ON ch.xid = c.xid
+    FROM _ripple_commits c
+    CROSS JOIN LATERAL (SELECT * FROM _ripple_changes ch WHERE ch.xid = c.xid OFFSET 0) ch
     WHERE c.ts > $1 AND c.ts <= s.ts
     ORDER BY c.ts
     LIMIT $2
@@ -48,7 +52,8 @@ LEFT JOIN LATERAL (
 
 _TABLES_SQL = """
 SELECT DISTINCT ch.table_name
-FROM _ripple_commits c JOIN _ripple_changes ch ON ch.xid = c.xid
+FROM _ripple_commits c
+CROSS JOIN LATERAL (SELECT ch.table_name FROM _ripple_changes ch WHERE ch.xid = c.xid OFFSET 0) ch
 WHERE c.ts > $1 AND c.ts <= $2
 """
 
@@ -80,13 +85,14 @@ async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int) -> L
 
 
 class ChangeFeed:
-    """Owns one LISTEN connection. `on_wake` is called for every NOTIFY and after every reconnect.
+    """Owns one LISTEN connection. `on_wake` is called with the ts of every NOTIFY, and with None after every
+    reconnect (anything may have been missed).
 
     Lifecycle: `start()` connects (raising if the database is unreachable), a supervisor task then keeps the
     connection alive until `close()`.
     """
 
-    def __init__(self, dsn: str, on_wake: Callable[[], None], *, reconnect_max_s: float = 5.0) -> None:
+    def __init__(self, dsn: str, on_wake: Callable[[int | None], None], *, reconnect_max_s: float = 5.0) -> None:
         self._dsn = dsn
         self._on_wake = on_wake
         self._reconnect_max_s = reconnect_max_s
@@ -108,7 +114,7 @@ class ChangeFeed:
         self._conn = conn
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._on_wake()
+        self._on_wake(int(payload) if payload.isdigit() else None)
 
     @property
     def backend_pid(self) -> int | None:
@@ -130,7 +136,7 @@ class ChangeFeed:
                     log.warning("reconnecting LISTEN failed (%s); retrying in %.2f s", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._reconnect_max_s)
-            self._on_wake()
+            self._on_wake(None)
 
     async def close(self) -> None:
         self._closing = True

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub"]
 
-_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-_NEXT_ROUND = "COMMIT; " + _BEGIN
+# A round's snapshot holds exactly the commits up to its newest ts: take the clock key (schema.sql,
+# _ripple_settle) before the snapshot, and let it go in the round's first query (read_changes).
+_SETTLE = "SELECT _ripple_settle(); COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 log = logging.getLogger("ripple.hub")
 
@@ -73,6 +74,7 @@ class Hub:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self.feed = ChangeFeed(dsn, self._wake, reconnect_max_s=settings.listen_reconnect_max_s)
+        database.on_commit.append(self._wake)
         self.index = ReadSetIndex()
         self.processed_ts = 0
         self.rounds = 0
@@ -99,7 +101,9 @@ class Hub:
     # Lifecycle.
 
     async def start(self) -> None:
-        self.processed_ts = await self.database.latest_ts()
+        conn = await self._connection()
+        await conn.execute("SELECT _ripple_settle()")
+        self.processed_ts = int(await conn.fetchval("SELECT _ripple_latest_ts() FROM _ripple_unsettle()"))
         await self.feed.start()
         self._task = asyncio.create_task(self._run(), name="ripple-hub")
         self._prune_task = asyncio.create_task(self._prune_loop(), name="ripple-prune")
@@ -156,7 +160,10 @@ class Hub:
 
     # The round loop.
 
-    def _wake(self) -> None:
+    def _wake(self, ts: int | None = None) -> None:
+        """A commit at `ts` happened (NOTIFY, or a mutation of this process), or anything may have (None)."""
+        if ts is not None and ts <= self.processed_ts:
+            return
         if self._notified_at is None:
             self._notified_at = time.perf_counter()
         self._wakeup.set()
@@ -186,8 +193,9 @@ class Hub:
         self._apply_requests(requests, new, deliveries)
         notified_at, self._notified_at = self._notified_at, None
         delivered: set[int] = set()
-        conn = await self._snapshot_connection()
+        conn = await self._connection()
         try:
+            await conn.execute(_SETTLE)
             log_slice = await read_changes(conn, self.processed_ts, self.settings.max_changes_per_round)
             ts = log_slice.snapshot_ts
             snap = Snapshot(conn, ts)
@@ -221,11 +229,8 @@ class Hub:
         except BaseException:
             await self._drop_connection()
             raise
-        # End this snapshot and open the next round's transaction in one round trip. In REPEATABLE READ the
-        # snapshot is taken by the first query, so the next round still reads the newest commits, and its
-        # BEGIN is off the path from commit to client.
         try:
-            await conn.execute(_NEXT_ROUND)
+            await conn.execute("COMMIT")
         except BaseException:
             await self._drop_connection()
             raise
@@ -245,13 +250,12 @@ class Hub:
             if not fut.done():
                 fut.set_result(self.processed_ts)
 
-    async def _snapshot_connection(self) -> asyncpg.Connection:
-        """The hub's own connection, inside a REPEATABLE READ, READ ONLY transaction whose snapshot the round's
-        first query will take. No pool checkout or reset between rounds."""
+    async def _connection(self) -> asyncpg.Connection:
+        """The hub's own connection: no pool checkout or reset per round, and a session lock (the clock key)
+        that is always released, with the connection if need be."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn)
             await init_connection(self._conn)
-            await self._conn.execute(_BEGIN)
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -64,6 +64,8 @@ class Session:
         self.services = services
         self.hub = services.hub
         self.session_id: str | None = None
+        # A session's first connection (connectionCount 0) cannot be resending an applied mutation.
+        self.resumed = True
         self.clock_skew_ms = 0
         self.caller = Caller()
         self.query_set_received = 0
@@ -196,6 +198,7 @@ class Session:
             return
         if isinstance(message, protocol.Connect):
             self.session_id = message.sessionId
+            self.resumed = message.connectionCount > 0
             if message.clientTs:
                 self.clock_skew_ms = int(message.clientTs - time.time() * 1000)
         elif isinstance(message, protocol.ModifyQuerySet):
@@ -330,7 +333,12 @@ class Session:
                 continue
             dedupe = (self.session_id, message.requestId) if self.session_id else None
             outcome = await self.services.runner.call(
-                message.udfPath, args, self.caller, kind=FunctionKind.MUTATION, dedupe=dedupe
+                message.udfPath,
+                args,
+                self.caller,
+                kind=FunctionKind.MUTATION,
+                dedupe=dedupe,
+                maybe_applied=self.resumed,
             )
             if outcome.retries:
                 self.services.metrics.mutation_retries.inc(outcome.retries)

@@ -437,9 +437,7 @@ async def test_concurrent_writers_commit_order_is_visibility_order(schema_dsn: s
     async def reader() -> None:
         async with connect(schema_dsn) as conn:
             while not done.is_set():
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    visible = {r[0] for r in await conn.fetch("SELECT ts FROM _ripple_commits")}
-                    snapshots.append((visible, await conn.fetchval("SELECT _ripple_latest_ts()")))
+                snapshots.append(await settled_snapshot(conn))
                 await asyncio.sleep(0)
 
     async with listening(schema_dsn) as listener:
@@ -460,14 +458,63 @@ async def test_concurrent_writers_commit_order_is_visibility_order(schema_dsn: s
     for mine in returned:
         assert mine == sorted(mine) and len(set(mine)) == len(mine)
         assert set(mine) <= set(all_ts)
-    # NOTIFY arrives in commit order, once per commit
-    assert notified == all_ts
-    # every snapshot holds exactly a prefix of the commits in ts order, and its latest ts names that prefix
+    # one NOTIFY per commit (in the order commits became visible, which need not be ts order)
+    assert sorted(notified) == all_ts
+    # every settled snapshot holds exactly a prefix of the commits in ts order, and its latest ts names it
     assert len(snapshots) > 10
     for visible, latest in snapshots:
         prefix = set(all_ts[: len(visible)])
         assert visible == prefix
         assert latest == (max(visible) if visible else 0)
+
+
+async def settled_snapshot(conn: asyncpg.Connection) -> tuple[set[int], int]:
+    """The hub's way to a snapshot that holds exactly the commits up to its latest ts (schema.sql)."""
+    await conn.execute("SELECT _ripple_settle()")
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(
+            "SELECT (SELECT coalesce(array_agg(ts), '{}') FROM _ripple_commits) AS visible,"
+            " _ripple_latest_ts() AS latest, _ripple_unsettle() AS released"
+        )
+    assert row["released"]
+    return set(row["visible"]), row["latest"]
+
+
+async def test_writers_do_not_wait_for_each_other_and_settled_snapshots_wait_for_them(schema_dsn: str) -> None:
+    """A writer that drew its ts but is slow to become visible (a later deferred trigger sleeps) does not hold up
+    a writer that draws a later ts; a plain snapshot taken meanwhile sees the later commit without the earlier
+    one, which is why the hub settles first: a settled snapshot waits for the slow writer and sees both."""
+    async with connect(schema_dsn) as slow, connect(schema_dsn) as fast, connect(schema_dsn) as reader:
+        await slow.execute(
+            """
+            CREATE TABLE slow_commit (n int);
+            CREATE FUNCTION slow_commit_sleep() RETURNS trigger LANGUAGE plpgsql AS
+                $$ BEGIN PERFORM pg_sleep(0.8); RETURN NULL; END $$;
+            CREATE CONSTRAINT TRIGGER slow_commit_sleep AFTER INSERT ON slow_commit
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit_sleep();
+            """
+        )
+        slow_commit = asyncio.create_task(
+            slow.execute(
+                "BEGIN; INSERT INTO workflows (task, status, current_step) VALUES ('slow', 'pending', 'planner');"
+                " INSERT INTO slow_commit VALUES (1); COMMIT"
+            )
+        )
+        await asyncio.sleep(0.2)  # the slow writer has drawn its ts and sleeps inside COMMIT
+        t0 = time.perf_counter()
+        await fast.fetchval(INSERT_WORKFLOW, "fast")
+        assert time.perf_counter() - t0 < 0.3 and not slow_commit.done()
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            plain = {r[0] for r in await reader.fetch("SELECT ts FROM _ripple_commits")}
+        t1 = time.perf_counter()
+        settled = await settled_snapshot(reader)
+        waited = time.perf_counter() - t1
+        await slow_commit
+        (ts_slow, _), (ts_fast, _) = await commits(reader)
+        assert ts_slow < ts_fast
+        assert plain == {ts_fast}  # the later ts is visible, the earlier one not yet: not a prefix
+        assert settled == ({ts_slow, ts_fast}, ts_fast)
+        assert waited > 0.2
 
 
 async def test_serializable_writers_never_conflict_on_the_clock(schema_dsn: str) -> None:
