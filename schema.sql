@@ -46,11 +46,14 @@ CREATE TABLE IF NOT EXISTS _ripple_pending (
     xid bigint PRIMARY KEY
 );
 
--- Commit order. ts is in nanoseconds since the epoch (or last ts + 1 when the clock lags).
+-- Commit order: ts counts commits (one sequence draw each, so consecutive unless a transaction aborted after
+-- drawing); `at` is when the ts was drawn, for pruning and lag.
 CREATE TABLE IF NOT EXISTS _ripple_commits (
     ts  bigint PRIMARY KEY,
-    xid bigint NOT NULL UNIQUE
+    xid bigint NOT NULL UNIQUE,
+    at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+ALTER TABLE _ripple_commits ADD COLUMN IF NOT EXISTS at timestamptz NOT NULL DEFAULT clock_timestamp();
 
 -- Newest ts whose log rows were pruned: a reader that processed less than this must re-run everything.
 CREATE TABLE IF NOT EXISTS _ripple_horizon (
@@ -325,17 +328,19 @@ CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
 
 -- Why no lock serialises writers: holding a lock (or NOTIFY's own commit-order lock) until a COMMIT ends
 -- serialises every commit including its WAL flush, which halves write throughput. Instead each writer holds
--- the clock key SHARED from drawing its ts until its COMMIT ends (shared holders never wait for each other),
--- and a reader that needs a snapshot holding exactly the commits up to some ts takes the key EXCLUSIVE just
--- before its snapshot (_ripple_settle, then _ripple_unsettle inside the first query): that waits for the
--- writers between drawing a ts and becoming visible, and holds back new draws for that moment. Such a
--- snapshot sees every commit with ts <= _ripple_latest_ts() and none above.
+-- the clock key SHARED from drawing its ts until its COMMIT ends (shared holders never wait for each other).
+-- ts order is then draw order, not always visibility order, so a reader that needs a snapshot holding exactly
+-- the commits up to its newest ts S checks for it: every ts is one draw of the sequence, so when every number
+-- between the last S it handled and S is a visible commit, nothing below S is missing. Otherwise (a writer was
+-- between drawing and becoming visible, or a transaction aborted after drawing) it takes the key EXCLUSIVE
+-- before a new snapshot (_ripple_settle, then _ripple_unsettle inside the first query): that waits for the
+-- writers between drawing and becoming visible, and holds back new draws for that moment.
 --
 -- The commit ts of the current transaction.
---   * It captured writes and has no ts yet: take the clock key shared, draw ts from the sequence (pulled up
---     to the wall clock in ns when it lags by over 1 ms), record (ts, xid), NOTIFY the ts unless the writer
---     announces it after COMMIT (Ripple's mutations set ripple.notify = 'after_commit': a NOTIFY inside the
---     transaction takes a lock held until COMMIT ends and so serialises writers), remember it.
+--   * It captured writes and has no ts yet: take the clock key shared, draw ts, record (ts, xid), NOTIFY the
+--     ts unless the writer announces it after COMMIT (Ripple's mutations set ripple.notify = 'after_commit':
+--     a NOTIFY inside the transaction takes a lock held until COMMIT ends and so serialises writers), remember
+--     it.
 --   * It already has a ts: return it (the deferred trigger calls it again at COMMIT).
 --   * It captured no write: return the clock's last value (0 if never drawn); nothing is recorded.
 -- It reads no table that concurrent writers write (only settings and the sequence), so SERIALIZABLE
@@ -347,7 +352,6 @@ DECLARE
     x    bigint := txid_current_if_assigned();
     seen text;
     ts   bigint;
-    now  bigint;
 BEGIN
     IF x IS NULL OR current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
         RETURN coalesce(pg_sequence_last_value('_ripple_ts'), 0);
@@ -358,24 +362,23 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock_shared(7264001000000000002);
     ts := nextval('_ripple_ts');
-    -- Only one writer at a time moves the sequence (the try-lock), and only forward past every value drawn so
-    -- far: it draws and reads the clock again once it holds the lock (the previous holder may have moved the
-    -- sequence meanwhile), and 1 ms ahead is a million draws ahead. So no ts is ever drawn twice.
-    IF ts < (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint - 1000000
-       AND pg_try_advisory_xact_lock(7264001000000000003) THEN
-        ts := nextval('_ripple_ts');
-        now := (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint;
-        IF ts < now - 1000000 THEN
-            PERFORM setval('_ripple_ts', now);
-            ts := nextval('_ripple_ts');
-        END IF;
-    END IF;
     INSERT INTO _ripple_commits (ts, xid) VALUES (ts, x);
     IF current_setting('ripple.notify', true) IS DISTINCT FROM 'after_commit' THEN
         PERFORM pg_notify('ripple_commits', ts::text);
     END IF;
     PERFORM set_config('ripple.ts', ts::text, true);
     RETURN ts;
+END
+$$;
+
+-- True when the caller's snapshot holds every commit with a ts in (after_ts, upto]: each of those numbers was
+-- drawn by a commit it sees (see above). A pruned range counts as missing, so the caller settles and then
+-- finds the horizon past what it handled.
+CREATE OR REPLACE FUNCTION _ripple_settled(after_ts bigint, upto bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM _ripple_commits c WHERE c.ts > after_ts AND c.ts <= upto) = upto - after_ts;
 END
 $$;
 
@@ -592,19 +595,31 @@ BEGIN
 END
 $$;
 
--- Deletes the commits older than keep_ms (by ts, in ns) with their change rows, mutation-dedupe rows older
+-- The changes of one transaction, always through the xid index. A bulk write leaves thousands of log rows
+-- with one xid, after which the planner's statistics say an xid matches most of the table and it scans all
+-- of it, on every hub round, for a commit of one row. (PL/pgSQL: its plan is cached per session.)
+CREATE OR REPLACE FUNCTION _ripple_changes_of(x bigint) RETURNS SETOF _ripple_changes
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM _ripple_changes ch WHERE ch.xid = x;
+END
+$$;
+
+-- Deletes the commits older than keep_ms (by `at`) with their change rows, mutation-dedupe rows older
 -- than keep_ms, and stray pending rows of finished transactions; raises the horizon to the newest pruned
 -- ts. Returns the number of commits pruned.
 CREATE OR REPLACE FUNCTION _ripple_prune(keep_ms double precision) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    cutoff bigint := ((extract(epoch FROM clock_timestamp()) * 1000 - keep_ms) * 1000000)::bigint;
+    cutoff timestamptz := clock_timestamp() - make_interval(secs => keep_ms / 1000);
     newest bigint;
     n      bigint;
 BEGIN
     WITH gone AS (
-        DELETE FROM _ripple_commits WHERE ts < cutoff RETURNING ts, xid
+        DELETE FROM _ripple_commits WHERE at < cutoff RETURNING ts, xid
     ), changes AS (
         DELETE FROM _ripple_changes c USING gone WHERE c.xid = gone.xid
     )
@@ -626,3 +641,10 @@ $$;
 
 SELECT _ripple_register_tables();
 SELECT _ripple_install_capture();
+
+-- A sequence set back (by hand, or a restore that did not carry it) would draw a ts again: move it past every
+-- recorded one. The clock key is held (until this script commits) so that no writer draws meanwhile.
+SELECT pg_advisory_xact_lock(7264001000000000002);
+SELECT setval('_ripple_ts', r.ts)
+  FROM (SELECT greatest((SELECT max(ts) FROM _ripple_commits), (SELECT max(ts) FROM _ripple_horizon)) AS ts) r
+ WHERE r.ts > coalesce(pg_sequence_last_value('_ripple_ts'), 0);

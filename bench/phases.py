@@ -215,8 +215,7 @@ class Bench:
             await self.release(srv)
         recs = ripple["records"]
         r_lat = [r[4] * 1000 - r[1] for r in recs]
-        commit = [r[2] / 1e6 - r[1] for r in recs]
-        hub = [(r[3] - r[2]) / 1e6 for r in recs]
+        hub = [r[3] / 1e6 - r[1] for r in recs]
         wire = [r[4] * 1000 - r[3] / 1e6 for r in recs]
 
         f50, f99, r50, r99 = pct(f_lat, 50), pct(f_lat, 99), pct(r_lat, 50), pct(r_lat, 99)
@@ -231,18 +230,18 @@ class Bench:
         self.add("1. commit→client p99", ms(r99), ms(f99), fx(ratio(r99, f99)), "≤ 15 ms", r99 <= 15)
         self.note(
             f"1. received {len(r_lat)}/{n} updates (floor {len(f_lat)}/{n}); max {ms(max(r_lat, default=math.nan))} "
-            f"(floor {ms(max(f_lat, default=math.nan))}); breakdown p50: write→commit ts {ms(median(commit))}, "
-            f"commit ts→serverTs (NOTIFY+hub round+queue) {ms(median(hub))}, serverTs→client {ms(median(wire))}; "
-            f"p99: {ms(pct(commit, 99))} / {ms(pct(hub, 99))} / {ms(pct(wire, 99))}; server CPU "
+            f"(floor {ms(max(f_lat, default=math.nan))}); breakdown p50: write→serverTs (commit, NOTIFY, hub round, "
+            f"queue) {ms(median(hub))}, serverTs→client {ms(median(wire))}; "
+            f"p99: {ms(pct(hub, 99))} / {ms(pct(wire, 99))}; server CPU "
             f"{(cpu1 - cpu0) / max(1, len(r_lat)) * 1e3:.2f} ms per commit; server round (NOTIFY → Transitions "
-            f"queued) mean {ms(round_mean_ms(m0, m1))} over {rounds(m0, m1):.0f} rounds; "
+            f"queued) mean {ms(round_mean_ms(m0, m1))} over {rounds(m0, m1):.0f} rounds "
+            f"({delta(m0, m1, 'ripple_hub_settles_total'):.0f} settled); "
             f"writer max lag {lag_r * 1e3:.1f} ms "
             f"(floor {lag_f * 1e3:.1f} ms); {gc_note(gc0, gc1)}"
         )
         self.report.data["latency"] = {
             "ripple_ms": r_lat,
             "floor_ms": f_lat,
-            "commit_ms": commit,
             "hub_ms": hub,
             "wire_ms": wire,
         }
@@ -386,7 +385,7 @@ class Bench:
         tick_ms, n_rounds = round_mean_ms(m0, m1), rounds(m0, m1)
         tracker = stats["groups"][1]["records"]
         lat = [r[4] * 1000 - r[1] for r in tracker]
-        hub = [(r[3] - r[2]) / 1e6 for r in tracker]
+        hub = [r[3] / 1e6 - r[1] for r in tracker]
         return {
             "tick_ms": tick_ms,
             "rounds": n_rounds,
@@ -423,7 +422,7 @@ class Bench:
         )
         self.note(
             f"3. rounds seen {big['rounds']:.0f}/{small['rounds']:.0f} of {cfg.tick_writes} commits; tracker p90 "
-            f"{ms(big['tracker_p90'])} vs {ms(small['tracker_p90'])}; tracker commit ts→serverTs p50 "
+            f"{ms(big['tracker_p90'])} vs {ms(small['tracker_p90'])}; tracker write→serverTs p50 "
             f"{ms(big['tracker_hub_p50'])} vs {ms(small['tracker_hub_p50'])}; server RSS {big['rss_kb'] / 1024:.0f} "
             f"vs {small['rss_kb'] / 1024:.0f} MiB; subscribe-to-ready {big['ready_s']:.1f} s vs "
             f"{small['ready_s']:.1f} s; unread-row commits with {cfg.tick_unrelated}: {big['gc']}; with "
@@ -451,7 +450,7 @@ class Bench:
                 if r["state"].startswith("idle in transaction"):
                     label = "idle in transaction (waiting for the app)"
                 elif r["wtype"] == "Lock" and r["wevent"] == "advisory":
-                    label = "waiting for the commit-clock advisory lock"
+                    label = "waiting for the commit-clock key"
                 elif r["wtype"]:
                     label = f"active, waiting on {r['wtype']}:{r['wevent']}"
                 else:
@@ -534,7 +533,8 @@ class Bench:
             f"MutationResponse → covering Transition p50 {ms(pct(ripple['cover'], 50) * 1e3)}; "
             f"HOT updates: Ripple {ripple['hot_pct']:.0f}%, raw {raw['hot_pct']:.0f}%, raw+triggers "
             f"{trig['hot_pct']:.0f}%; serialization retries: Ripple "
-            f"{delta(m0, m1, 'ripple_mutation_retries_total'):.0f} (server /metrics), "
+            f"{delta(m0, m1, 'ripple_mutation_retries_total'):.0f} (server /metrics), hub rounds "
+            f"{rounds(m0, m1):.0f} ({delta(m0, m1, 'ripple_hub_settles_total'):.0f} settled), "
             f"raw {raw['retries']}, raw+triggers {trig['retries']}; Ripple failed mutations {ripple['errors']}"
             + (f" (first: {ripple['first_error'].splitlines()[0]})" if ripple["first_error"] else "")
             + f"; {gc_note(gc0, gc1)}"

@@ -35,6 +35,11 @@ class Metrics:
         self.hub_lag = Gauge(
             "ripple_hub_lag_seconds", "Age of the newest commit when the hub finished its round", registry=r
         )
+        self.hub_settles = Counter(
+            "ripple_hub_settles_total",
+            "Rounds whose first snapshot could lack a commit, so the hub took the clock key and read again",
+            registry=r,
+        )
         self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)
 
     async def endpoint(self, request: Request) -> Response:

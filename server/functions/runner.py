@@ -171,9 +171,9 @@ class Runner:
         auth = Auth(caller)
         outcome.read_set = tx.read_set
         try:
-            value = await asyncio.wait_for(
-                spec.handler(QueryCtx(DatabaseReader(tx), auth), **kwargs), self.limits.query_timeout_s
-            )
+            # asyncio.timeout rather than wait_for: no task per run, which the hub's re-runs would pay for.
+            async with asyncio.timeout(self.limits.query_timeout_s):
+                value = await spec.handler(QueryCtx(DatabaseReader(tx), auth), **kwargs)
             outcome.value = self._encode(value)
         except TimeoutError:
             outcome.error = LimitExceeded(f"{spec.path} ran longer than {self.limits.query_timeout_s} s")
@@ -198,9 +198,8 @@ class Runner:
             return self._encode(value)
 
         try:
-            result = await asyncio.wait_for(
-                self.database.mutate(body, dedupe=dedupe, maybe_applied=maybe_applied), self.limits.mutation_timeout_s
-            )
+            async with asyncio.timeout(self.limits.mutation_timeout_s):
+                result = await self.database.mutate(body, dedupe=dedupe, maybe_applied=maybe_applied)
         except TimeoutError:
             raise LimitExceeded(f"{spec.path} ran longer than {self.limits.mutation_timeout_s} s") from None
         outcome.value, outcome.ts, outcome.retries = result.value, result.ts, result.retries
@@ -221,7 +220,8 @@ class Runner:
             lambda fn, a: run(FunctionKind.ACTION, fn, a),
         )
         try:
-            value = await asyncio.wait_for(spec.handler(ctx, **kwargs), self.limits.action_timeout_s)
+            async with asyncio.timeout(self.limits.action_timeout_s):
+                value = await spec.handler(ctx, **kwargs)
         except TimeoutError:
             raise LimitExceeded(f"{spec.path} ran longer than {self.limits.action_timeout_s} s") from None
         outcome.value = self._encode(value)

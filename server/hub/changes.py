@@ -31,29 +31,35 @@ class Change:
     new_keys: dict[str, Any] | None
 
 
-# One round trip for the snapshot's newest ts S, the pruned horizon and the changes up to S (at least one row).
-# It also lets go of the clock key taken before the snapshot (schema.sql, _ripple_settle): the snapshot was taken
-# when this query started. The changes are looked up per commit (OFFSET 0 keeps the planner from turning that
-# into a join): a cached generic plan made while the log was small otherwise scanned the whole log every round.
+# One round trip for the snapshot's newest ts S, whether the snapshot holds every commit up to S (schema.sql,
+# "the clock key"), when S was drawn, the pruned horizon and the changes up to S (at least one row). `{check}`:
+# _ripple_settled() for a plain snapshot; _ripple_unsettle() after _ripple_settle(), which lets go of the key
+# (the snapshot was taken when this query started) and is always true. The changes are looked up per commit,
+# through the xid index (_ripple_changes_of): as a join, a plan made while the log was small, or after a bulk
+# write, scanned the whole log every round.
 _ROUND_SQL = """
-WITH s AS MATERIALIZED (SELECT _ripple_latest_ts() AS ts, _ripple_unsettle() AS released),
+WITH s AS MATERIALIZED (SELECT _ripple_latest_ts() AS ts),
+     k AS MATERIALIZED (SELECT {check} AS settled FROM s),
      h AS (SELECT COALESCE((SELECT ts FROM _ripple_horizon WHERE id = 1), 0) AS ts)
-SELECT s.ts AS snapshot_ts, h.ts AS horizon, x.*
-FROM s CROSS JOIN h
+SELECT s.ts AS snapshot_ts, k.settled, h.ts AS horizon,
+       (SELECT extract(epoch FROM c.at) FROM _ripple_commits c WHERE c.ts = s.ts) AS drawn_at, x.*
+FROM s CROSS JOIN k CROSS JOIN h
 LEFT JOIN LATERAL (
     SELECT c.ts, ch.table_name, ch.doc_id, ch.old_keys, ch.new_keys
     FROM _ripple_commits c
-    CROSS JOIN LATERAL (SELECT * FROM _ripple_changes ch WHERE ch.xid = c.xid OFFSET 0) ch
-    WHERE c.ts > $1 AND c.ts <= s.ts
+    CROSS JOIN LATERAL _ripple_changes_of(c.xid) ch
+    WHERE k.settled AND c.ts > $1 AND c.ts <= s.ts
     ORDER BY c.ts
     LIMIT $2
 ) x ON TRUE
 """
+_PLAIN_ROUND_SQL = _ROUND_SQL.format(check="_ripple_settled($1, s.ts)")
+_SETTLED_ROUND_SQL = _ROUND_SQL.format(check="_ripple_unsettle()")
 
 _TABLES_SQL = """
 SELECT DISTINCT ch.table_name
 FROM _ripple_commits c
-CROSS JOIN LATERAL (SELECT ch.table_name FROM _ripple_changes ch WHERE ch.xid = c.xid OFFSET 0) ch
+CROSS JOIN LATERAL _ripple_changes_of(c.xid) ch
 WHERE c.ts > $1 AND c.ts <= $2
 """
 
@@ -69,19 +75,27 @@ class LogSlice:
     horizon: int
     changes: list[Change]
     tables: set[str] | None = None
+    drawn_at: float | None = None  # when S was drawn (epoch seconds), if its commit is still in the log
 
 
-async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int) -> LogSlice:
-    """Read, in the caller's open snapshot, its newest commit ts S and the changes of commits in (after_ts, S]."""
-    rows = await conn.fetch(_ROUND_SQL, after_ts, limit + 1)
+async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int, *, settled: bool) -> LogSlice | None:
+    """Read, in the caller's open snapshot, its newest commit ts S and the changes of commits in (after_ts, S].
+
+    `settled` says the caller took the clock key before the snapshot (and this lets go of it). Otherwise None
+    means the snapshot may lack a commit at or below S: settle, take a new snapshot and read again.
+    """
+    rows = await conn.fetch(_SETTLED_ROUND_SQL if settled else _PLAIN_ROUND_SQL, after_ts, limit + 1)
+    if not rows[0]["settled"]:
+        return None
     snapshot_ts, horizon = int(rows[0]["snapshot_ts"]), int(rows[0]["horizon"])
+    drawn_at = float(rows[0]["drawn_at"]) if rows[0]["drawn_at"] is not None else None
     if len(rows) > limit:
         tables = {r["table_name"] for r in await conn.fetch(_TABLES_SQL, after_ts, snapshot_ts)}
-        return LogSlice(snapshot_ts, horizon, [], tables)
+        return LogSlice(snapshot_ts, horizon, [], tables, drawn_at)
     changes = [
         Change(r["ts"], r["table_name"], r["doc_id"], r["old_keys"], r["new_keys"]) for r in rows if r["ts"] is not None
     ]
-    return LogSlice(snapshot_ts, horizon, changes)
+    return LogSlice(snapshot_ts, horizon, changes, None, drawn_at)
 
 
 class ChangeFeed:

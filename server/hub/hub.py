@@ -36,9 +36,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub"]
 
-# A round's snapshot holds exactly the commits up to its newest ts: take the clock key (schema.sql,
-# _ripple_settle) before the snapshot, and let it go in the round's first query (read_changes).
-_SETTLE = "SELECT _ripple_settle(); COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# The hub's connection waits for each round inside an open REPEATABLE READ transaction: its snapshot is taken by
+# the round's first query, so the BEGIN is off the path from commit to client.
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_NEXT_ROUND = "COMMIT; " + _BEGIN
+# When that snapshot may lack a commit below its newest ts (a writer was between drawing its ts and becoming
+# visible, or aborted after drawing), take the clock key before a new snapshot (schema.sql); read_changes lets
+# it go.
+_SETTLE = "ROLLBACK; SELECT _ripple_settle(); COMMIT; " + _BEGIN
 
 log = logging.getLogger("ripple.hub")
 
@@ -102,8 +107,9 @@ class Hub:
 
     async def start(self) -> None:
         conn = await self._connection()
-        await conn.execute("SELECT _ripple_settle()")
+        await conn.execute(_SETTLE)
         self.processed_ts = int(await conn.fetchval("SELECT _ripple_latest_ts() FROM _ripple_unsettle()"))
+        await conn.execute(_NEXT_ROUND)
         await self.feed.start()
         self._task = asyncio.create_task(self._run(), name="ripple-hub")
         self._prune_task = asyncio.create_task(self._prune_loop(), name="ripple-prune")
@@ -195,8 +201,15 @@ class Hub:
         delivered: set[int] = set()
         conn = await self._connection()
         try:
-            await conn.execute(_SETTLE)
-            log_slice = await read_changes(conn, self.processed_ts, self.settings.max_changes_per_round)
+            log_slice = await read_changes(conn, self.processed_ts, self.settings.max_changes_per_round, settled=False)
+            if log_slice is None:
+                if self.metrics:
+                    self.metrics.hub_settles.inc()
+                await conn.execute(_SETTLE)
+                log_slice = await read_changes(
+                    conn, self.processed_ts, self.settings.max_changes_per_round, settled=True
+                )
+                assert log_slice is not None
             ts = log_slice.snapshot_ts
             snap = Snapshot(conn, ts)
             stale = self._invalidated(log_slice) if ts > self.processed_ts else set()
@@ -229,8 +242,9 @@ class Hub:
         except BaseException:
             await self._drop_connection()
             raise
+        # End this snapshot and open the next round's transaction in one round trip.
         try:
-            await conn.execute("COMMIT")
+            await conn.execute(_NEXT_ROUND)
         except BaseException:
             await self._drop_connection()
             raise
@@ -240,9 +254,8 @@ class Hub:
             self.metrics.subscriptions.set(len(self._by_token))
             if notified_at is not None:
                 self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
-            if ts > 0:
-                # Commit timestamps come from the clock (ns), so this is how old the newest result is when sent.
-                self.metrics.hub_lag.set(max(0.0, time.time() - ts / 1e9))
+            if log_slice.drawn_at is not None:
+                self.metrics.hub_lag.set(max(0.0, time.time() - log_slice.drawn_at))
 
     def _release_waiters(self) -> None:
         while self._waiters and self._waiters[0][0] <= self.processed_ts:
@@ -251,11 +264,13 @@ class Hub:
                 fut.set_result(self.processed_ts)
 
     async def _connection(self) -> asyncpg.Connection:
-        """The hub's own connection: no pool checkout or reset per round, and a session lock (the clock key)
-        that is always released, with the connection if need be."""
+        """The hub's own connection, inside a REPEATABLE READ, READ ONLY transaction whose snapshot the round's
+        first query will take. No pool checkout or reset between rounds; a failed round drops the connection,
+        and with it the clock key if the round held it."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn)
             await init_connection(self._conn)
+            await self._conn.execute(_BEGIN)
         return self._conn
 
     async def _drop_connection(self) -> None:

@@ -343,8 +343,10 @@ async def test_plain_sql_write_gets_a_ts(schema_dsn: str) -> None:
         assert [await listener.next(), await listener.next()] == [ts for ts, _ in log]
         assert len(log) == 2 and log[0][0] < log[1][0]
         assert [len(await changes_of(conn, xid)) for _, xid in log] == [1, 2]
-        # ts is nanoseconds since the epoch (or just above the previous ts)
-        assert abs(log[1][0] / 1e9 - time.time()) < 60
+        # ts counts commits; `at` is when it was drawn
+        assert log[1][0] == log[0][0] + 1
+        drawn = await conn.fetchval("SELECT extract(epoch FROM at) FROM _ripple_commits WHERE ts = $1", log[1][0])
+        assert abs(float(drawn) - time.time()) < 60
 
 
 async def test_explicit_commit_ts_is_the_commits_ts(schema_dsn: str) -> None:
@@ -434,14 +436,16 @@ async def test_concurrent_writers_commit_order_is_visibility_order(schema_dsn: s
                 else:  # a plain writer: the deferred trigger draws the ts at COMMIT
                     await conn.fetchval(INSERT_WORKFLOW, f"w{n}-{i}")
 
-    async def reader() -> None:
+    async def reader(plain_first: bool) -> None:
+        after = 0
         async with connect(schema_dsn) as conn:
             while not done.is_set():
-                snapshots.append(await settled_snapshot(conn))
+                visible, after = await settled_snapshot(conn, after, plain_first=plain_first)
+                snapshots.append((visible, after))
                 await asyncio.sleep(0)
 
     async with listening(schema_dsn) as listener:
-        readers = [asyncio.create_task(reader()) for _ in range(2)]
+        readers = [asyncio.create_task(reader(plain_first)) for plain_first in (True, True, False)]
         await asyncio.gather(*(writer(n) for n in range(writers)))
         done.set()
         await asyncio.gather(*readers)
@@ -468,15 +472,25 @@ async def test_concurrent_writers_commit_order_is_visibility_order(schema_dsn: s
         assert latest == (max(visible) if visible else 0)
 
 
-async def settled_snapshot(conn: asyncpg.Connection) -> tuple[set[int], int]:
-    """The hub's way to a snapshot that holds exactly the commits up to its latest ts (schema.sql)."""
+async def settled_snapshot(
+    conn: asyncpg.Connection, after: int = 0, *, plain_first: bool = True
+) -> tuple[set[int], int]:
+    """The hub's way to a snapshot that holds exactly the commits up to its latest ts (schema.sql): a plain one
+    when _ripple_settled() says every ts after `after` (the last one handled) is there, else one taken with the
+    clock key held."""
+    sql = (
+        "SELECT (SELECT coalesce(array_agg(ts), '{{}}') FROM _ripple_commits) AS visible,"
+        " _ripple_latest_ts() AS latest, {check} AS ok"
+    )
+    if plain_first:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(sql.format(check="_ripple_settled($1, _ripple_latest_ts())"), after)
+        if row["ok"]:
+            return set(row["visible"]), row["latest"]
     await conn.execute("SELECT _ripple_settle()")
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        row = await conn.fetchrow(
-            "SELECT (SELECT coalesce(array_agg(ts), '{}') FROM _ripple_commits) AS visible,"
-            " _ripple_latest_ts() AS latest, _ripple_unsettle() AS released"
-        )
-    assert row["released"]
+        row = await conn.fetchrow(sql.format(check="_ripple_unsettle()"))
+    assert row["ok"]
     return set(row["visible"]), row["latest"]
 
 
@@ -506,6 +520,7 @@ async def test_writers_do_not_wait_for_each_other_and_settled_snapshots_wait_for
         assert time.perf_counter() - t0 < 0.3 and not slow_commit.done()
         async with reader.transaction(isolation="repeatable_read", readonly=True):
             plain = {r[0] for r in await reader.fetch("SELECT ts FROM _ripple_commits")}
+            assert await reader.fetchval("SELECT _ripple_settled(0, _ripple_latest_ts())") is False  # ...and knows
         t1 = time.perf_counter()
         settled = await settled_snapshot(reader)
         waited = time.perf_counter() - t1
@@ -515,6 +530,8 @@ async def test_writers_do_not_wait_for_each_other_and_settled_snapshots_wait_for
         assert plain == {ts_fast}  # the later ts is visible, the earlier one not yet: not a prefix
         assert settled == ({ts_slow, ts_fast}, ts_fast)
         assert waited > 0.2
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            assert await reader.fetchval("SELECT _ripple_settled(0, _ripple_latest_ts())") is True  # all in
 
 
 async def test_serializable_writers_never_conflict_on_the_clock(schema_dsn: str) -> None:
@@ -580,7 +597,9 @@ async def test_prune_removes_old_rows_and_sets_the_horizon(schema_dsn: str) -> N
             "INSERT INTO _ripple_mutations (session_id, request_id, ts, created_at)"
             " VALUES ('s', 1, 1, now() - interval '1 hour'), ('s', 2, 2, now())"
         )
-        middle_ms = (ts_b + ts_c) / 2 / 1e6  # keep_ms such that the cutoff falls half-way between B and C
+        drawn = "SELECT extract(epoch FROM at) * 1000 FROM _ripple_commits WHERE ts = $1"
+        at_b, at_c = [float(await conn.fetchval(drawn, ts)) for ts in (ts_b, ts_c)]
+        middle_ms = (at_b + at_c) / 2  # keep_ms such that the cutoff falls half-way between B and C
         keep_ms = "extract(epoch FROM clock_timestamp()) * 1000 - $1::float8"
         assert await conn.fetchval(f"SELECT _ripple_prune(({keep_ms})::float8)", middle_ms) == 2
         assert await commits(conn) == [(ts_c, xid_c)]
@@ -663,9 +682,10 @@ async def test_ts_survives_restarts_and_a_killed_holder() -> None:
         assert _postmaster_pid(pgdata) != leaked
         ts2 = await _write_and_get_ts(dsn)
         assert ts2 > ts1
-        async with connect(dsn) as conn:  # even with the sequence forced back, the clock does not go back
+        async with connect(dsn) as conn:  # a sequence set back is moved past every ts when the schema is applied
             await conn.execute("SELECT setval('_ripple_ts', 1)")
-        assert await _write_and_get_ts(dsn) > ts2
+            await conn.execute(SCHEMA)
+        assert await _write_and_get_ts(dsn) == ts2 + 1
     finally:
         second.stop()
         if (pgdata / "postmaster.pid").exists():  # failed half-way: make sure nothing keeps running
