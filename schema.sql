@@ -339,8 +339,8 @@ CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
 -- The commit ts of the current transaction.
 --   * It captured writes and has no ts yet: take the clock key shared, draw ts, record (ts, xid), NOTIFY the
 --     ts unless the writer announces it after COMMIT (Ripple's mutations set ripple.notify = 'after_commit':
---     a NOTIFY inside the transaction takes a lock held until COMMIT ends and so serialises writers), remember
---     it.
+--     a NOTIFY inside the transaction takes a lock held until COMMIT ends and so serialises writers; they get
+--     the ts back as a NOTICE), remember it.
 --   * It already has a ts: return it (the deferred trigger calls it again at COMMIT).
 --   * It captured no write: return the clock's last value (0 if never drawn); nothing is recorded.
 -- It reads no table that concurrent writers write (only settings and the sequence), so SERIALIZABLE
@@ -365,6 +365,11 @@ BEGIN
     INSERT INTO _ripple_commits (ts, xid) VALUES (ts, x);
     IF current_setting('ripple.notify', true) IS DISTINCT FROM 'after_commit' THEN
         PERFORM pg_notify('ripple_commits', ts::text);
+    ELSE
+        -- The writer NOTIFYs after COMMIT from ripple.last_ts, and learns its ts from this notice
+        -- (server/database/writers.py).
+        PERFORM set_config('ripple.last_ts', ts::text, false);
+        RAISE NOTICE 'ripple commit ts' USING DETAIL = ts::text;
     END IF;
     PERFORM set_config('ripple.ts', ts::text, true);
     RETURN ts;

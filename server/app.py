@@ -27,6 +27,7 @@ from server.database.catalog import apply_schema, load_catalog
 from server.database.database import Database
 from server.database.pool import create_pool
 from server.database.transaction import Limits
+from server.database.writers import Writers
 from server.functions.runner import Runner, RunnerLimits
 from server.hub.hub import Hub
 from server.metrics import Metrics
@@ -109,12 +110,14 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         load_modules(settings.modules)
         pool = await create_pool(dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
+        writers = Writers(dsn, settings.pool_max_size)
         try:
             async with pool.acquire() as conn:
                 await apply_schema(conn, settings.schema_path)
                 catalog = await load_catalog(conn)
             database = Database(
                 pool,
+                writers,
                 catalog,
                 limits=Limits(settings.max_documents_read, settings.max_documents_written),
                 max_retries=settings.mutation_max_retries,
@@ -144,6 +147,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                     session.shut(1012, "server shutting down; reconnect")
                 await hub.close("server shutting down")
         finally:
+            await writers.close()
             await pool.close()
 
     routes: list[Route | WebSocketRoute | Mount] = [

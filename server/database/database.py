@@ -4,15 +4,16 @@ A mutation is one SERIALIZABLE transaction; a serialization failure or deadlock 
 jittered exponential backoff (Convex's optimistic concurrency, done by PostgreSQL). Its COMMIT draws the commit
 ts from schema.sql's clock; the caller then reads it back by xid, so it learns the ts its write is visible at.
 
-Round trips are what a mutation costs (each is a send, a wake-up and a protocol parse on both sides), so the
-path is: BEGIN, the handler's own statements, one message with the dedupe row and COMMIT, and one statement that
-reads the ts back and NOTIFYs it. The NOTIFY comes after COMMIT because inside a transaction it takes a lock
-held until COMMIT ends, which would serialise all writers.
+Round trips are what a mutation costs, so it runs on a writer connection already inside its transaction
+(writers.py): the handler's own statements, then one message with the dedupe row, COMMIT, the NOTIFY of its ts
+and the next BEGIN. The NOTIFY comes after COMMIT because inside a transaction it takes a lock held until
+COMMIT ends, which would serialise all writers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ import orjson
 
 from server.database.catalog import Catalog
 from server.database.transaction import Limits, Transaction
+from server.database.writers import WriterConnection, Writers
 
 __all__ = ["Database", "MutationOutcome", "Snapshot"]
 
@@ -32,9 +34,6 @@ T = TypeVar("T")
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 _MAX_RETRY_DELAY_S = 0.25
 
-# Ripple announces its own commits after COMMIT (see the module docstring and schema.sql's _ripple_commit_ts).
-_BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
-_PUBLISH_SQL = "SELECT ts, pg_notify('ripple_commits', ts::text) FROM _ripple_commits WHERE xid = $1"
 # The stored result of an applied (session, request), with its commit ts (or none, if the log was pruned).
 _APPLIED_SQL = """
 SELECT m.result, coalesce(c.ts, m.ts) AS ts
@@ -65,13 +64,12 @@ def _literal(text: str) -> str:
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _record_and_commit(dedupe: tuple[str, int], result: Any, xid: int) -> str:
-    """The dedupe row and COMMIT in one simple-protocol message (no parameters there, hence literals)."""
+def _record(dedupe: tuple[str, int], result: Any, xid: int) -> str:
+    """The dedupe row, for the simple-protocol message that commits (no parameters there, hence literals)."""
     session_id, request_id = dedupe
     return (
         "INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES "
-        f"({_literal(session_id)}, {int(request_id)}, {_literal(orjson.dumps(result).decode())}::jsonb, {int(xid)});"
-        " COMMIT"
+        f"({_literal(session_id)}, {int(request_id)}, {_literal(orjson.dumps(result).decode())}::jsonb, {int(xid)})"
     )
 
 
@@ -79,6 +77,7 @@ class Database:
     def __init__(
         self,
         pool: asyncpg.Pool,
+        writers: Writers,
         catalog: Catalog,
         *,
         limits: Limits | None = None,
@@ -86,6 +85,7 @@ class Database:
         retry_base_s: float = 0.002,
     ) -> None:
         self.pool = pool
+        self.writers = writers
         self.catalog = catalog
         self.limits = limits or Limits()
         self.max_retries = max_retries
@@ -131,17 +131,17 @@ class Database:
         attempt = 0
         while True:
             try:
-                async with self.pool.acquire() as conn:
-                    if dedupe is not None and maybe_applied and attempt == 0:
+                if dedupe is not None and maybe_applied and attempt == 0:
+                    async with self.pool.acquire() as conn:
                         stored = await self._applied(conn, dedupe)
-                        if stored is not None:
-                            return stored
-                    value, xid = await self._attempt(conn, fn, dedupe, encode)
-                    if xid is None:
-                        # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than
-                        # the newest visible commit.
-                        return MutationOutcome(value, int(await conn.fetchval("SELECT _ripple_latest_ts()")), attempt)
-                    ts = int(await conn.fetchval(_PUBLISH_SQL, xid))
+                    if stored is not None:
+                        return stored
+                async with self.writers.acquire() as writer:
+                    value, ts = await self._attempt(writer, fn, dedupe, encode)
+                if ts is None:
+                    # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than the
+                    # newest visible commit.
+                    return MutationOutcome(value, await self.latest_ts(), attempt)
                 for listener in self.on_commit:
                     listener(ts)
                 return MutationOutcome(value, ts, attempt)
@@ -163,25 +163,29 @@ class Database:
 
     async def _attempt(
         self,
-        conn: asyncpg.Connection,
+        writer: WriterConnection,
         fn: Callable[[Transaction], Awaitable[Any]],
         dedupe: tuple[str, int] | None,
         encode: Callable[[Any], Any],
     ) -> tuple[Any, int | None]:
-        """One try: the handler's value and the transaction's xid (None when it wrote nothing)."""
-        await conn.execute(_BEGIN)
+        """One try: the handler's value and the commit's ts (None when it wrote nothing)."""
         try:
-            tx = Transaction(conn, self.catalog, writable=True, limits=self.limits)
+            tx = Transaction(writer.conn, self.catalog, writable=True, limits=self.limits)
             value = await fn(tx)
-            if tx.xid is not None and dedupe is not None:
-                await conn.execute(_record_and_commit(dedupe, {"value": encode(value)}, tx.xid))
-            else:
-                await conn.execute("COMMIT")
-        except BaseException:
-            if not conn.is_closed() and conn.is_in_transaction():
-                await conn.execute("ROLLBACK")
+            record = _record(dedupe, {"value": encode(value)}, tx.xid) if tx.xid is not None and dedupe else ""
+            ts = await writer.commit(record, wrote=tx.xid is not None)
+        except Exception:
+            # A failed statement, a ConvexError, a limit: the connection itself is fine, so end the transaction
+            # and open its next one (if that fails too, the pool drops the connection).
+            with contextlib.suppress(Exception):
+                await writer.rollback()
             raise
-        return value, tx.xid
+        if tx.xid is not None and ts is None:
+            raise RuntimeError(
+                "a mutation committed but its commit ts did not come back; is schema.sql applied and "
+                "client_min_messages at most 'notice'?"
+            )
+        return value, ts
 
     async def _applied(self, conn: asyncpg.Connection, dedupe: tuple[str, int]) -> MutationOutcome | None:
         row = await conn.fetchrow(_APPLIED_SQL, *dedupe)

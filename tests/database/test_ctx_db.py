@@ -16,6 +16,7 @@ from server.database.pool import create_pool
 from server.database.query import END_CURSOR
 from server.database.reads import IndexRange
 from server.database.transaction import DatabaseReader, DatabaseWriter, Limits, Transaction
+from server.database.writers import Writers
 from server.errors import ArgumentError, IdError, LimitExceeded, SchemaError
 from tests.conftest import SCHEMA_SQL
 
@@ -26,9 +27,11 @@ async def db(fresh_dsn: str) -> AsyncIterator[Database]:
     async with pool.acquire() as conn:
         await apply_schema(conn, SCHEMA_SQL)
         catalog = await load_catalog(conn)
+    writers = Writers(fresh_dsn, 6)
     try:
-        yield Database(pool, catalog, limits=Limits(max_documents_read=50, max_documents_written=20))
+        yield Database(pool, writers, catalog, limits=Limits(max_documents_read=50, max_documents_written=20))
     finally:
+        await writers.close()
         await pool.close()
 
 

@@ -1,0 +1,174 @@
+"""`Writers`: connections that wait for the next mutation inside an already open SERIALIZABLE transaction.
+
+Why a pool of their own: a mutation costs what its round trips cost (each is a send, a wake-up and a parse on
+both sides), so a writer connection is kept inside `BEGIN ISOLATION LEVEL SERIALIZABLE`, and the end of one
+mutation (the dedupe row, COMMIT, the NOTIFY of its ts) and the start of the next travel in one message. Such an
+open transaction holds nothing: no snapshot is taken and no xid assigned before its first statement. asyncpg's
+pool rolls back whatever a connection comes back with, hence this small pool. A writer still rests outside a
+transaction about once a second, when PostgreSQL reports its table statistics (autovacuum goes by them).
+
+The ts a COMMIT drew comes back as a NOTICE (schema.sql, `_ripple_commit_ts`, when `ripple.notify` is
+'after_commit'): a message of simple statements returns no rows to asyncpg, and reading the ts in another
+statement would cost the round trip this saves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from server.database.pool import init_connection
+
+__all__ = ["WriterConnection", "Writers"]
+
+_OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
+# After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_ts). The NOTIFY runs
+# in a transaction of its own, outside the writer's (see schema.sql).
+_NOTIFY = "SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT"
+_TS_NOTICE = "ripple commit ts"
+# PostgreSQL reports a backend's table statistics (which autovacuum goes by) only while it is idle outside a
+# transaction, so a writer rests there at least this often.
+_REST_EVERY_S = 1.0
+
+
+class WriterConnection:
+    """One connection and the ts its last COMMIT drew."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.committed_ts: int | None = None
+        # "open": in a fresh transaction; "idle": outside any (resting); "busy": lent out, state unknown.
+        self.state = "idle"
+        self._rested_at = time.monotonic()
+        conn.add_log_listener(self._notice)
+
+    def _notice(self, conn: Any, message: Any) -> None:
+        if getattr(message, "message", None) == _TS_NOTICE:
+            self.committed_ts = int(message.detail)
+
+    async def open(self) -> None:
+        await self.conn.execute(_OPEN)
+        self.state = "open"
+
+    async def commit(self, statements: str = "", *, wrote: bool = True) -> int | None:
+        """Run `statements` (simple protocol, may be empty) and COMMIT, announce the ts if the transaction `wrote`,
+        then open the next transaction in the same message unless it is time to rest; return the ts the COMMIT
+        drew, or None when it wrote nothing."""
+        self.committed_ts = None
+        rest = time.monotonic() - self._rested_at >= _REST_EVERY_S
+        parts = [statements] if statements else []
+        parts += ["COMMIT", _NOTIFY] if wrote else ["COMMIT"]
+        if not rest:
+            parts.append(_OPEN)
+        await self.conn.execute("; ".join(parts))
+        if rest:
+            self._rested_at = time.monotonic()
+        self.state = "idle" if rest else "open"
+        return self.committed_ts
+
+    async def rollback(self) -> None:
+        """End a failed or abandoned transaction and open the next."""
+        await self.conn.execute(("ROLLBACK; " if self.conn.is_in_transaction() else "") + _OPEN)
+        self.state = "open"
+
+
+class Writers:
+    """Up to `size` writer connections, opened on demand. A connection whose state is unknown (cancelled
+    mid-statement, broken) is closed rather than reused."""
+
+    def __init__(self, dsn: str, size: int = 10) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._idle: list[WriterConnection] = []
+        self._opened = 0
+        self._available = asyncio.Condition()
+        self._resting: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def _connect(self) -> WriterConnection:
+        conn = await asyncpg.connect(self._dsn, server_settings={"client_min_messages": "notice"})
+        try:
+            await init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return WriterConnection(conn)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[WriterConnection]:
+        """A connection inside an open SERIALIZABLE transaction; end it with `commit` or `rollback`, or the
+        connection is dropped."""
+        writer = await self._take()
+        try:
+            if writer.state == "idle":
+                await writer.open()
+            writer.state = "busy"
+            yield writer
+        finally:
+            await self._give_back(writer, writer.state != "busy" and not writer.conn.is_closed())
+
+    async def _take(self) -> WriterConnection:
+        async with self._available:
+            while True:
+                if self._closed:
+                    raise asyncpg.InterfaceError("the writer pool is closed")
+                while self._idle:
+                    writer = self._idle.pop()
+                    if not writer.conn.is_closed():
+                        return writer
+                    self._opened -= 1  # the server ended it while it waited (restart, idle timeout)
+                if self._opened < self._size:
+                    self._opened += 1
+                    break
+                await self._available.wait()
+        try:
+            return await self._connect()
+        except BaseException:
+            async with self._available:
+                self._opened -= 1
+                self._available.notify()
+            raise
+
+    async def _give_back(self, writer: WriterConnection, healthy: bool) -> None:
+        if not healthy or self._closed:
+            writer.conn.terminate()
+        async with self._available:
+            if healthy and not self._closed:
+                self._idle.append(writer)
+                if writer.state == "open":
+                    asyncio.get_running_loop().call_later(_REST_EVERY_S, self._rest_if_unused, writer)
+            else:
+                self._opened -= 1
+            self._available.notify()
+
+    def _rest_if_unused(self, writer: WriterConnection) -> None:
+        """A writer left open since its last mutation rests, so its statistics are reported (once, not
+        periodically: a resting connection is not touched again until it is needed)."""
+        if writer in self._idle and writer.state == "open" and not self._closed:
+            self._idle.remove(writer)
+            self._resting.add(asyncio.create_task(self._rest(writer)))
+
+    async def _rest(self, writer: WriterConnection) -> None:
+        writer.state = "busy"
+        try:
+            await writer.conn.execute("COMMIT")
+            writer.state = "idle"
+        except Exception:
+            pass
+        finally:
+            self._resting.discard(asyncio.current_task())  # type: ignore[arg-type]
+            await self._give_back(writer, writer.state == "idle" and not writer.conn.is_closed())
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._resting, return_exceptions=True)
+        async with self._available:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+            self._available.notify_all()
+        await asyncio.gather(*(w.conn.close() for w in idle), return_exceptions=True)
