@@ -39,6 +39,18 @@ CREATE TABLE IF NOT EXISTS _ripple_changes (
     new_keys   jsonb
 );
 CREATE INDEX IF NOT EXISTS _ripple_changes__xid ON _ripple_changes (xid);
+-- A bulk write leaves thousands of rows with one xid; sampled statistics then say an xid matches much of the
+-- table, and the hub's per-commit lookup became a scan of the whole log on every round. Each transaction
+-- writes a few rows, so say so (taken into account from the next ANALYZE on).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = '_ripple_changes'::regclass AND attname = 'xid'
+                      AND attoptions @> ARRAY['n_distinct=-0.5']) THEN
+        ALTER TABLE _ripple_changes ALTER COLUMN xid SET (n_distinct = -0.5);
+    END IF;
+END
+$$;
 
 -- Holds the xid of each writing transaction between its first captured write and its COMMIT; the deferred
 -- constraint trigger on it runs once, at COMMIT, and draws the commit ts.
@@ -597,18 +609,6 @@ AS $$
 BEGIN
     RETURN greatest(coalesce((SELECT max(ts) FROM _ripple_commits), 0),
                     coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0));
-END
-$$;
-
--- The changes of one transaction, always through the xid index. A bulk write leaves thousands of log rows
--- with one xid, after which the planner's statistics say an xid matches most of the table and it scans all
--- of it, on every hub round, for a commit of one row. (PL/pgSQL: its plan is cached per session.)
-CREATE OR REPLACE FUNCTION _ripple_changes_of(x bigint) RETURNS SETOF _ripple_changes
-LANGUAGE plpgsql STABLE
-SET enable_seqscan = off
-AS $$
-BEGIN
-    RETURN QUERY SELECT * FROM _ripple_changes ch WHERE ch.xid = x;
 END
 $$;
 
