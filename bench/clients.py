@@ -336,7 +336,14 @@ class Runner:
         for i in range(int(self.spec["clients"])):
             conn = await asyncpg.connect(self.spec["dsn"])
             self.pg.append(conn)
-            self.mutators.append(RawMutator(conn, self.spec["table"], f"r{int(self.spec['row_start']) + i}"))
+            self.mutators.append(
+                RawMutator(
+                    conn,
+                    self.spec["table"],
+                    f"r{int(self.spec['row_start']) + i}",
+                    like_ripple=bool(self.spec.get("like_ripple")),
+                )
+            )
 
     # Commands.
 
@@ -462,11 +469,19 @@ class Mutator:
 
 
 class RawMutator:
-    """The floor: the same read-modify-write as `bench:bump`, as a SERIALIZABLE asyncpg transaction."""
+    """The floor: the same read-modify-write as `bench:bump`, as a SERIALIZABLE asyncpg transaction.
 
-    def __init__(self, conn: Any, table: str, row: str) -> None:
+    `like_ripple` sends the statements a Ripple mutation sends, in the same messages (the transaction opened in
+    the message that ends the previous one, the dedupe row, COMMIT and NOTIFY in one): Ripple's SQL without
+    Ripple's Python.
+    """
+
+    _OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
+
+    def __init__(self, conn: Any, table: str, row: str, *, like_ripple: bool = False) -> None:
         self.conn = conn
         self.row = row
+        self.like_ripple = like_ripple
         # The statement ctx.db's `.with_index("by_twitch_id", eq).unique()` issues, so only Ripple's own work differs.
         self.select = (
             f"SELECT * FROM {table} WHERE twitch_id = $1 "
@@ -477,6 +492,31 @@ class RawMutator:
         self.errors = 0
         self.retries = 0
         self.first_error: str | None = None
+        self.session = uuid.uuid4().hex
+        self.request = 0
+
+    async def _once(self) -> None:
+        if not self.like_ripple:
+            async with self.conn.transaction(isolation="serializable"):
+                row = await self.conn.fetchrow(self.select, self.row)
+                await self.conn.execute(self.update, row["_id"], (row["progress_percentage"] or 0) + 1)
+            return
+        if not self.conn.is_in_transaction():
+            await self.conn.execute(self._OPEN)
+        try:
+            row = await self.conn.fetchrow(self.select, self.row)
+            xid = await self.conn.fetchval(
+                self.update + " RETURNING txid_current()", row["_id"], (row["progress_percentage"] or 0) + 1
+            )
+            self.request += 1
+            await self.conn.execute(
+                "INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES "
+                f"('{self.session}', {self.request}, '{{\"value\": 1}}'::jsonb, {xid}); COMMIT; "
+                "SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT; " + self._OPEN
+            )
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
 
     async def run(self, end: float) -> None:
         import asyncpg
@@ -485,9 +525,7 @@ class RawMutator:
             t = time.perf_counter()
             while True:
                 try:
-                    async with self.conn.transaction(isolation="serializable"):
-                        row = await self.conn.fetchrow(self.select, self.row)
-                        await self.conn.execute(self.update, row["_id"], (row["progress_percentage"] or 0) + 1)
+                    await self._once()
                     break
                 except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
                     self.retries += 1
