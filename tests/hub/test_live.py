@@ -41,6 +41,54 @@ async def test_plain_sql_writes_reach_subscribers(ripple: RippleServer) -> None:
     await client.close()
 
 
+async def test_a_transition_never_shows_a_commit_without_the_earlier_ones(ripple: RippleServer) -> None:
+    """Writers draw commit timestamps without waiting for each other, so a later ts can become visible first.
+    Here a writer draws its ts and then sleeps inside COMMIT (a deferred trigger after Ripple's), while a second
+    writer commits a later ts at once. The hub's snapshot then holds the later commit only: it must notice, wait
+    for the earlier one (settle), and never send the later write without the earlier."""
+    client = await SyncClient.connect(ripple.ws_url)
+    writer = await SyncClient.connect(ripple.ws_url)
+    for row in ("early", "late"):
+        await writer.mutation("testing:setProgress", {"twitchId": row, "progress": 1})
+    early = await client.subscribe("testing:count", {"twitchId": "early"})
+    late = await client.subscribe("testing:count", {"twitchId": "late"})
+    assert (client.results[early], client.results[late]) == (1, 1)
+    await sql(
+        ripple,
+        """
+        CREATE TABLE slow_commit (n int);
+        CREATE FUNCTION slow_commit_sleep() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_sleep(0.8); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER slow_commit_sleep AFTER INSERT ON slow_commit
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit_sleep();
+        """,
+    )
+    settles = ripple.services.metrics.hub_settles._value.get()
+    slow = asyncio.create_task(
+        sql(
+            ripple,
+            "BEGIN; UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'early';"
+            " INSERT INTO slow_commit VALUES (1); COMMIT",
+        )
+    )
+    await asyncio.sleep(0.2)  # the early writer has its ts and sleeps inside COMMIT
+    await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'late'")
+    seen: list[tuple[float, float]] = []
+
+    def both_new(message: dict[str, object]) -> bool:
+        if message["type"] != "Transition":
+            return False
+        seen.append((client.results[early], client.results[late]))
+        return client.results[late] == 2
+
+    await client.expect(both_new, timeout_s=10)
+    await slow
+    assert seen[-1] == (2, 2), seen  # the late write arrived together with the early one, never alone
+    assert ripple.services.metrics.hub_settles._value.get() > settles
+    await client.close()
+    await writer.close()
+
+
 async def test_lost_listen_connection_is_caught_up(ripple: RippleServer) -> None:
     hub = ripple.services.hub
     client = await SyncClient.connect(ripple.ws_url)
