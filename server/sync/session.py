@@ -75,7 +75,7 @@ class Session:
         self._by_token: dict[int, int] = {}
         self._pending: deque[_Pending] = deque()
         self.outbox: deque[str | TransitionMessage] = deque()
-        self.outbox_ready = asyncio.Event()
+        self._send_waiter: asyncio.Future[None] | None = None
         self._transitions_queued = 0
         self._mutations: asyncio.Queue[protocol.Mutation] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -122,14 +122,32 @@ class Session:
         """Close this socket after what is queued has been sent (server shutdown, tests)."""
         if self.closed is None:
             self.closed = Closing(code, reason)
-        self.outbox_ready.set()
+        self._wake_sender()
 
     # Outbox.
+
+    def _wake_sender(self) -> None:
+        waiter = self._send_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def outbox_filled(self) -> None:
+        """Return once there is something to send or the socket is closing (at once if so already).
+
+        A bare future per wait rather than an asyncio.Event: a change can wake thousands of sockets at once, and
+        the Event's bookkeeping showed in the fan-out time.
+        """
+        while not self.outbox and self.closed is None:
+            self._send_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._send_waiter
+            finally:
+                self._send_waiter = None
 
     def _send(self, message: str) -> None:
         self.outbox.append(message)
         self._check_backlog()
-        self.outbox_ready.set()
+        self._wake_sender()
 
     def _send_transition(self, transition: TransitionMessage) -> None:
         self.last_sent = transition.end
@@ -140,7 +158,7 @@ class Session:
         else:
             self.outbox.append(transition)
             self._check_backlog()
-        self.outbox_ready.set()
+        self._wake_sender()
 
     def _check_backlog(self) -> None:
         if len(self.outbox) > self.services.settings.max_pending_transitions and self.closed is None:

@@ -70,8 +70,7 @@ async def _send_loop(websocket: WebSocket, session: Session, receiver: asyncio.T
     loop = asyncio.get_running_loop()
     try:
         while session.closed is None:
-            await session.outbox_ready.wait()
-            session.outbox_ready.clear()
+            await session.outbox_filled()
             while (text := session.next_message()) is not None:
                 session.sending_since = loop.time()
                 try:
