@@ -65,7 +65,6 @@ CREATE TABLE IF NOT EXISTS _ripple_commits (
     xid bigint NOT NULL UNIQUE,
     at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
-ALTER TABLE _ripple_commits ADD COLUMN IF NOT EXISTS at timestamptz NOT NULL DEFAULT clock_timestamp();
 
 -- Newest ts whose log rows were pruned: a reader that processed less than this must re-run everything.
 CREATE TABLE IF NOT EXISTS _ripple_horizon (
@@ -83,8 +82,19 @@ CREATE TABLE IF NOT EXISTS _ripple_mutations (
     created_at timestamptz DEFAULT now(),
     PRIMARY KEY (session_id, request_id)
 );
-ALTER TABLE _ripple_mutations ADD COLUMN IF NOT EXISTS xid bigint;
-ALTER TABLE _ripple_mutations ALTER COLUMN ts DROP NOT NULL;
+-- Columns added since the first release. Checked first: ALTER TABLE takes an exclusive lock even when there is
+-- nothing to do, and would hold up every writer of another running process while this script runs.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '_ripple_commits'::regclass AND attname = 'at') THEN
+        ALTER TABLE _ripple_commits ADD COLUMN at timestamptz NOT NULL DEFAULT clock_timestamp();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '_ripple_mutations'::regclass AND attname = 'xid') THEN
+        ALTER TABLE _ripple_mutations ADD COLUMN xid bigint;
+        ALTER TABLE _ripple_mutations ALTER COLUMN ts DROP NOT NULL;
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS _ripple_mutations__created_at ON _ripple_mutations (created_at);
 
 -- ---------------------------------------------------------------------------------------------------------
@@ -648,8 +658,8 @@ SELECT _ripple_register_tables();
 SELECT _ripple_install_capture();
 
 -- A sequence set back (by hand, or a restore that did not carry it) would draw a ts again: move it past every
--- recorded one. The clock key is held (until this script commits) so that no writer draws meanwhile.
-SELECT pg_advisory_xact_lock(7264001000000000002);
+-- recorded one. (No clock key here: waiting for it while holding this script's locks could deadlock with a
+-- writer of another process; when the sequence is not behind, nothing is set.)
 SELECT setval('_ripple_ts', r.ts)
   FROM (SELECT greatest((SELECT max(ts) FROM _ripple_commits), (SELECT max(ts) FROM _ripple_horizon)) AS ts) r
  WHERE r.ts > coalesce(pg_sequence_last_value('_ripple_ts'), 0);

@@ -512,7 +512,7 @@ class RawMutator:
             await self.conn.execute(
                 "INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES "
                 f"('{self.session}', {self.request}, '{{\"value\": 1}}'::jsonb, {xid}); COMMIT; "
-                "SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT; " + self._OPEN
+                "BEGIN; SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT; " + self._OPEN
             )
         except BaseException:
             await self.conn.execute("ROLLBACK")

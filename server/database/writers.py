@@ -28,8 +28,9 @@ __all__ = ["WriterConnection", "Writers"]
 
 _OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
 # After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_ts). The NOTIFY runs
-# in a transaction of its own, outside the writer's (see schema.sql).
-_NOTIFY = "SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT"
+# in a transaction of its own, outside the writer's (see schema.sql); an explicit one, as a COMMIT ending an
+# implicit one costs a WARNING message per mutation.
+_NOTIFY = "BEGIN; SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT"
 _TS_NOTICE = "ripple commit ts"
 # PostgreSQL reports a backend's table statistics (which autovacuum goes by) only while it is idle outside a
 # transaction, so a writer rests there at least this often.
