@@ -2,7 +2,7 @@
 
 A mutation is one SERIALIZABLE transaction; a serialization failure or deadlock re-runs it from the start with
 jittered exponential backoff (Convex's optimistic concurrency, done by PostgreSQL). Its COMMIT draws the commit
-ts from schema.sql's clock; the caller then reads it back by xid, so it learns the ts its write is visible at.
+ts from schema.sql's clock and hands it back (writers.py), so the caller learns the ts its write is visible at.
 
 Round trips are what a mutation costs, so it runs on a writer connection already inside its transaction
 (writers.py): the handler's own statements, then one message with the dedupe row, COMMIT, the NOTIFY of its ts
