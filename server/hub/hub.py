@@ -42,8 +42,16 @@ _BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _NEXT_ROUND = "COMMIT; " + _BEGIN
 # When that snapshot may lack a commit below its newest ts (a writer was between drawing its ts and becoming
 # visible, or aborted after drawing), take the clock key before a new snapshot (schema.sql); read_changes lets
-# it go.
-_SETTLE = "ROLLBACK; SELECT _ripple_settle(); COMMIT; " + _BEGIN
+# it go. Writers reaching COMMIT queue behind the hub's request, so it gives up after a while: a transaction
+# that drew its ts and then stays open (one calling _ripple_commit_ts() early and idling) holds up the hub, not
+# every writer.
+_SETTLE_TIMEOUT = "2s"
+_SETTLE = f"ROLLBACK; SELECT set_config('lock_timeout', '{_SETTLE_TIMEOUT}', true), _ripple_settle(); COMMIT; {_BEGIN}"
+_CLOCK_HOLDERS_SQL = """
+SELECT coalesce(string_agg(k.pid::text, ', '), 'none') FROM pg_locks k
+WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
+  AND ((k.classid::bigint << 32) | k.objid::bigint) = 7264001000000000002
+"""
 
 log = logging.getLogger("ripple.hub")
 
@@ -205,7 +213,7 @@ class Hub:
             if log_slice is None:
                 if self.metrics:
                     self.metrics.hub_settles.inc()
-                await conn.execute(_SETTLE)
+                await self._settle(conn)
                 log_slice = await read_changes(
                     conn, self.processed_ts, self.settings.max_changes_per_round, settled=True
                 )
@@ -256,6 +264,16 @@ class Hub:
                 self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
             if log_slice.drawn_at is not None:
                 self.metrics.hub_lag.set(max(0.0, time.time() - log_slice.drawn_at))
+
+    async def _settle(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute(_SETTLE)
+        except asyncpg.LockNotAvailableError:
+            holders = await conn.fetchval(_CLOCK_HOLDERS_SQL)
+            raise RippleError(
+                f"the hub waited {_SETTLE_TIMEOUT} for transactions that drew a commit ts to finish (backend pids "
+                f"{holders}); a transaction should not stay open after it has its ts"
+            ) from None
 
     def _release_waiters(self) -> None:
         while self._waiters and self._waiters[0][0] <= self.processed_ts:

@@ -89,6 +89,34 @@ async def test_a_transition_never_shows_a_commit_without_the_earlier_ones(ripple
     await writer.close()
 
 
+async def test_a_transaction_holding_its_ts_open_holds_up_the_hub_not_every_writer(ripple: RippleServer) -> None:
+    """A transaction that drew its commit ts early (`SELECT _ripple_commit_ts()`) and stays open: the hub cannot
+    send the later commits without it, but writers queued behind the hub's wait are let go after a while."""
+    client = await SyncClient.connect(ripple.ws_url)
+    writer = await SyncClient.connect(ripple.ws_url)
+    for row in ("early", "late", "other"):
+        await writer.mutation("testing:setProgress", {"twitchId": row, "progress": 1})
+    early = await client.subscribe("testing:count", {"twitchId": "early"})
+    late = await client.subscribe("testing:count", {"twitchId": "late"})
+    holder = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        await holder.execute("BEGIN; UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'early'")
+        await holder.fetchval("SELECT _ripple_commit_ts()")
+        await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'late'")
+        await asyncio.sleep(0.3)  # the hub saw the gap and waits for the holder
+        t0 = asyncio.get_running_loop().time()
+        await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'other'")
+        assert asyncio.get_running_loop().time() - t0 < 4  # queued behind the hub's wait at most once
+        assert (client.results[early], client.results[late]) == (1, 1)  # nothing sent without the early commit
+        await holder.execute("COMMIT")
+    finally:
+        await holder.close()
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[late] == 2, timeout_s=15)
+    assert client.results[early] == 2
+    await client.close()
+    await writer.close()
+
+
 async def test_lost_listen_connection_is_caught_up(ripple: RippleServer) -> None:
     hub = ripple.services.hub
     client = await SyncClient.connect(ripple.ws_url)
