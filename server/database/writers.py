@@ -24,7 +24,10 @@ import asyncpg
 
 from server.database.pool import init_connection
 
-__all__ = ["WriterConnection", "Writers"]
+__all__ = ["APPLICATION_NAME", "WriterConnection", "Writers"]
+
+# What pg_stat_activity shows for these connections (idle in transaction between mutations, by design).
+APPLICATION_NAME = "ripple writer"
 
 _OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
 # After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_ts). The NOTIFY runs
@@ -91,8 +94,19 @@ class Writers:
         self._resting: set[asyncio.Task[None]] = set()
         self._closed = False
 
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
+    def opened(self) -> int:
+        """Connections open now (idle, lent out or resting)."""
+        return self._opened
+
     async def _connect(self) -> WriterConnection:
-        conn = await asyncpg.connect(self._dsn, server_settings={"client_min_messages": "notice"})
+        conn = await asyncpg.connect(
+            self._dsn, server_settings={"client_min_messages": "notice", "application_name": APPLICATION_NAME}
+        )
         try:
             await init_connection(conn)
         except BaseException:

@@ -16,7 +16,7 @@ from server.database.catalog import apply_schema, load_catalog
 from server.database.database import Database
 from server.database.pool import create_pool
 from server.database.transaction import DatabaseWriter
-from server.database.writers import Writers
+from server.database.writers import APPLICATION_NAME, Writers
 from server.errors import ConvexError
 from tests.conftest import SCHEMA_SQL
 
@@ -46,21 +46,21 @@ async def writer_pids(db: Database) -> list[int]:
     return [
         r[0]
         for r in await db.pool.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND query LIKE '%ripple.notify%'"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+            APPLICATION_NAME,
         )
     ]
 
 
 async def test_each_commit_returns_and_announces_its_ts(db: Database) -> None:
-    listener = await asyncpg.connect(db.writers._dsn)
+    listener = await asyncpg.connect(db.writers.dsn)
     heard: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener("ripple_commits", lambda *a: heard.put_nowait(a[-1]))
     try:
         first, second = await insert(db, "a"), await insert(db, "b")
         assert second.ts == first.ts + 1
         assert [await asyncio.wait_for(heard.get(), 5) for _ in range(2)] == [str(first.ts), str(second.ts)]
-        assert db.writers._opened == 1  # one connection, reused
+        assert db.writers.opened == 1  # one connection, reused
         # nothing written: no ts drawn, no NOTIFY; the newest visible ts is reported
         nothing = await db.mutate(lambda tx: asyncio.sleep(0))
         assert nothing.ts == second.ts
@@ -87,7 +87,7 @@ async def test_a_failing_mutation_leaves_nothing_and_keeps_the_connection(db: Da
         await db.mutate(statement_fails)
     assert (await insert(db, "kept")).ts > 0
     assert await db.pool.fetchval("SELECT array_agg(twitch_id) FROM videos") == ["kept"]
-    assert db.writers._opened == 1
+    assert db.writers.opened == 1
 
 
 async def test_a_writer_ended_by_the_server_is_replaced(db: Database) -> None:
@@ -96,7 +96,7 @@ async def test_a_writer_ended_by_the_server_is_replaced(db: Database) -> None:
     assert await db.pool.fetchval("SELECT pg_terminate_backend($1)", pid)
     await asyncio.sleep(0.2)
     assert (await insert(db, "b")).ts > 0
-    assert db.writers._opened == 1 and await writer_pids(db) != [pid]
+    assert db.writers.opened == 1 and await writer_pids(db) != [pid]
 
 
 async def test_writers_rest_so_postgres_reports_their_statistics(db: Database) -> None:
