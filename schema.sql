@@ -651,15 +651,32 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------------------
--- Number the tables and install the capture triggers (also on tables added since the last run).
+-- Every start, also when this file is unchanged and so not applied again (server/database/catalog.py)
 -- ---------------------------------------------------------------------------------------------------------
 
-SELECT _ripple_register_tables();
-SELECT _ripple_install_capture();
+-- Numbers new tables and installs the capture triggers (also on tables created by hand since the last start),
+-- and moves a ts sequence that was set back (by hand, or by a restore that did not carry it) past every
+-- recorded ts. Takes no lock when there is nothing to do. (No clock key for the sequence: waiting for it while
+-- holding other locks could deadlock with a writer of another process; when it is not behind, nothing is set.)
+CREATE OR REPLACE FUNCTION _ripple_on_start() RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM _ripple_register_tables();
+    PERFORM _ripple_install_capture();
+    PERFORM setval('_ripple_ts', r.ts)
+       FROM (SELECT greatest((SELECT max(ts) FROM _ripple_commits), (SELECT max(ts) FROM _ripple_horizon)) AS ts) r
+      WHERE r.ts > coalesce(pg_sequence_last_value('_ripple_ts'), 0);
+END
+$$;
 
--- A sequence set back (by hand, or a restore that did not carry it) would draw a ts again: move it past every
--- recorded one. (No clock key here: waiting for it while holding this script's locks could deadlock with a
--- writer of another process; when the sequence is not behind, nothing is set.)
-SELECT setval('_ripple_ts', r.ts)
-  FROM (SELECT greatest((SELECT max(ts) FROM _ripple_commits), (SELECT max(ts) FROM _ripple_horizon)) AS ts) r
- WHERE r.ts > coalesce(pg_sequence_last_value('_ripple_ts'), 0);
+-- Which version of this file was applied last (its SHA-256): an unchanged file is not applied again, because
+-- CREATE INDEX IF NOT EXISTS and the like lock their tables even when there is nothing to do, holding up the
+-- writers of other running processes. DELETE the row to make the next start apply the file again.
+CREATE TABLE IF NOT EXISTS _ripple_schema (
+    id         int PRIMARY KEY CHECK (id = 1),
+    digest     text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+SELECT _ripple_on_start();

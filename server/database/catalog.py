@@ -8,6 +8,7 @@ table `t` is the PostgreSQL index `t__by_x`, and every table also has Convex's i
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,11 +103,27 @@ class Catalog:
 
 
 async def apply_schema(conn: asyncpg.Connection, path: Path) -> None:
-    """Apply schema.sql, idempotently; an advisory lock keeps concurrent starters from interleaving."""
+    """Apply schema.sql, idempotently; an advisory lock keeps concurrent starters from interleaving.
+
+    A file already applied (same SHA-256, recorded in `_ripple_schema`) is not run again, only its per-start
+    part: re-running it would lock every table, which holds up the writers of other running processes.
+    """
     sql = path.read_text()
+    digest = hashlib.sha256(sql.encode()).hexdigest()
     await conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK_KEY)
     try:
+        applied = None
+        if await conn.fetchval("SELECT to_regclass('_ripple_schema')") is not None:
+            applied = await conn.fetchval("SELECT digest FROM _ripple_schema WHERE id = 1")
+        if applied == digest:
+            await conn.execute("SELECT _ripple_on_start()")
+            return
         await conn.execute(sql)
+        await conn.execute(
+            "INSERT INTO _ripple_schema (id, digest) VALUES (1, $1)"
+            " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, applied_at = now()",
+            digest,
+        )
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK_KEY)
 

@@ -152,6 +152,31 @@ async def test_schema_applies_twice_and_is_stable(fresh_dsn: str) -> None:
     assert ("_ripple_pending", "_ripple_pending_commit") in triggers
 
 
+async def test_an_unchanged_schema_is_not_applied_again_so_writers_are_not_held_up(
+    fresh_dsn: str, tmp_path: Path
+) -> None:
+    """Re-running the file locks every table (CREATE INDEX IF NOT EXISTS takes its lock before looking), which
+    would hold up the writers of another running process at each start; only the per-start part runs then."""
+    from server.database.catalog import apply_schema
+
+    path = tmp_path / "schema.sql"
+    path.write_text(SCHEMA)
+    async with connect(fresh_dsn) as conn, connect(fresh_dsn) as writer:
+        await apply_schema(conn, path)
+        await writer.execute("BEGIN; LOCK TABLE videos IN ROW EXCLUSIVE MODE")  # what any writer holds
+        await conn.execute("SET lock_timeout = '1s'")
+        await apply_schema(conn, path)  # unchanged: does not wait for the writer
+        await conn.execute("CREATE TABLE by_hand (_id text PRIMARY KEY, n int)")  # the per-start part still runs
+        await apply_schema(conn, path)
+        assert await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'by_hand'::regclass") == 2
+        path.write_text(SCHEMA + "\n-- changed\n")  # changed: applied, and so it waits for the writer
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await apply_schema(conn, path)
+        await writer.execute("COMMIT")
+        await apply_schema(conn, path)
+        assert await conn.fetchval("SELECT digest FROM _ripple_schema") == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 async def test_schema_applies_concurrently(fresh_dsn: str) -> None:
     async def apply() -> None:
         async with connect(fresh_dsn) as conn:
