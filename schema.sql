@@ -359,10 +359,13 @@ CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
 -- writers between drawing and becoming visible, and holds back new draws for that moment.
 --
 -- The commit ts of the current transaction.
---   * It captured writes and has no ts yet: take the clock key shared, draw ts, record (ts, xid), NOTIFY the
---     ts unless the writer announces it after COMMIT (Ripple's mutations set ripple.notify = 'after_commit':
---     a NOTIFY inside the transaction takes a lock held until COMMIT ends and so serialises writers; they get
---     the ts back as a NOTICE), remember it.
+--   * It captured writes and has no ts yet: take the clock key shared, draw ts, record (ts, xid), announce it
+--     (below), remember it.
+--   The announcement is the ts, then a space and a JSON array of the captured changes ([table, _id, old keys,
+--   new keys]) while they fit in a NOTIFY (_ripple_capture collects them): hubs then know which queries to re-run
+--   before they read the log. Plain-SQL writers NOTIFY it; Ripple's mutations (ripple.notify = 'after_commit')
+--   get it back as a NOTICE and NOTIFY it after COMMIT from ripple.last_commit, because a NOTIFY inside the
+--   transaction takes a lock held until COMMIT ends and so serialises writers.
 --   * It already has a ts: return it (the deferred trigger calls it again at COMMIT).
 --   * It captured no write: return the clock's last value (0 if never drawn); nothing is recorded.
 -- It reads no table that concurrent writers write (only settings and the sequence), so SERIALIZABLE
@@ -371,9 +374,11 @@ CREATE OR REPLACE FUNCTION _ripple_commit_ts() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    x    bigint := txid_current_if_assigned();
-    seen text;
-    ts   bigint;
+    x       bigint := txid_current_if_assigned();
+    seen    text;
+    ts      bigint;
+    changes text;
+    said    text;
 BEGIN
     IF x IS NULL OR current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
         RETURN coalesce(pg_sequence_last_value('_ripple_ts'), 0);
@@ -385,13 +390,15 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(7264001000000000002);
     ts := nextval('_ripple_ts');
     INSERT INTO _ripple_commits (ts, xid) VALUES (ts, x);
+    changes := current_setting('ripple.changes', true);
+    said := ts::text || CASE WHEN changes IS NULL OR changes IN ('', '-') THEN '' ELSE ' [' || changes || ']' END;
     IF current_setting('ripple.notify', true) IS DISTINCT FROM 'after_commit' THEN
-        PERFORM pg_notify('ripple_commits', ts::text);
+        PERFORM pg_notify('ripple_commits', said);
     ELSE
-        -- The writer NOTIFYs after COMMIT from ripple.last_ts, and learns its ts from this notice
+        -- The writer NOTIFYs after COMMIT from ripple.last_commit, and learns its ts from this notice
         -- (server/database/writers.py).
-        PERFORM set_config('ripple.last_ts', ts::text, false);
-        RAISE NOTICE 'ripple commit ts' USING DETAIL = ts::text;
+        PERFORM set_config('ripple.last_commit', said, false);
+        RAISE NOTICE 'ripple commit ts' USING DETAIL = said;
     END IF;
     PERFORM set_config('ripple.ts', ts::text, true);
     RETURN ts;
@@ -454,6 +461,8 @@ $$;
 -- Row trigger on every app table. TG_ARGV = the columns to put in the key objects. Appends one
 -- _ripple_changes row; the transaction's first captured write also registers its xid in _ripple_pending
 -- (once, remembered in the transaction-local setting ripple.pending), which arms the COMMIT-time trigger.
+-- The changes also collect in the transaction-local setting ripple.changes for the commit's announcement, up to
+-- about 7,000 characters (a NOTIFY payload holds 8,000 bytes); past that it says '-' and the log alone tells.
 CREATE OR REPLACE FUNCTION _ripple_capture() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -464,6 +473,8 @@ DECLARE
     n   jsonb;
     k   text;
     doc text;
+    acc text;
+    one text;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
         row := to_jsonb(OLD);
@@ -484,16 +495,25 @@ BEGIN
     ELSE
         doc := NEW._id;
     END IF;
+    IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
+        INSERT INTO _ripple_pending (xid) VALUES (x);
+        PERFORM set_config('ripple.pending', x::text, true);
+        acc := '';
+    ELSE
+        acc := current_setting('ripple.changes', true);
+    END IF;
     IF TG_OP = 'UPDATE' AND OLD._id IS DISTINCT FROM doc THEN
         -- an _id changed by plain SQL: the old document is gone and a new one appeared
         INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys)
         VALUES (x, TG_TABLE_NAME, OLD._id, o, NULL);
+        one := jsonb_build_array(TG_TABLE_NAME, OLD._id, o, NULL)::text || ',';
         o := NULL;
     END IF;
     INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys) VALUES (x, TG_TABLE_NAME, doc, o, n);
-    IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
-        INSERT INTO _ripple_pending (xid) VALUES (x);
-        PERFORM set_config('ripple.pending', x::text, true);
+    IF acc IS DISTINCT FROM '-' THEN
+        one := coalesce(one, '') || jsonb_build_array(TG_TABLE_NAME, doc, o, n)::text;
+        acc := CASE WHEN coalesce(acc, '') = '' THEN one ELSE acc || ',' || one END;
+        PERFORM set_config('ripple.changes', CASE WHEN length(acc) > 7000 THEN '-' ELSE acc END, true);
     END IF;
     RETURN NULL;
 END
@@ -515,6 +535,7 @@ BEGIN
         INSERT INTO _ripple_pending (xid) VALUES (x);
         PERFORM set_config('ripple.pending', x::text, true);
     END IF;
+    PERFORM set_config('ripple.changes', '-', true);  -- too many for an announcement: the log tells
     RETURN NULL;
 END
 $$;
@@ -619,6 +640,24 @@ AS $$
 BEGIN
     RETURN greatest(coalesce((SELECT max(ts) FROM _ripple_commits), 0),
                     coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0));
+END
+$$;
+
+-- The head of a hub round, as a NOTICE ('ripple round', "S 0|1 horizon [drawn_at]"): the caller's newest ts S,
+-- whether its snapshot holds every commit in (after_ts, S] (see "the clock key" above), the pruned horizon, and
+-- when S was drawn. For a hub that knows the changes of those commits from their announcements and so reads this
+-- inside the first statement of a re-run (`SELECT ... WHERE (SELECT _ripple_round_head(...))`, whose InitPlan runs
+-- once, before the first row, whether rows come or not): one round trip instead of two.
+CREATE OR REPLACE FUNCTION _ripple_round_head(after_ts bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    s bigint := _ripple_latest_ts();
+BEGIN
+    RAISE NOTICE 'ripple round' USING DETAIL = concat_ws(' ', s, _ripple_settled(after_ts, s)::int,
+        coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0),
+        (SELECT extract(epoch FROM c.at) FROM _ripple_commits c WHERE c.ts = s));
+    RETURN true;
 END
 $$;
 

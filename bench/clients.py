@@ -477,6 +477,11 @@ class RawMutator:
     """
 
     _OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
+    # As server/database/writers.py announces a commit after it.
+    _NOTIFY = (
+        "BEGIN; SET LOCAL synchronous_commit = off; "
+        "SELECT pg_notify('ripple_commits', current_setting('ripple.last_commit')); COMMIT"
+    )
 
     def __init__(self, conn: Any, table: str, row: str, *, like_ripple: bool = False) -> None:
         self.conn = conn
@@ -512,7 +517,9 @@ class RawMutator:
             await self.conn.execute(
                 "INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES "
                 f"('{self.session}', {self.request}, '{{\"value\": 1}}'::jsonb, {xid}); COMMIT; "
-                "BEGIN; SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT; " + self._OPEN
+                + self._NOTIFY
+                + "; "
+                + self._OPEN
             )
         except BaseException:
             await self.conn.execute("ROLLBACK")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
+from server.database.announce import Announcement
 from server.database.catalog import Catalog
 from server.database.transaction import Limits, Transaction
 from server.database.writers import WriterConnection, Writers
@@ -53,10 +54,15 @@ class MutationOutcome:
 
 @dataclass(slots=True)
 class Snapshot:
-    """An open REPEATABLE READ, READ ONLY transaction; `ts` is the newest commit it sees."""
+    """An open REPEATABLE READ, READ ONLY transaction; `ts` is the newest commit it sees.
+
+    `first_statement`, when set, rewrites the next statement run in this snapshot, once (the hub reads its round
+    there: hub/changes.py, `with_round_head`).
+    """
 
     conn: asyncpg.Connection
     ts: int
+    first_statement: Callable[[str, list[Any]], tuple[str, list[Any]]] | None = None
 
 
 def _literal(text: str) -> str:
@@ -91,9 +97,9 @@ class Database:
         self.max_retries = max_retries
         self.retry_base_s = retry_base_s
         self.retries_total = 0
-        # Called with the ts of each commit made here, right after it is visible (the hub wakes on it without
-        # waiting for its own NOTIFY to come back).
-        self.on_commit: list[Callable[[int], None]] = []
+        # Called with what each commit made here announced (its ts, maybe its changes), right after it is visible:
+        # the hub wakes on it without waiting for its own NOTIFY to come back.
+        self.on_commit: list[Callable[[Announcement], None]] = []
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Snapshot]:
@@ -102,7 +108,9 @@ class Database:
             yield Snapshot(conn, int(ts))
 
     def reader(self, snapshot: Snapshot, journal: str | None = None) -> Transaction:
-        return Transaction(snapshot.conn, self.catalog, writable=False, limits=self.limits, journal=journal)
+        return Transaction(
+            snapshot.conn, self.catalog, writable=False, limits=self.limits, journal=journal, snapshot=snapshot
+        )
 
     async def read(
         self, fn: Callable[[Transaction], Awaitable[T]], journal: str | None = None
@@ -137,14 +145,14 @@ class Database:
                     if stored is not None:
                         return stored
                 async with self.writers.acquire() as writer:
-                    value, ts = await self._attempt(writer, fn, dedupe, encode)
-                if ts is None:
+                    value, committed = await self._attempt(writer, fn, dedupe, encode)
+                if committed is None:
                     # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than the
                     # newest visible commit.
                     return MutationOutcome(value, await self.latest_ts(), attempt)
                 for listener in self.on_commit:
-                    listener(ts)
-                return MutationOutcome(value, ts, attempt)
+                    listener(committed)
+                return MutationOutcome(value, committed.ts, attempt)
             except _RETRYABLE:
                 attempt += 1
                 self.retries_total += 1
@@ -167,25 +175,25 @@ class Database:
         fn: Callable[[Transaction], Awaitable[Any]],
         dedupe: tuple[str, int] | None,
         encode: Callable[[Any], Any],
-    ) -> tuple[Any, int | None]:
-        """One try: the handler's value and the commit's ts (None when it wrote nothing)."""
+    ) -> tuple[Any, Announcement | None]:
+        """One try: the handler's value and what its commit announced (None when it wrote nothing)."""
         try:
             tx = Transaction(writer.conn, self.catalog, writable=True, limits=self.limits)
             value = await fn(tx)
             record = _record(dedupe, {"value": encode(value)}, tx.xid) if tx.xid is not None and dedupe else ""
-            ts = await writer.commit(record, wrote=tx.xid is not None)
+            committed = await writer.commit(record, wrote=tx.xid is not None)
         except Exception:
             # A failed statement, a ConvexError, a limit: the connection itself is fine, so end the transaction
             # and open its next one (if that fails too, the pool drops the connection).
             with contextlib.suppress(Exception):
                 await writer.rollback()
             raise
-        if tx.xid is not None and ts is None:
+        if tx.xid is not None and committed is None:
             raise RuntimeError(
                 "a mutation committed but its commit ts did not come back; is schema.sql applied and "
                 "client_min_messages at most 'notice'?"
             )
-        return value, ts
+        return value, committed
 
     async def _applied(self, conn: asyncpg.Connection, dedupe: tuple[str, int]) -> MutationOutcome | None:
         row = await conn.fetchrow(_APPLIED_SQL, *dedupe)

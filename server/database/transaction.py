@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -19,6 +19,9 @@ from server.database.query import Query, _quote
 from server.database.reads import IndexRange, ReadSet
 from server.errors import ArgumentError, IdError, LimitExceeded
 from server.values import to_camel, to_snake
+
+if TYPE_CHECKING:
+    from server.database.database import Snapshot
 
 __all__ = ["DatabaseReader", "DatabaseWriter", "Limits", "Transaction"]
 
@@ -52,8 +55,10 @@ class Transaction:
         writable: bool,
         limits: Limits | None = None,
         journal: str | None = None,
+        snapshot: Snapshot | None = None,
     ) -> None:
         self.conn = conn
+        self._snapshot = snapshot
         self.catalog = catalog
         self.writable = writable
         self.limits = limits or Limits()
@@ -70,6 +75,10 @@ class Transaction:
     # The recorder: every read passes through these.
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
+        snap = self._snapshot
+        if snap is not None and snap.first_statement is not None:
+            rewrite, snap.first_statement = snap.first_statement, None
+            sql, params = rewrite(sql, list(params))
         return list(await self.conn.fetch(sql, *params))
 
     def record_read(self, read: IndexRange) -> None:
@@ -161,9 +170,9 @@ class DatabaseReader:
         tx = self._tx
         table = tx.table_of(doc_id)
         tx.record_read(IndexRange(table.name, "by_id", ("_id",), (doc_id,)))
-        row = await tx.conn.fetchrow(f"SELECT * FROM {_quote(table.name)} WHERE _id = $1", doc_id)
-        tx.count_read(table, 1 if row else 0)
-        return tx.to_document(table, row) if row else None
+        rows = await tx.fetch(f"SELECT * FROM {_quote(table.name)} WHERE _id = $1", [doc_id])
+        tx.count_read(table, len(rows))
+        return tx.to_document(table, rows[0]) if rows else None
 
     def query(self, table: str) -> Query:
         return Query(self._tx, self._tx.catalog.table(table))

@@ -7,9 +7,9 @@ open transaction holds nothing: no snapshot is taken and no xid assigned before 
 pool rolls back whatever a connection comes back with, hence this small pool. A writer still rests outside a
 transaction about once a second, when PostgreSQL reports its table statistics (autovacuum goes by them).
 
-The ts a COMMIT drew comes back as a NOTICE (schema.sql, `_ripple_commit_ts`, when `ripple.notify` is
-'after_commit'): a message of simple statements returns no rows to asyncpg, and reading the ts in another
-statement would cost the round trip this saves.
+What a COMMIT drew (its ts and the changes it announces, database/announce.py) comes back as a NOTICE (schema.sql,
+`_ripple_commit_ts`, when `ripple.notify` is 'after_commit'): a message of simple statements returns no rows to
+asyncpg, and reading the ts in another statement would cost the round trip this saves.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from server.database.announce import Announcement, parse_announcement
 from server.database.pool import init_connection
 
 __all__ = ["APPLICATION_NAME", "WriterConnection", "Writers"]
@@ -30,10 +31,14 @@ __all__ = ["APPLICATION_NAME", "WriterConnection", "Writers"]
 APPLICATION_NAME = "ripple writer"
 
 _OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
-# After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_ts). The NOTIFY runs
-# in a transaction of its own, outside the writer's (see schema.sql); an explicit one, as a COMMIT ending an
-# implicit one costs a WARNING message per mutation.
-_NOTIFY = "BEGIN; SELECT pg_notify('ripple_commits', current_setting('ripple.last_ts')); COMMIT"
+# After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_commit). The NOTIFY
+# runs in a transaction of its own, outside the writer's (see schema.sql); an explicit one, as a COMMIT ending an
+# implicit one costs a WARNING message per mutation. It commits asynchronously: it holds no data, and a database
+# that crashes before flushing it drops every LISTEN connection anyway, whose hubs then catch up from the log.
+_NOTIFY = (
+    "BEGIN; SET LOCAL synchronous_commit = off; "
+    "SELECT pg_notify('ripple_commits', current_setting('ripple.last_commit')); COMMIT"
+)
 _TS_NOTICE = "ripple commit ts"
 # PostgreSQL reports a backend's table statistics (which autovacuum goes by) only while it is idle outside a
 # transaction, so a writer rests there at least this often.
@@ -41,11 +46,11 @@ _REST_EVERY_S = 1.0
 
 
 class WriterConnection:
-    """One connection and the ts its last COMMIT drew."""
+    """One connection and what its last COMMIT announced."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
-        self.committed_ts: int | None = None
+        self.committed: Announcement | None = None
         # "open": in a fresh transaction; "idle": outside any (resting); "busy": lent out, state unknown.
         self.state = "idle"
         self._rested_at = time.monotonic()
@@ -53,17 +58,17 @@ class WriterConnection:
 
     def _notice(self, conn: Any, message: Any) -> None:
         if getattr(message, "message", None) == _TS_NOTICE:
-            self.committed_ts = int(message.detail)
+            self.committed = parse_announcement(message.detail)
 
     async def open(self) -> None:
         await self.conn.execute(_OPEN)
         self.state = "open"
 
-    async def commit(self, statements: str = "", *, wrote: bool = True) -> int | None:
+    async def commit(self, statements: str = "", *, wrote: bool = True) -> Announcement | None:
         """Run `statements` (simple protocol, may be empty) and COMMIT, announce the ts if the transaction `wrote`,
-        then open the next transaction in the same message unless it is time to rest; return the ts the COMMIT
-        drew, or None when it wrote nothing."""
-        self.committed_ts = None
+        then open the next transaction in the same message unless it is time to rest; return what the COMMIT
+        announced (its ts, maybe its changes), or None when it wrote nothing."""
+        self.committed = None
         rest = time.monotonic() - self._rested_at >= _REST_EVERY_S
         parts = [statements] if statements else []
         parts += ["COMMIT", _NOTIFY] if wrote else ["COMMIT"]
@@ -73,7 +78,7 @@ class WriterConnection:
         if rest:
             self._rested_at = time.monotonic()
         self.state = "idle" if rest else "open"
-        return self.committed_ts
+        return self.committed
 
     async def rollback(self) -> None:
         """End a failed or abandoned transaction and open the next."""

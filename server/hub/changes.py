@@ -15,20 +15,13 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["Change", "ChangeFeed", "LogSlice", "read_changes"]
+from server.database.announce import Announcement, Change, parse_announcement
+
+__all__ = ["ROUND_NOTICE", "Change", "ChangeFeed", "LogSlice", "RoundHead", "read_changes", "with_round_head"]
 
 log = logging.getLogger("ripple.hub")
 
 CHANNEL = "ripple_commits"
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    ts: int
-    table: str
-    doc_id: str
-    old_keys: dict[str, Any] | None
-    new_keys: dict[str, Any] | None
 
 
 # One round trip for the snapshot's newest ts S, whether the snapshot holds every commit up to S (schema.sql,
@@ -98,15 +91,44 @@ async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int, *, s
     return LogSlice(snapshot_ts, horizon, changes, None, drawn_at)
 
 
+# The head of a round read inside another statement (schema.sql, `_ripple_round_head`), sent back as a NOTICE.
+ROUND_NOTICE = "ripple round"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundHead:
+    snapshot_ts: int
+    settled: bool
+    horizon: int
+    drawn_at: float | None
+
+    @classmethod
+    def parse(cls, detail: str) -> RoundHead:
+        ts, settled, horizon, *drawn = detail.split(" ")
+        return cls(int(ts), settled == "1", int(horizon), float(drawn[0]) if drawn else None)
+
+
+def with_round_head(after_ts: int) -> Callable[[str, list[Any]], tuple[str, list[Any]]]:
+    """A rewrite of a statement (`Snapshot.first_statement`) that also reads the round's head in its snapshot."""
+
+    def rewrite(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
+        wrapped = f"SELECT u.* FROM ({sql}) u WHERE (SELECT _ripple_round_head(${len(params) + 1}))"
+        return wrapped, [*params, after_ts]
+
+    return rewrite
+
+
 class ChangeFeed:
-    """Owns one LISTEN connection. `on_wake` is called with the ts of every NOTIFY, and with None after every
-    reconnect (anything may have been missed).
+    """Owns one LISTEN connection. `on_wake` is called with every announcement (database/announce.py) NOTIFY
+    brings, and with None after every reconnect (anything may have been missed).
 
     Lifecycle: `start()` connects (raising if the database is unreachable), a supervisor task then keeps the
     connection alive until `close()`.
     """
 
-    def __init__(self, dsn: str, on_wake: Callable[[int | None], None], *, reconnect_max_s: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, on_wake: Callable[[Announcement | None], None], *, reconnect_max_s: float = 5.0
+    ) -> None:
         self._dsn = dsn
         self._on_wake = on_wake
         self._reconnect_max_s = reconnect_max_s
@@ -128,7 +150,7 @@ class ChangeFeed:
         self._conn = conn
 
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self._on_wake(int(payload) if payload.isdigit() else None)
+        self._on_wake(parse_announcement(payload))
 
     @property
     def backend_pid(self) -> int | None:

@@ -20,6 +20,7 @@ import psutil
 import pytest
 from pgserver.postgres_server import PostgresServer
 
+from server.database.announce import parse_announcement
 from server.database.embedded import EmbeddedPostgres, create_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +84,13 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 class Listener:
-    """LISTEN ripple_commits on its own connection; payloads arrive as ints in delivery order."""
+    """LISTEN ripple_commits on its own connection; the ts of each announcement, in delivery order."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[int] = asyncio.Queue()
 
     def _on(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.queue.put_nowait(int(payload))
+        self.queue.put_nowait(int(payload.partition(" ")[0]))
 
     async def next(self, timeout: float = 5.0) -> int:
         return await asyncio.wait_for(self.queue.get(), timeout)
@@ -354,6 +355,34 @@ async def test_one_transaction_is_one_commit_and_one_notify(schema_dsn: str) -> 
         await conn.execute("SELECT _ripple_prune(3600000)")
         assert await conn.fetchval("SELECT count(*) FROM _ripple_pending") == 0
         assert await conn.fetchval("SELECT _ripple_latest_ts()") == log[0][0]
+
+
+async def test_a_commit_announces_its_changes_while_they_fit(schema_dsn: str) -> None:
+    """The NOTIFY payload is the ts and the transaction's changes (the same as the log's) while they fit in about
+    7,000 characters; a bulk write and a TRUNCATE announce their ts alone, and a reader then goes by the log."""
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    async with connect(schema_dsn) as listener, connect(schema_dsn) as conn:
+        await listener.add_listener("ripple_commits", lambda *a: payloads.put_nowait(a[-1]))
+        async with conn.transaction():
+            g1, _ = await conn.fetchrow(INSERT_GENERATION, "u", "pending", 1.0)
+            await conn.execute("UPDATE generations SET status = 'failed' WHERE _id = $1", g1)
+            await conn.execute("UPDATE generations SET _id = _ripple_new_id('generations') WHERE _id = $1", g1)
+        said = parse_announcement(await asyncio.wait_for(payloads.get(), 5))
+        assert said is not None and said.changes is not None
+        ts, xid = (await commits(conn))[-1]
+        assert said.ts == ts
+        logged = await changes_of(conn, xid)
+        assert [(c.table, c.doc_id, c.old_keys, c.new_keys) for c in said.changes] == [
+            (c["table"], c["doc"], c["old"], c["new"]) for c in logged
+        ]
+        await conn.execute(
+            "INSERT INTO videos (twitch_id, title, status) "
+            "SELECT 'bulk' || g, 't', 'Queued' FROM generate_series(1, 200) g"
+        )
+        bulk = await asyncio.wait_for(payloads.get(), 5)
+        assert bulk.isdigit() and len(bulk) < 20
+        await conn.execute("TRUNCATE videos")
+        assert (await asyncio.wait_for(payloads.get(), 5)).isdigit()
 
 
 async def test_plain_sql_write_gets_a_ts(schema_dsn: str) -> None:

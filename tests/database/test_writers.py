@@ -55,7 +55,7 @@ async def writer_pids(db: Database) -> list[int]:
 async def test_each_commit_returns_and_announces_its_ts(db: Database) -> None:
     listener = await asyncpg.connect(db.writers.dsn)
     heard: asyncio.Queue[str] = asyncio.Queue()
-    await listener.add_listener("ripple_commits", lambda *a: heard.put_nowait(a[-1]))
+    await listener.add_listener("ripple_commits", lambda *a: heard.put_nowait(a[-1].partition(" ")[0]))
     try:
         first, second = await insert(db, "a"), await insert(db, "b")
         assert second.ts == first.ts + 1
@@ -68,6 +68,19 @@ async def test_each_commit_returns_and_announces_its_ts(db: Database) -> None:
         assert heard.empty()
     finally:
         await listener.close()
+
+
+async def test_a_commit_hands_its_changes_to_the_hub(db: Database) -> None:
+    """What the COMMIT announced reaches `on_commit` (the local hub) with the keys the log holds."""
+    heard: list[Any] = []
+    db.on_commit.append(heard.append)
+    outcome = await insert(db, "told")
+    (said,) = heard
+    assert said.ts == outcome.ts
+    (change,) = said.changes
+    assert (change.table, change.old_keys) == ("videos", None)
+    assert change.new_keys["twitch_id"] == "told"
+    assert await db.pool.fetchval("SELECT doc_id FROM _ripple_changes") == change.doc_id
 
 
 async def test_a_failing_mutation_leaves_nothing_and_keeps_the_connection(db: Database) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from tests.support import testing_app  # registers the testing: functions
 from tests.support.server import ADMIN_KEY, JWT_SECRET, RippleServer
 from tests.support.ws import SyncClient
 
@@ -38,6 +38,40 @@ async def test_plain_sql_writes_reach_subscribers(ripple: RippleServer) -> None:
     assert client.results[qid][0]["title"] == "from psql"
     await sql(ripple, "UPDATE videos SET status = 'Failed' WHERE twitch_id = 'psql'")
     await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == [])
+    await client.close()
+
+
+async def test_announced_changes_save_the_round_a_log_read(ripple: RippleServer) -> None:
+    """A commit that announces its changes is re-run with the round's head read in the same statement; one that
+    does not (a bulk write) goes by the log. Both end on the fresh result, and so do queries that read nothing."""
+    client = await SyncClient.connect(ripple.ws_url)
+    await sql(
+        ripple, "INSERT INTO videos (twitch_id, title, status, progress_percentage) VALUES ('h', 't', 'Queued', 1)"
+    )
+    qid = await client.subscribe("testing:count", {"twitchId": "h"})
+    hub = ripple.services.hub
+    hinted = hub.hinted_rounds
+    await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'h'")
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 2)
+    assert hub.hinted_rounds == hinted + 1
+    await sql(
+        ripple,
+        "WITH b AS (INSERT INTO videos (twitch_id, title, status) SELECT 'b' || g, 't', 'Queued' "
+        "FROM generate_series(1, 300) g) UPDATE videos SET progress_percentage = 3 WHERE twitch_id = 'h'",
+    )
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 3)
+    assert hub.hinted_rounds == hinted + 1
+    # The instance the announcement points at makes no statement in its re-run: the round reads the log itself.
+    other = await client.subscribe("testing:sometimes", {"twitchId": "h"})
+    await client.unsubscribe(qid)
+    assert client.results[other] == 3
+    testing_app.READ_NOTHING[0] = True
+    try:
+        await sql(ripple, "UPDATE videos SET progress_percentage = 4 WHERE twitch_id = 'h'")
+        await client.expect(lambda m: m["type"] == "Transition" and client.results[other] == -2)
+    finally:
+        testing_app.READ_NOTHING[0] = False
+    assert hub.hinted_rounds == hinted + 1
     await client.close()
 
 

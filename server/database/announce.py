@@ -1,0 +1,47 @@
+"""What a commit announces (schema.sql, `_ripple_commit_ts`): its ts and, while they fit, the keys it changed.
+
+Plain-SQL writers NOTIFY the announcement; Ripple's writers get it back as a NOTICE and NOTIFY it after COMMIT.
+The changes are a hint that lets a hub start re-running the right query before it has read the log; the log
+stays the truth, so an announcement without changes (a bulk write, an older writer) only costs that head start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = ["Announcement", "Change", "parse_announcement"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One captured row change: the indexed values before (None for an insert) and after (None for a delete)."""
+
+    ts: int
+    table: str
+    doc_id: str
+    old_keys: dict[str, Any] | None
+    new_keys: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    ts: int
+    changes: list[Change] | None  # None: not told (too many, or an announcement of ts alone)
+
+
+def parse_announcement(text: str) -> Announcement | None:
+    """`"<ts>"` or `"<ts> [[table, _id, old, new], ...]"`; None for anything else (a hub then just looks)."""
+    head, _, rest = text.partition(" ")
+    if not head.isdigit():
+        return None
+    ts = int(head)
+    if not rest:
+        return Announcement(ts, None)
+    try:
+        items = orjson.loads(rest)
+        return Announcement(ts, [Change(ts, str(t), str(d), o, n) for t, d, o, n in items])
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return Announcement(ts, None)
