@@ -362,7 +362,7 @@ CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
 --   * It captured writes and has no ts yet: take the clock key shared, draw ts, record (ts, xid), announce it
 --     (below), remember it.
 --   The announcement is the ts, then a space and a JSON array of the captured changes ([table, _id, old keys,
---   new keys]) while they fit in a NOTIFY (_ripple_capture collects them): hubs then know which queries to re-run
+--   new keys]) while they fit in a NOTIFY (the capture trigger collects them): hubs then know which queries to re-run
 --   before they read the log. Plain-SQL writers NOTIFY it; Ripple's mutations (ripple.notify = 'after_commit')
 --   get it back as a NOTICE and NOTIFY it after COMMIT from ripple.last_commit, because a NOTIFY inside the
 --   transaction takes a lock held until COMMIT ends and so serialises writers.
@@ -458,41 +458,31 @@ $$;
 -- Change capture
 -- ---------------------------------------------------------------------------------------------------------
 
--- Row trigger on every app table. TG_ARGV = the columns to put in the key objects. Appends one
+-- Row trigger on every app table: a function per table (`_ripple_capture_<table number>`, written by
+-- _ripple_install_capture from the template below) that names the key columns itself, so no row is turned
+-- into jsonb whole (that and a loop over the key names were half the cost of a captured write). Appends one
 -- _ripple_changes row; the transaction's first captured write also registers its xid in _ripple_pending
 -- (once, remembered in the transaction-local setting ripple.pending), which arms the COMMIT-time trigger.
 -- The changes also collect in the transaction-local setting ripple.changes for the commit's announcement, up to
 -- about 7,000 characters (a NOTIFY payload holds 8,000 bytes); past that it says '-' and the log alone tells.
-CREATE OR REPLACE FUNCTION _ripple_capture() RETURNS trigger
-LANGUAGE plpgsql VOLATILE
-AS $$
+-- %1$s and %2$s: the arguments of jsonb_build_object for the old and the new row's keys.
+CREATE OR REPLACE FUNCTION _ripple_capture_template() RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $template$ SELECT $body$
 DECLARE
     x   bigint := txid_current();
-    row jsonb;
     o   jsonb;
     n   jsonb;
-    k   text;
     doc text;
     acc text;
     one text;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        row := to_jsonb(OLD);
-        o := '{}'::jsonb;
-        FOREACH k IN ARRAY TG_ARGV LOOP
-            o := o || jsonb_build_object(k, row -> k);
-        END LOOP;
+        o := jsonb_build_object(%1$s);
+        doc := OLD._id;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        row := to_jsonb(NEW);
-        n := '{}'::jsonb;
-        FOREACH k IN ARRAY TG_ARGV LOOP
-            n := n || jsonb_build_object(k, row -> k);
-        END LOOP;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        doc := OLD._id;
-    ELSE
+        n := jsonb_build_object(%2$s);
         doc := NEW._id;
     END IF;
     IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
@@ -517,7 +507,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$$;
+$body$::text $template$;
 
 -- Statement trigger BEFORE TRUNCATE: row triggers do not fire on TRUNCATE, so record a delete for every row.
 CREATE OR REPLACE FUNCTION _ripple_capture_truncate() RETURNS trigger
@@ -568,9 +558,10 @@ BEGIN
 END
 $$;
 
--- (Re)creates the capture triggers on every registered table that exists, idempotently: a trigger whose
--- arguments are already right is left alone (no lock taken on the table). The key columns are the columns
--- of the table's `<table>__*` indexes in index-name then key order, without `_id`, plus `_creation_time`.
+-- (Re)creates the capture functions and triggers on every registered table that exists, idempotently: a
+-- function whose text is already right and a trigger whose function and arguments are already right are left
+-- alone (no lock taken on the table). The key columns are the columns of the table's `<table>__*` indexes in
+-- index-name then key order, without `_id`, plus `_creation_time`.
 CREATE OR REPLACE FUNCTION _ripple_install_capture() RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -578,12 +569,14 @@ DECLARE
     r       record;
     cols    text[];
     args    text;
+    fn      text;
+    src     text;
     want    bytea;
-    have    bytea;
+    calls   oid;
     trunc   bytea;
 BEGIN
     FOR r IN
-        SELECT c.oid AS rel, c.relname::text AS name
+        SELECT c.oid AS rel, c.relname::text AS name, t.table_number AS number
           FROM _ripple_tables t
           JOIN pg_class c ON c.relname = t.table_name AND c.relkind IN ('r', 'p')
           JOIN pg_namespace s ON s.oid = c.relnamespace AND s.nspname = 'public'
@@ -601,17 +594,27 @@ BEGIN
                  GROUP BY a.attname) s;
         cols := cols || '_creation_time'::text;
 
+        fn := '_ripple_capture_' || r.number;
+        src := format(_ripple_capture_template(),
+                      (SELECT string_agg(format('%L, OLD.%I', c, c), ', ') FROM unnest(cols) c),
+                      (SELECT string_agg(format('%L, NEW.%I', c, c), ', ') FROM unnest(cols) c));
+        IF NOT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace ns ON ns.oid = p.pronamespace
+                        WHERE ns.nspname = 'public' AND p.proname = fn AND p.prosrc = src) THEN
+            EXECUTE format('CREATE OR REPLACE FUNCTION public.%I() RETURNS trigger LANGUAGE plpgsql VOLATILE AS %L',
+                           fn, src);
+        END IF;
+
         SELECT string_agg(quote_literal(c), ', ') INTO args FROM unnest(cols) c;
         SELECT decode(string_agg(encode(convert_to(c, 'UTF8'), 'hex') || '00', ''), 'hex') INTO want
           FROM unnest(cols) c;
 
-        SELECT tgargs INTO have FROM pg_trigger WHERE tgrelid = r.rel AND tgname = '_ripple_capture';
-        IF have IS DISTINCT FROM want THEN
-            IF have IS NOT NULL THEN
+        SELECT tgfoid INTO calls FROM pg_trigger WHERE tgrelid = r.rel AND tgname = '_ripple_capture';
+        IF calls IS DISTINCT FROM format('public.%I', fn)::regproc::oid THEN
+            IF calls IS NOT NULL THEN
                 EXECUTE format('DROP TRIGGER _ripple_capture ON public.%I', r.name);
             END IF;
             EXECUTE format('CREATE TRIGGER _ripple_capture AFTER INSERT OR UPDATE OR DELETE ON public.%I '
-                           'FOR EACH ROW EXECUTE FUNCTION _ripple_capture(%s)', r.name, args);
+                           'FOR EACH ROW EXECUTE FUNCTION public.%I()', r.name, fn);
         END IF;
 
         SELECT tgargs INTO trunc FROM pg_trigger WHERE tgrelid = r.rel AND tgname = '_ripple_capture_truncate';
@@ -719,3 +722,5 @@ CREATE TABLE IF NOT EXISTS _ripple_schema (
 );
 
 SELECT _ripple_on_start();
+-- The generic capture function of earlier versions; every trigger now calls its table's own.
+DROP FUNCTION IF EXISTS _ripple_capture();
