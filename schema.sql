@@ -464,7 +464,7 @@ $$;
 -- _ripple_changes row; the transaction's first captured write also registers its xid in _ripple_pending
 -- (once, remembered in the transaction-local setting ripple.pending), which arms the COMMIT-time trigger.
 -- The changes also collect in the transaction-local setting ripple.changes for the commit's announcement, up to
--- about 7,000 characters (a NOTIFY payload holds 8,000 bytes); past that it says '-' and the log alone tells.
+-- about 7,000 bytes (a NOTIFY payload holds 8,000); past that it says '-' and the log alone tells.
 -- %1$s and %2$s: the arguments of jsonb_build_object for the old and the new row's keys.
 CREATE OR REPLACE FUNCTION _ripple_capture_template() RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -503,7 +503,7 @@ BEGIN
     IF acc IS DISTINCT FROM '-' THEN
         one := coalesce(one, '') || jsonb_build_array(TG_TABLE_NAME, doc, o, n)::text;
         acc := CASE WHEN coalesce(acc, '') = '' THEN one ELSE acc || ',' || one END;
-        PERFORM set_config('ripple.changes', CASE WHEN length(acc) > 7000 THEN '-' ELSE acc END, true);
+        PERFORM set_config('ripple.changes', CASE WHEN octet_length(acc) > 7000 THEN '-' ELSE acc END, true);
     END IF;
     RETURN NULL;
 END

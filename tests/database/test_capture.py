@@ -359,7 +359,7 @@ async def test_one_transaction_is_one_commit_and_one_notify(schema_dsn: str) -> 
 
 async def test_a_commit_announces_its_changes_while_they_fit(schema_dsn: str) -> None:
     """The NOTIFY payload is the ts and the transaction's changes (the same as the log's) while they fit in about
-    7,000 characters; a bulk write and a TRUNCATE announce their ts alone, and a reader then goes by the log."""
+    7,000 bytes; a bulk write and a TRUNCATE announce their ts alone, and a reader then goes by the log."""
     payloads: asyncio.Queue[str] = asyncio.Queue()
     async with connect(schema_dsn) as listener, connect(schema_dsn) as conn:
         await listener.add_listener("ripple_commits", lambda *a: payloads.put_nowait(a[-1]))
@@ -382,6 +382,9 @@ async def test_a_commit_announces_its_changes_while_they_fit(schema_dsn: str) ->
         bulk = await asyncio.wait_for(payloads.get(), 5)
         assert bulk.isdigit() and len(bulk) < 20
         await conn.execute("TRUNCATE videos")
+        assert (await asyncio.wait_for(payloads.get(), 5)).isdigit()
+        # The limit counts bytes: 4,000 characters of "€" are 12,000 bytes, past what a NOTIFY can carry.
+        await conn.execute(INSERT_GENERATION, "€" * 4000, "pending", 3.0)
         assert (await asyncio.wait_for(payloads.get(), 5)).isdigit()
 
 
