@@ -40,6 +40,11 @@ class Metrics:
             "Rounds whose first snapshot could lack a commit, so the hub took the clock key and read again",
             registry=r,
         )
+        self.hub_announced = Counter(
+            "ripple_hub_announced_rounds_total",
+            "Rounds that took their changes from the commits' announcements (one round trip, no log read)",
+            registry=r,
+        )
         self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)
 
     async def endpoint(self, request: Request) -> Response:

@@ -336,6 +336,8 @@ class Hub:
         if len(changes) > self.settings.max_changes_per_round:
             return None
         self.hinted_rounds += 1
+        if self.metrics:
+            self.metrics.hub_announced.inc()
         return LogSlice(upto, head.horizon, changes, None, head.drawn_at)
 
     def _round_notice(self, conn: Any, message: Any) -> None:
