@@ -25,17 +25,17 @@ import asyncpg
 from server.database.announce import Announcement, parse_announcement
 from server.database.pool import init_connection
 
-__all__ = ["APPLICATION_NAME", "WriterConnection", "Writers"]
+__all__ = ["ANNOUNCE_SQL", "APPLICATION_NAME", "OPEN_SQL", "WriterConnection", "Writers"]
 
 # What pg_stat_activity shows for these connections (idle in transaction between mutations, by design).
 APPLICATION_NAME = "ripple writer"
 
-_OPEN = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
+OPEN_SQL = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
 # After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_commit). The NOTIFY
 # runs in a transaction of its own, outside the writer's (see schema.sql); an explicit one, as a COMMIT ending an
 # implicit one costs a WARNING message per mutation. It commits asynchronously: it holds no data, and a database
 # that crashes before flushing it drops every LISTEN connection anyway, whose hubs then catch up from the log.
-_NOTIFY = (
+ANNOUNCE_SQL = (
     "BEGIN; SET LOCAL synchronous_commit = off; "
     "SELECT pg_notify('ripple_commits', current_setting('ripple.last_commit')); COMMIT"
 )
@@ -61,7 +61,7 @@ class WriterConnection:
             self.committed = parse_announcement(message.detail)
 
     async def open(self) -> None:
-        await self.conn.execute(_OPEN)
+        await self.conn.execute(OPEN_SQL)
         self.state = "open"
 
     async def commit(self, statements: str = "", *, wrote: bool = True) -> Announcement | None:
@@ -71,9 +71,9 @@ class WriterConnection:
         self.committed = None
         rest = time.monotonic() - self._rested_at >= _REST_EVERY_S
         parts = [statements] if statements else []
-        parts += ["COMMIT", _NOTIFY] if wrote else ["COMMIT"]
+        parts += ["COMMIT", ANNOUNCE_SQL] if wrote else ["COMMIT"]
         if not rest:
-            parts.append(_OPEN)
+            parts.append(OPEN_SQL)
         await self.conn.execute("; ".join(parts))
         if rest:
             self._rested_at = time.monotonic()
@@ -82,7 +82,7 @@ class WriterConnection:
 
     async def rollback(self) -> None:
         """End a failed or abandoned transaction and open the next."""
-        await self.conn.execute(("ROLLBACK; " if self.conn.is_in_transaction() else "") + _OPEN)
+        await self.conn.execute(("ROLLBACK; " if self.conn.is_in_transaction() else "") + OPEN_SQL)
         self.state = "open"
 
 
