@@ -646,20 +646,34 @@ BEGIN
 END
 $$;
 
--- The head of a hub round, as a NOTICE ('ripple round', "S 0|1 horizon [drawn_at]"): the caller's newest ts S,
--- whether its snapshot holds every commit in (after_ts, S] (see "the clock key" above), the pruned horizon, and
--- when S was drawn. For a hub that knows the changes of those commits from their announcements and so reads this
--- inside the first statement of a re-run (`SELECT ... WHERE (SELECT _ripple_round_head(...))`, whose InitPlan runs
--- once, before the first row, whether rows come or not): one round trip instead of two.
-CREATE OR REPLACE FUNCTION _ripple_round_head(after_ts bigint) RETURNS boolean
+-- The head of a hub round, read in the caller's REPEATABLE READ snapshot: its newest ts S, whether it holds every
+-- commit in (after_ts, S] (see "the clock key" above; after _ripple_settle(), `after_settle` lets go of the key
+-- instead, which is always true: the snapshot was taken when the calling statement started), the pruned horizon,
+-- and when S was drawn. The hub reads it with the log (server/hub/changes.py) or, when the commits announced
+-- their changes, alone inside the first statement of a re-run (_ripple_round_head_notice).
+CREATE OR REPLACE FUNCTION _ripple_round_head(after_ts bigint, after_settle boolean)
+RETURNS TABLE (snapshot_ts bigint, settled boolean, horizon bigint, drawn_at double precision)
 LANGUAGE plpgsql VOLATILE
 AS $$
-DECLARE
-    s bigint := _ripple_latest_ts();
 BEGIN
-    RAISE NOTICE 'ripple round' USING DETAIL = concat_ws(' ', s, _ripple_settled(after_ts, s)::int,
-        coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0),
-        (SELECT extract(epoch FROM c.at) FROM _ripple_commits c WHERE c.ts = s));
+    snapshot_ts := _ripple_latest_ts();
+    settled := CASE WHEN after_settle THEN _ripple_unsettle() ELSE _ripple_settled(after_ts, snapshot_ts) END;
+    horizon := coalesce((SELECT hz.ts FROM _ripple_horizon hz WHERE hz.id = 1), 0);
+    drawn_at := (SELECT extract(epoch FROM c.at)::double precision FROM _ripple_commits c WHERE c.ts = snapshot_ts);
+    RETURN NEXT;
+END
+$$;
+
+-- The head as a NOTICE ('ripple round', "S 0|1 horizon [drawn_at]"), for a statement that reads it in an InitPlan
+-- (`SELECT ... WHERE (SELECT _ripple_round_head_notice(...))`, which runs once, before the first row, whether
+-- rows come or not): the round then costs one round trip instead of two.
+CREATE OR REPLACE FUNCTION _ripple_round_head_notice(after_ts bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    RAISE NOTICE 'ripple round' USING DETAIL = (
+        SELECT concat_ws(' ', h.snapshot_ts, h.settled::int, h.horizon, h.drawn_at)
+        FROM _ripple_round_head(after_ts, false) h);
     RETURN true;
 END
 $$;

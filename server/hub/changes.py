@@ -24,30 +24,24 @@ log = logging.getLogger("ripple.hub")
 CHANNEL = "ripple_commits"
 
 
-# One round trip for the snapshot's newest ts S, whether the snapshot holds every commit up to S (schema.sql,
-# "the clock key"), when S was drawn, the pruned horizon and the changes up to S (at least one row). `{check}`:
-# _ripple_settled() for a plain snapshot; _ripple_unsettle() after _ripple_settle(), which lets go of the key
-# (the snapshot was taken when this query started) and is always true. The changes are looked up per commit
-# (OFFSET 0 keeps the planner from making that a join, which a generic plan made while the log was small turned
-# into a scan of the whole log) through the xid index (see schema.sql on its statistics).
+# One round trip for the round's head (schema.sql, `_ripple_round_head`: the snapshot's newest ts S, whether it
+# holds every commit up to S, when S was drawn, the pruned horizon) and the changes up to S (at least one row).
+# The changes are looked up per commit (OFFSET 0 keeps the planner from making that a join, which a generic plan
+# made while the log was small turned into a scan of the whole log) through the xid index (see schema.sql on its
+# statistics).
 _ROUND_SQL = """
-WITH s AS MATERIALIZED (SELECT _ripple_latest_ts() AS ts),
-     k AS MATERIALIZED (SELECT {check} AS settled FROM s),
-     h AS (SELECT COALESCE((SELECT ts FROM _ripple_horizon WHERE id = 1), 0) AS ts)
-SELECT s.ts AS snapshot_ts, k.settled, h.ts AS horizon,
-       (SELECT extract(epoch FROM c.at) FROM _ripple_commits c WHERE c.ts = s.ts) AS drawn_at, x.*
-FROM s CROSS JOIN k CROSS JOIN h
+WITH h AS MATERIALIZED (SELECT * FROM _ripple_round_head($1, $3))
+SELECT h.*, x.*
+FROM h
 LEFT JOIN LATERAL (
     SELECT c.ts, ch.table_name, ch.doc_id, ch.old_keys, ch.new_keys
     FROM _ripple_commits c
     CROSS JOIN LATERAL (SELECT * FROM _ripple_changes ch WHERE ch.xid = c.xid OFFSET 0) ch
-    WHERE k.settled AND c.ts > $1 AND c.ts <= s.ts
+    WHERE h.settled AND c.ts > $1 AND c.ts <= h.snapshot_ts
     ORDER BY c.ts
     LIMIT $2
 ) x ON TRUE
 """
-_PLAIN_ROUND_SQL = _ROUND_SQL.format(check="_ripple_settled($1, s.ts)")
-_SETTLED_ROUND_SQL = _ROUND_SQL.format(check="_ripple_unsettle()")
 
 _TABLES_SQL = """
 SELECT DISTINCT ch.table_name
@@ -77,7 +71,7 @@ async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int, *, s
     `settled` says the caller took the clock key before the snapshot (and this lets go of it). Otherwise None
     means the snapshot may lack a commit at or below S: settle, take a new snapshot and read again.
     """
-    rows = await conn.fetch(_SETTLED_ROUND_SQL if settled else _PLAIN_ROUND_SQL, after_ts, limit + 1)
+    rows = await conn.fetch(_ROUND_SQL, after_ts, limit + 1, settled)
     if not rows[0]["settled"]:
         return None
     snapshot_ts, horizon = int(rows[0]["snapshot_ts"]), int(rows[0]["horizon"])
@@ -91,7 +85,7 @@ async def read_changes(conn: asyncpg.Connection, after_ts: int, limit: int, *, s
     return LogSlice(snapshot_ts, horizon, changes, None, drawn_at)
 
 
-# The head of a round read inside another statement (schema.sql, `_ripple_round_head`), sent back as a NOTICE.
+# The head of a round read inside another statement (schema.sql, `_ripple_round_head_notice`).
 ROUND_NOTICE = "ripple round"
 
 
@@ -112,7 +106,7 @@ def with_round_head(after_ts: int) -> Callable[[str, list[Any]], tuple[str, list
     """A rewrite of a statement (`Snapshot.first_statement`) that also reads the round's head in its snapshot."""
 
     def rewrite(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
-        wrapped = f"SELECT u.* FROM ({sql}) u WHERE (SELECT _ripple_round_head(${len(params) + 1}))"
+        wrapped = f"SELECT u.* FROM ({sql}) u WHERE (SELECT _ripple_round_head_notice(${len(params) + 1}))"
         return wrapped, [*params, after_ts]
 
     return rewrite

@@ -204,7 +204,7 @@ async def test_bulk_insert_of_100k_rows(schema_dsn: str) -> None:
 async def test_the_hub_reads_a_commit_through_the_xid_index_after_a_bulk_write(schema_dsn: str) -> None:
     """After one transaction wrote thousands of log rows, sampled statistics used to say an xid matches much of
     the log, and every round scanned all of it for a one-row commit."""
-    from server.hub.changes import _PLAIN_ROUND_SQL
+    from server.hub.changes import _ROUND_SQL
 
     async with connect(schema_dsn) as conn:
         await conn.execute(
@@ -214,9 +214,9 @@ async def test_the_hub_reads_a_commit_through_the_xid_index_after_a_bulk_write(s
         await conn.execute("ANALYZE _ripple_changes")  # as autovacuum does after a bulk load
         await conn.execute("UPDATE videos SET status = 'Done' WHERE twitch_id = 'r1'")
         latest = await conn.fetchval("SELECT _ripple_latest_ts()")
-        await conn.execute(f"PREPARE round(bigint, int) AS {_PLAIN_ROUND_SQL}")
+        await conn.execute(f"PREPARE round(bigint, int, boolean) AS {_ROUND_SQL}")
         for _ in range(6):  # past the custom plans PostgreSQL tries first: this is the plan a pooled statement keeps
-            await conn.execute(f"EXECUTE round({latest - 1}, 1001)")
-        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE round({latest - 1}, 1001)"))
+            await conn.execute(f"EXECUTE round({latest - 1}, 1001, false)")
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE round({latest - 1}, 1001, false)"))
         assert "Index Scan using _ripple_changes__xid" in plan, plan
         assert "Seq Scan on _ripple_changes" not in plan, plan
