@@ -17,7 +17,7 @@ import asyncpg
 
 from server.database.announce import Announcement, Change, parse_announcement
 
-__all__ = ["ROUND_NOTICE", "Change", "ChangeFeed", "LogSlice", "RoundHead", "read_changes", "with_round_head"]
+__all__ = ["ROUND_NOTICE", "Announcements", "ChangeFeed", "LogSlice", "RoundHead", "read_changes", "with_round_head"]
 
 log = logging.getLogger("ripple.hub")
 
@@ -110,6 +110,46 @@ def with_round_head(after_ts: int) -> Callable[[str, list[Any]], tuple[str, list
         return wrapped, [*params, after_ts]
 
     return rewrite
+
+
+class Announcements:
+    """What commits not processed yet announced of their changes (database/announce.py), by ts.
+
+    A round may take its changes from here instead of the log when every commit in (processed, S] announced them:
+    the trigger that writes the log rows wrote the announcement in the same transaction. A ts announced without
+    its changes (too many, TRUNCATE, an older writer) or not announced yet leaves the log to tell.
+    """
+
+    def __init__(self) -> None:
+        self._by_ts: dict[int, list[Change]] = {}
+
+    def add(self, said: Announcement) -> None:
+        if said.changes is not None:
+            self._by_ts[said.ts] = said.changes
+
+    def after(self, after_ts: int) -> list[Change]:
+        """Every announced change of a commit past `after_ts`."""
+        return [change for ts, changes in self._by_ts.items() if ts > after_ts for change in changes]
+
+    def log_slice(self, after_ts: int, head: RoundHead, limit: int) -> LogSlice | None:
+        """The round's LogSlice when the announcements cover (after_ts, S] whole and the log was not pruned past
+        `after_ts`; None otherwise (read the log)."""
+        upto = head.snapshot_ts
+        if head.horizon > after_ts or upto - after_ts > len(self._by_ts):
+            return None
+        changes: list[Change] = []
+        for ts in range(after_ts + 1, upto + 1):
+            announced = self._by_ts.get(ts)
+            if announced is None:
+                return None
+            changes.extend(announced)
+        if len(changes) > limit:
+            return None
+        return LogSlice(upto, head.horizon, changes, None, head.drawn_at)
+
+    def forget_through(self, ts: int) -> None:
+        for done in [t for t in self._by_ts if t <= ts]:
+            del self._by_ts[done]
 
 
 class ChangeFeed:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from server import values
 from server.database.announce import Announcement, Change
 from server.database.catalog import Catalog
 from server.database.database import Database, Snapshot
@@ -32,9 +31,17 @@ from server.errors import ArgumentError, RippleError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.functions.runner import Outcome, Runner
-from server.hub.changes import ROUND_NOTICE, ChangeFeed, LogSlice, RoundHead, read_changes, with_round_head
+from server.hub.changes import (
+    ROUND_NOTICE,
+    Announcements,
+    ChangeFeed,
+    LogSlice,
+    RoundHead,
+    read_changes,
+    with_round_head,
+)
 from server.hub.index import ReadSetIndex
-from server.hub.instances import ANY_CALLER, InstanceKey, QueryInstance, QueryResult, Subscriber
+from server.hub.instances import Instances, QueryInstance, QueryResult, Subscriber
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -97,24 +104,21 @@ class Hub:
         self.index = ReadSetIndex()
         self.processed_ts = 0
         self.rounds = 0
-        self._instances: dict[int, QueryInstance] = {}
-        self._by_key: dict[InstanceKey, QueryInstance] = {}
-        self._by_token: dict[int, QueryInstance] = {}
+        self._instances = Instances(runner.validate)
         self._requests: list[_Subscribe | int] = []
         self._pending_new: dict[int, set[int]] = defaultdict(set)
         self._wakeup = asyncio.Event()
         self._waiters: list[tuple[int, int, asyncio.Future[int]]] = []
         self._waiter_seq = 0
-        self._next_id = 0
         self._next_token = 0
         self._task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._closing = False
         self._notified_at: float | None = None
         self._indexes = self._index_fields(database.catalog)
-        # Changes announced by commits not processed yet (by ts), the head a round's NOTICE carried, and whether
-        # the next round may start from the announcements (not right after a failed round).
-        self._announced: dict[int, list[Change]] = {}
+        # What commits not processed yet announced, the head a round's NOTICE carried, and whether the next round
+        # may start from the announcements (not right after a failed round).
+        self._announced = Announcements()
         self._head: RoundHead | None = None
         self._hinting = True
         self.hinted_rounds = 0  # rounds that took their changes from announcements: one round trip
@@ -178,11 +182,11 @@ class Hub:
 
     @property
     def instance_count(self) -> int:
-        return len(self._instances)
+        return len(self._instances.by_id)
 
     @property
     def subscription_count(self) -> int:
-        return len(self._by_token)
+        return self._instances.subscriptions
 
     # The round loop.
 
@@ -191,8 +195,7 @@ class Hub:
         if said is not None:
             if said.ts <= self.processed_ts:
                 return
-            if said.changes is not None:
-                self._announced[said.ts] = said.changes
+            self._announced.add(said)
         if self._notified_at is None:
             self._notified_at = time.perf_counter()
         self._wakeup.set()
@@ -229,15 +232,20 @@ class Hub:
         conn = await self._connection()
         try:
             first = self._hinted_instance() if self._hinting else None
-            early: Outcome | None = None
+            early: tuple[QueryInstance, Outcome] | None = None
             found: LogSlice | None = None
             unsettled = False
             if first is not None:
-                early, head = await self._run_hinted(conn, first)
+                outcome, head = await self._run_hinted(conn, first)
+                early = (first, outcome)
                 if head is not None and not head.settled:
                     early, unsettled = None, True  # read before every commit up to S was visible: drop it
                 elif head is not None:
-                    found = self._announced_slice(head)
+                    found = self._announced.log_slice(self.processed_ts, head, limit)
+                    if found is not None:
+                        self.hinted_rounds += 1
+                        if self.metrics:
+                            self.metrics.hub_announced.inc()
             if found is None and not unsettled:
                 found = await read_changes(conn, self.processed_ts, limit, settled=False)
             if found is None:
@@ -250,21 +258,22 @@ class Hub:
             ts = log_slice.snapshot_ts
             snap = Snapshot(conn, ts)
             stale = self._invalidated(log_slice) if ts > self.processed_ts else set()
-            work = [self._instances[i] for i in stale | new.keys() if i in self._instances]
+            live = self._instances.by_id
+            work = [live[i] for i in stale | new.keys() if i in live]
             work = [i for i in work if i.id in stale or i.result is None]
-            if early is not None and first is not None:
-                work = [i for i in work if i is not first]
-                work.extend(self._record(first, early, deliveries, delivered, new))
+            if early is not None:
+                work = [i for i in work if i is not early[0]]
+                work.extend(self._record(*early, deliveries, delivered, new))
             while work:
                 inst = work.pop()
-                if inst.id not in self._instances:
+                if inst.id not in live:
                     continue
                 outcome = await self.runner.run_query(inst.spec, inst.kwargs, inst.caller, snap, inst.journal)
                 if self.metrics:
                     self.metrics.reruns.inc()
                 work.extend(self._record(inst, outcome, deliveries, delivered, new))
             for inst_id, tokens in new.items():
-                joined = self._instances.get(inst_id)
+                joined = live.get(inst_id)
                 if joined is None or joined.result is None:
                     continue
                 for token in tokens - delivered:
@@ -276,8 +285,7 @@ class Hub:
             self.processed_ts = max(self.processed_ts, ts)
             self.rounds += 1
             self._pending_new = defaultdict(set)
-            for done in [t for t in self._announced if t <= self.processed_ts]:
-                del self._announced[done]
+            self._announced.forget_through(self.processed_ts)
             for session, updates in deliveries.items():
                 session.deliver(ts, updates)
             self._release_waiters()
@@ -292,8 +300,8 @@ class Hub:
             raise
         if self.metrics:
             self.metrics.hub_ts.set(self.processed_ts)
-            self.metrics.query_instances.set(len(self._instances))
-            self.metrics.subscriptions.set(len(self._by_token))
+            self.metrics.query_instances.set(self.instance_count)
+            self.metrics.subscriptions.set(self.subscription_count)
             if notified_at is not None:
                 self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
             if log_slice.drawn_at is not None:
@@ -302,11 +310,9 @@ class Hub:
     def _hinted_instance(self) -> QueryInstance | None:
         """An instance the announced changes invalidate (the lowest id, so a hint is stable), if any."""
         stale: set[int] = set()
-        for ts, changes in self._announced.items():
-            if ts > self.processed_ts:
-                self._match(changes, stale)
-        live = [i for i in stale if i in self._instances]
-        return self._instances[min(live)] if live else None
+        self._match(self._announced.after(self.processed_ts), stale)
+        live = [i for i in stale if i in self._instances.by_id]
+        return self._instances.by_id[min(live)] if live else None
 
     async def _run_hinted(self, conn: asyncpg.Connection, inst: QueryInstance) -> tuple[Outcome, RoundHead | None]:
         """Re-run `inst` with the round's head read inside its first statement; the head is None when the run made
@@ -320,25 +326,6 @@ class Hub:
         if head is not None:
             outcome.ts = head.snapshot_ts
         return outcome, head
-
-    def _announced_slice(self, head: RoundHead) -> LogSlice | None:
-        """The round's changes from the announcements, when every commit in (processed, S] announced its changes
-        and the log was not pruned past what was processed; otherwise None (read the log)."""
-        after, upto = self.processed_ts, head.snapshot_ts
-        if head.horizon > after or upto - after > len(self._announced):
-            return None
-        changes: list[Change] = []
-        for ts in range(after + 1, upto + 1):
-            announced = self._announced.get(ts)
-            if announced is None:
-                return None
-            changes.extend(announced)
-        if len(changes) > self.settings.max_changes_per_round:
-            return None
-        self.hinted_rounds += 1
-        if self.metrics:
-            self.metrics.hub_announced.inc()
-        return LogSlice(upto, head.horizon, changes, None, head.drawn_at)
 
     def _round_notice(self, conn: Any, message: Any) -> None:
         if getattr(message, "message", None) == ROUND_NOTICE:
@@ -380,7 +367,7 @@ class Hub:
         """Instances whose read sets the commits in (processed_ts, S] touched."""
         if log_slice.horizon > self.processed_ts:
             log.warning("the commit log was pruned past ts %d; re-running every query", self.processed_ts)
-            return set(self._instances)
+            return set(self._instances.by_id)
         stale: set[int] = set()
         if log_slice.tables is not None:
             for table in log_slice.tables:
@@ -412,40 +399,17 @@ class Hub:
         result = QueryResult.from_outcome(outcome)
         inst.journal = outcome.journal
         self.index.put(inst.id, outcome.read_set.ranges)
-        split = self._rekey(inst, outcome.reads_auth, new)
+        split: list[QueryInstance] = []
+        for moved, token in self._instances.rekey(inst, outcome.reads_auth):
+            new[moved.id].add(token)
+            if moved.result is None and moved not in split:
+                split.append(moved)
         if inst.result is None or result.wire != inst.result.wire:
             inst.result = result
             for token, (session, _) in inst.subscribers.items():
                 deliveries[session].append((token, result))
                 delivered.add(token)
         return split
-
-    def _rekey(self, inst: QueryInstance, reads_auth: bool, new: dict[int, set[int]]) -> list[QueryInstance]:
-        """Share an instance across callers while it ignores auth; split it by caller once it reads auth."""
-        inst.reads_auth = reads_auth
-        path, args_json, journal, caller_key = inst.key
-        if not reads_auth and caller_key != ANY_CALLER:
-            shared = (path, args_json, journal, ANY_CALLER)
-            if shared not in self._by_key:
-                del self._by_key[inst.key]
-                inst.key = shared
-                self._by_key[shared] = inst
-            return []
-        if reads_auth and caller_key == ANY_CALLER:
-            del self._by_key[inst.key]
-            inst.key = (path, args_json, journal, inst.caller.cache_key)
-            self._by_key[inst.key] = inst
-            others = [(t, s, c) for t, (s, c) in inst.subscribers.items() if c.cache_key != inst.caller.cache_key]
-            split = []
-            for token, session, caller in others:
-                del inst.subscribers[token]
-                del self._by_token[token]
-                moved = self._attach(_Subscribe(session, token, path, inst.args, journal, caller), inst.spec)
-                new[moved.id].add(token)
-                if moved.result is None and moved not in split:
-                    split.append(moved)
-            return split
-        return []
 
     def _apply_requests(
         self,
@@ -466,37 +430,16 @@ class Hub:
                 spec = self.runner.resolve(req.path)
                 if spec.kind is not FunctionKind.QUERY:
                     raise RippleError(f"{spec.path} is a {spec.kind.value}; only queries can be subscribed to")
-                inst = self._attach(req, spec)
+                inst = self._instances.attach(spec, req.session, req.token, req.args, req.journal, req.caller)
             except Exception as exc:  # a bad subscription fails alone, in order with the round's results
                 deliveries[req.session].append((req.token, QueryResult.from_outcome(Outcome(req.path, error=exc))))
                 continue
             new[inst.id].add(req.token)
 
-    def _attach(self, req: _Subscribe, spec: Any) -> QueryInstance:
-        args = req.args if isinstance(req.args, dict) else {}
-        args_json = values.dumps(args)
-        shared_key: InstanceKey = (spec.path, args_json, req.journal, ANY_CALLER)
-        own_key: InstanceKey = (spec.path, args_json, req.journal, req.caller.cache_key)
-        inst = self._by_key.get(shared_key) or self._by_key.get(own_key)
-        if inst is None:
-            kwargs = self.runner.validate(spec, args)
-            self._next_id += 1
-            inst = QueryInstance(self._next_id, spec, args, kwargs, args_json, req.caller, req.journal, own_key)
-            self._instances[inst.id] = inst
-            self._by_key[own_key] = inst
-        inst.subscribers[req.token] = (req.session, req.caller)
-        self._by_token[req.token] = inst
-        return inst
-
     def _detach(self, token: int) -> None:
-        inst = self._by_token.pop(token, None)
-        if inst is None:
-            return
-        inst.subscribers.pop(token, None)
-        if not inst.subscribers:
-            del self._instances[inst.id]
-            self._by_key.pop(inst.key, None)
-            self.index.remove(inst.id)
+        gone = self._instances.detach(token)
+        if gone is not None:
+            self.index.remove(gone.id)
 
     # Housekeeping.
 

@@ -6,6 +6,7 @@ looks at `ctx.auth`, the same caller. An instance that never read auth is shared
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,7 +17,7 @@ from server.functions.runner import Outcome
 if TYPE_CHECKING:
     from server.functions.registry import FunctionSpec
 
-__all__ = ["ANY_CALLER", "InstanceKey", "QueryInstance", "QueryResult", "Subscriber"]
+__all__ = ["ANY_CALLER", "InstanceKey", "Instances", "QueryInstance", "QueryResult", "Subscriber"]
 
 ANY_CALLER = ("*",)
 InstanceKey = tuple[str, str, str | None, tuple[Any, ...]]
@@ -70,3 +71,79 @@ class QueryInstance:
     subscribers: dict[int, tuple[Subscriber, Caller]] = field(default_factory=dict)
     result: QueryResult | None = None
     reads_auth: bool = False
+
+
+class Instances:
+    """Every live instance, by id, by key and by subscription token.
+
+    An instance is keyed by (function, args, journal, ANY_CALLER) while its runs ignore `ctx.auth`; once a run
+    reads auth it is keyed by its own caller, and the subscribers of other callers move to instances of theirs.
+    """
+
+    def __init__(self, validate: Callable[[FunctionSpec, dict[str, Any]], dict[str, Any]]) -> None:
+        self.by_id: dict[int, QueryInstance] = {}
+        self._by_key: dict[InstanceKey, QueryInstance] = {}
+        self._by_token: dict[int, QueryInstance] = {}
+        self._next_id = 0
+        self._validate = validate
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self._by_token)
+
+    def attach(
+        self, spec: FunctionSpec, session: Subscriber, token: int, args: Any, journal: str | None, caller: Caller
+    ) -> QueryInstance:
+        """Subscribe `token` to the instance it shares, made (and its arguments validated) if there is none."""
+        args = args if isinstance(args, dict) else {}
+        args_json = values.dumps(args)
+        shared_key: InstanceKey = (spec.path, args_json, journal, ANY_CALLER)
+        own_key: InstanceKey = (spec.path, args_json, journal, caller.cache_key)
+        inst = self._by_key.get(shared_key) or self._by_key.get(own_key)
+        if inst is None:
+            kwargs = self._validate(spec, args)
+            self._next_id += 1
+            inst = QueryInstance(self._next_id, spec, args, kwargs, args_json, caller, journal, own_key)
+            self.by_id[inst.id] = inst
+            self._by_key[own_key] = inst
+        inst.subscribers[token] = (session, caller)
+        self._by_token[token] = inst
+        return inst
+
+    def detach(self, token: int) -> QueryInstance | None:
+        """Unsubscribe `token`; returns its instance when that was the last subscriber (the instance is gone)."""
+        inst = self._by_token.pop(token, None)
+        if inst is None:
+            return None
+        inst.subscribers.pop(token, None)
+        if inst.subscribers:
+            return None
+        del self.by_id[inst.id]
+        self._by_key.pop(inst.key, None)
+        return inst
+
+    def rekey(self, inst: QueryInstance, reads_auth: bool) -> list[tuple[QueryInstance, int]]:
+        """Share `inst` across callers while it ignores auth; split it by caller once it reads auth. Returns the
+        (instance, token) pairs of subscriptions that moved to another instance."""
+        inst.reads_auth = reads_auth
+        path, args_json, journal, caller_key = inst.key
+        if not reads_auth and caller_key != ANY_CALLER:
+            shared = (path, args_json, journal, ANY_CALLER)
+            if shared not in self._by_key:
+                del self._by_key[inst.key]
+                inst.key = shared
+                self._by_key[shared] = inst
+            return []
+        if not reads_auth or caller_key != ANY_CALLER:
+            return []
+        del self._by_key[inst.key]
+        inst.key = (path, args_json, journal, inst.caller.cache_key)
+        self._by_key[inst.key] = inst
+        moved = []
+        for token, (session, caller) in list(inst.subscribers.items()):
+            if caller.cache_key == inst.caller.cache_key:
+                continue
+            del inst.subscribers[token]
+            del self._by_token[token]
+            moved.append((self.attach(inst.spec, session, token, inst.args, journal, caller), token))
+        return moved
