@@ -1,8 +1,9 @@
 """What a commit announces (schema.sql, `_ripple_commit_ts`): its ts and, while they fit, the keys it changed.
 
 Plain-SQL writers NOTIFY the announcement; Ripple's writers get it back as a NOTICE and NOTIFY it after COMMIT.
-The changes are a hint that lets a hub start re-running the right query before it has read the log; the log
-stays the truth, so an announcement without changes (a bulk write, an older writer) only costs that head start.
+The changes are written by the same trigger, in the same transaction, as the log rows, so a hub whose round's
+commits all announced them re-runs the right queries without reading the log (hub/changes.py, `Announcements`);
+an announcement without changes (a bulk write, TRUNCATE, an older writer) only sends it to the log.
 """
 
 from __future__ import annotations
