@@ -57,12 +57,14 @@ class Snapshot:
     """An open REPEATABLE READ, READ ONLY transaction; `ts` is the newest commit it sees.
 
     `first_statement`, when set, rewrites the next statement run in this snapshot, once (the hub reads its round
-    there: hub/changes.py, `with_round_head`).
+    there: hub/changes.py, `with_round_head`). `failed` is set when a statement raised: PostgreSQL may have
+    aborted the transaction, and whoever shares the snapshot must roll back to a savepoint before the next one.
     """
 
     conn: asyncpg.Connection
     ts: int
     first_statement: Callable[[str, list[Any]], tuple[str, list[Any]]] | None = None
+    failed: bool = False
 
 
 def _literal(text: str) -> str:

@@ -79,7 +79,12 @@ class Transaction:
         if snap is not None and snap.first_statement is not None:
             rewrite, snap.first_statement = snap.first_statement, None
             sql, params = rewrite(sql, list(params))
-        return list(await self.conn.fetch(sql, *params))
+        try:
+            return list(await self.conn.fetch(sql, *params))
+        except BaseException:
+            if snap is not None:
+                snap.failed = True
+            raise
 
     def record_read(self, read: IndexRange) -> None:
         self.read_set.add(read)

@@ -50,8 +50,11 @@ if TYPE_CHECKING:
 __all__ = ["Hub"]
 
 # The hub's connection waits for each round inside an open REPEATABLE READ transaction: its snapshot is taken by
-# the round's first query, so the BEGIN is off the path from commit to client.
-_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# the round's first query, so the BEGIN is off the path from commit to client. The savepoint takes no snapshot;
+# rolling back to it after a re-run whose statement failed (which aborts the transaction) keeps the snapshot, so
+# that failure stays that query's and the round's other re-runs still read at S.
+_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SAVEPOINT rerun"
+_RECOVER = "ROLLBACK TO SAVEPOINT rerun"
 _NEXT_ROUND = "COMMIT; " + _BEGIN
 # When that snapshot may lack a commit below its newest ts (a writer was between drawing its ts and becoming
 # visible, or aborted after drawing), take the clock key before a new snapshot (schema.sql); read_changes lets
@@ -213,7 +216,7 @@ class Hub:
                 raise
             except Exception:
                 # The database went away mid-round: requests were kept, so retry the round after a pause (and
-                # without a hinted first re-run, in case that re-run's statement is what failed).
+                # without a hinted first re-run, in case the rewrite of its statement is what broke the round).
                 self._hinting = False
                 log.exception("hub round failed; retrying in %.2f s", delay)
                 await asyncio.sleep(delay)
@@ -237,7 +240,7 @@ class Hub:
             unsettled = False
             if first is not None:
                 outcome, head = await self._run_hinted(conn, first)
-                early = (first, outcome)
+                early = (first, outcome) if outcome is not None else None
                 if head is not None and not head.settled:
                     early, unsettled = None, True  # read before every commit up to S was visible: drop it
                 elif head is not None:
@@ -268,9 +271,7 @@ class Hub:
                 inst = work.pop()
                 if inst.id not in live:
                     continue
-                outcome = await self.runner.run_query(inst.spec, inst.kwargs, inst.caller, snap, inst.journal)
-                if self.metrics:
-                    self.metrics.reruns.inc()
+                outcome = await self._rerun(inst, snap)
                 work.extend(self._record(inst, outcome, deliveries, delivered, new))
             for inst_id, tokens in new.items():
                 joined = live.get(inst_id)
@@ -314,18 +315,31 @@ class Hub:
         live = [i for i in stale if i in self._instances.by_id]
         return self._instances.by_id[min(live)] if live else None
 
-    async def _run_hinted(self, conn: asyncpg.Connection, inst: QueryInstance) -> tuple[Outcome, RoundHead | None]:
+    async def _run_hinted(
+        self, conn: asyncpg.Connection, inst: QueryInstance
+    ) -> tuple[Outcome | None, RoundHead | None]:
         """Re-run `inst` with the round's head read inside its first statement; the head is None when the run made
-        no statement (or its statement failed: then the next query fails too, and so does the round)."""
+        no statement. The outcome is None when a statement failed: the round re-runs it without the rewrite, so an
+        error it delivers is the query's own."""
         self._head = None
         snap = Snapshot(conn, self.processed_ts, first_statement=with_round_head(self.processed_ts))
-        outcome = await self.runner.run_query(inst.spec, inst.kwargs, inst.caller, snap, inst.journal)
-        if self.metrics:
-            self.metrics.reruns.inc()
+        outcome = await self._rerun(inst, snap)
         head, self._head = self._head, None
+        if snap.failed:
+            return None, head
         if head is not None:
             outcome.ts = head.snapshot_ts
         return outcome, head
+
+    async def _rerun(self, inst: QueryInstance, snap: Snapshot) -> Outcome:
+        """Run `inst` in `snap`; after a failed statement, back to the savepoint (`snap.failed` tells)."""
+        snap.failed = False
+        outcome = await self.runner.run_query(inst.spec, inst.kwargs, inst.caller, snap, inst.journal)
+        if self.metrics:
+            self.metrics.reruns.inc()
+        if snap.failed:
+            await snap.conn.execute(_RECOVER)
+        return outcome
 
     def _round_notice(self, conn: Any, message: Any) -> None:
         if getattr(message, "message", None) == ROUND_NOTICE:

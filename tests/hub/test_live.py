@@ -322,3 +322,27 @@ async def test_old_log_rows_are_pruned_on_a_schedule(fresh_dsn: str) -> None:
         await watcher.expect(lambda m: m["type"] == "Transition" and watcher.results[qid] == 9)
         await writer.close()
         await watcher.close()
+
+
+async def test_a_query_failing_inside_postgresql_fails_alone(ripple: RippleServer) -> None:
+    """PostgreSQL refuses a NUL character in text, which aborts the statement's transaction; the hub runs every
+    re-run of a round in one transaction, so that error must not reach the other queries of the round (some of
+    them run after it, whichever way the round orders them)."""
+    client = await SyncClient.connect(ripple.ws_url)
+    await sql(
+        ripple, "INSERT INTO videos (twitch_id, title, status, progress_percentage) VALUES ('nul', 't', 'Queued', 1)"
+    )
+    # Each reads the row first, so it is re-run with the others whenever the row changes; the first one
+    # subscribed is the one a round re-runs first, with the round's head read in its first statement.
+    bad = [await client.subscribe("testing:counts", {"twitchIds": ["nul", "a\x00b"]})]
+    good = [await client.subscribe("testing:counts", {"twitchIds": ["nul"] * k}) for k in (1, 2, 3)]
+    bad += [await client.subscribe("testing:counts", {"twitchIds": ["nul", "nul", "a\x00b"]})]
+    good += [await client.subscribe("testing:counts", {"twitchIds": ["nul"] * k}) for k in (4, 5, 6)]
+    hinted = ripple.services.hub.hinted_rounds
+    for value in (2, 3, 4):
+        await sql(ripple, "UPDATE videos SET progress_percentage = $1 WHERE twitch_id = 'nul'", value)
+        await client.expect(lambda m, v=value: m["type"] == "Transition" and client.results.get(good[0]) == [v])
+        assert [client.results.get(q) for q in good] == [[value] * k for k in range(1, 7)]
+        assert all("0x00" in client.errors[q]["errorMessage"] for q in bad)
+    assert ripple.services.hub.hinted_rounds == hinted + 3
+    await client.close()

@@ -48,6 +48,16 @@ async def count(ctx: Any, twitch_id: str) -> float:
     return doc.get("progressPercentage", 0) if doc else -1
 
 
+@query(name="testing:counts")
+async def counts(ctx: Any, twitch_ids: list[str]) -> list[float]:
+    """`testing:count` of each id, one after the other (so a failing lookup comes after the reads before it)."""
+    docs = [
+        await ctx.db.query("videos").with_index("by_twitch_id", lambda q, t=twitch_id: q.eq("twitchId", t)).unique()
+        for twitch_id in twitch_ids
+    ]
+    return [doc.get("progressPercentage", 0) if doc else -1 for doc in docs]
+
+
 @mutation(name="testing:increment")
 async def increment(ctx: Any, twitch_id: str) -> float:
     doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
