@@ -68,7 +68,10 @@ class Snapshot:
 
 
 def _literal(text: str) -> str:
-    """`text` as an SQL string literal, valid whatever `standard_conforming_strings` is."""
+    """`text` as an SQL string literal, valid whatever `standard_conforming_strings` is. A NUL would end the
+    message's text early, so it is refused (PostgreSQL text cannot hold one anyway)."""
+    if "\x00" in text:
+        raise ValueError("a NUL character cannot be sent to PostgreSQL as text")
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 

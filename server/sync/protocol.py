@@ -45,7 +45,7 @@ class _Message(BaseModel):
 
 class Connect(_Message):
     type: Literal["Connect"]
-    sessionId: str
+    sessionId: str = Field(max_length=256, pattern=r"^[^\x00]*$")  # official clients send a UUID
     connectionCount: int = 0
     lastCloseReason: str | None = None
     clientTs: float | None = None

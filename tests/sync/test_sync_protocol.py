@@ -205,6 +205,12 @@ async def test_protocol_errors_are_reported_and_others_go_on(ripple: RippleServe
         await huge.expect(lambda m: False, timeout_s=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
+    # A session id that could not be stored with a mutation (it would end the commit's SQL text) is refused.
+    async with websockets.connect(ripple.ws_url) as nul:
+        await nul.send(json.dumps({"type": "Connect", "sessionId": "a\x00b", "connectionCount": 0}))
+        error = json.loads(await asyncio.wait_for(nul.recv(), 5))
+        assert error["type"] == "FatalError" and "sessionId" in error["error"], error
+
     writer = await SyncClient.connect(ripple.ws_url)
     await writer.mutation("testing:insert", VIDEO)
     await bystander.expect(lambda m: m["type"] == "Transition" and len(bystander.results[qid]) == 1)
