@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.support import testing_app  # registers the testing: functions
 from tests.support.server import ADMIN_KEY, JWT_SECRET, RippleServer
@@ -345,4 +346,32 @@ async def test_a_query_failing_inside_postgresql_fails_alone(ripple: RippleServe
         assert [client.results.get(q) for q in good] == [[value] * k for k in range(1, 7)]
         assert all("0x00" in client.errors[q]["errorMessage"] for q in bad)
     assert ripple.services.hub.hinted_rounds == hinted + 3
+    await client.close()
+
+
+@pytest.mark.parametrize("ripple", [{"query_timeout_s": 1.0}], indirect=True)
+async def test_a_query_cut_off_by_its_time_limit_fails_alone(ripple: RippleServer) -> None:
+    """The time limit cancels a re-run's statement (here one waiting for a table another session holds locked),
+    which aborts the round's transaction; the round's other re-runs still read at its ts, and the cut-off
+    query recovers once its statement can run."""
+    client = await SyncClient.connect(ripple.ws_url)
+    await sql(
+        ripple, "INSERT INTO videos (twitch_id, title, status, progress_percentage) VALUES ('lim', 't', 'Queued', 1)"
+    )
+    good = [await client.subscribe("testing:counts", {"twitchIds": ["lim"] * k}) for k in (1, 2)]
+    slow = await client.subscribe("testing:countThenFirst", {"twitchId": "lim", "table": "agentSessions"})
+    good += [await client.subscribe("testing:counts", {"twitchIds": ["lim"] * k}) for k in (3, 4)]
+    assert client.results[slow] == [1, None]
+    locker = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        await locker.execute("BEGIN; LOCK TABLE agent_sessions IN ACCESS EXCLUSIVE MODE")
+        await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'lim'")
+        await client.expect(lambda m: m["type"] == "Transition" and slow in client.errors)
+        assert "longer than 1.0 s" in client.errors[slow]["errorMessage"]
+        assert [client.results.get(q) for q in good] == [[2] * k for k in range(1, 5)]
+    finally:
+        await locker.close()
+    await sql(ripple, "UPDATE videos SET progress_percentage = 3 WHERE twitch_id = 'lim'")
+    await client.expect(lambda m: m["type"] == "Transition" and client.results.get(slow) == [3, None])
+    assert [client.results.get(q) for q in good] == [[3] * k for k in range(1, 5)]
     await client.close()

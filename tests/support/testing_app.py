@@ -58,6 +58,13 @@ async def counts(ctx: Any, twitch_ids: list[str]) -> list[float]:
     return [doc.get("progressPercentage", 0) if doc else -1 for doc in docs]
 
 
+@query(name="testing:countThenFirst")
+async def count_then_first(ctx: Any, twitch_id: str, table: str) -> list[Any]:
+    """A row's count, then the first document of another table (which a test may hold locked)."""
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    return [doc.get("progressPercentage", 0) if doc else -1, await ctx.db.query(table).first()]
+
+
 @mutation(name="testing:increment")
 async def increment(ctx: Any, twitch_id: str) -> float:
     doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
