@@ -21,6 +21,7 @@ import resource
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -50,6 +51,15 @@ def emit(obj: dict[str, Any]) -> None:
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has used (user, nice, system, irq, softirq; /proc/stat): what a
+    mutation costs in all, the server's, PostgreSQL's and the clients' share together, less moved by how busy
+    the host is than a rate."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 class Group:
@@ -351,11 +361,12 @@ class Runner:
         t0 = time.perf_counter()
         start, end = t0 + warm, t0 + warm + duration
         cpu0: float | None = None
+        busy0: float | None = None
 
         async def mark() -> None:
-            nonlocal cpu0
+            nonlocal cpu0, busy0
             await asyncio.sleep(warm)
-            cpu0 = cpu_s()
+            cpu0, busy0 = cpu_s(), machine_busy_s()
 
         marker = asyncio.create_task(mark())
         await asyncio.gather(*(m.run(end) for m in self.mutators))
@@ -372,6 +383,7 @@ class Runner:
                 "cover": [c for m in self.mutators for c in getattr(m, "cover", [])],
                 "first_error": next((m.first_error for m in self.mutators if m.first_error), None),
                 "cpu_s": cpu_s() - (cpu0 or 0.0),
+                "machine_cpu_s": machine_busy_s() - (busy0 or 0.0),
             }
         )
 

@@ -487,6 +487,9 @@ class Bench:
         return res
 
     async def phase_mutations(self) -> None:
+        def per_mutation(res: dict[str, Any], key: str = "machine_cpu_s") -> str:
+            return f"{res.get(key, math.nan) / max(1, res['count']) * 1e3:.2f}"
+
         cfg = self.cfg
         log(f"mutations Ripple: {cfg.mut_clients} sockets, each one mutation at a time, {cfg.mut_duration_s} s")
         srv = await self.server("mutations")
@@ -530,6 +533,9 @@ class Bench:
             f"{ms(pct(ripple['latencies'], 99) * 1e3)}, raw {ms(pct(raw['latencies'], 50) * 1e3)}/"
             f"{ms(pct(raw['latencies'], 99) * 1e3)}, raw Ripple SQL {ms(pct(trig['latencies'], 50) * 1e3)}; "
             f"server CPU {s_cpu / max(1, ripple['count']) * 1e3:.2f} ms per mutation (whole run incl. warm-up); "
+            f"CPU per mutation, every process of the machine, measured window (Ripple | raw Ripple SQL | raw): "
+            f"{per_mutation(ripple)} | {per_mutation(trig)} | {per_mutation(raw)} ms, of which the load's clients "
+            f"{per_mutation(ripple, 'cpu_s')} | {per_mutation(trig, 'cpu_s')} | {per_mutation(raw, 'cpu_s')} ms; "
             f"Postgres backends on average (Ripple | raw Ripple SQL | raw): {backends(ripple)} | {backends(trig)} | "
             f"{backends(raw)}; "
             f"MutationResponse → covering Transition p50 {ms(pct(ripple['cover'], 50) * 1e3)}; "
