@@ -24,6 +24,7 @@ from bench.report import (
     median,
     ms,
     pct,
+    per_mutation,
     ratio,
     round_mean_ms,
     rounds,
@@ -487,8 +488,6 @@ class Bench:
         return res
 
     async def phase_mutations(self) -> None:
-        def per_mutation(res: dict[str, Any], key: str = "machine_cpu_s") -> str:
-            return f"{res.get(key, math.nan) / max(1, res['count']) * 1e3:.2f}"
 
         cfg = self.cfg
         log(f"mutations Ripple: {cfg.mut_clients} sockets, each one mutation at a time, {cfg.mut_duration_s} s")

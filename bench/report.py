@@ -171,6 +171,11 @@ def backends(res: dict[str, Any]) -> str:
     return ", ".join(f"{v:.1f} {k}" for k, v in list(res.get("backends", {}).items())[:4]) or "none busy"
 
 
+def per_mutation(res: dict[str, Any], key: str = "machine_cpu_s") -> str:
+    """A mutation phase's CPU seconds (`machine_cpu_s`: every process; `cpu_s`: the clients') per mutation, in ms."""
+    return f"{res.get(key, math.nan) / max(1, res['count']) * 1e3:.2f}"
+
+
 def load_average() -> str:
     try:
         return Path("/proc/loadavg").read_text().split()[0]
