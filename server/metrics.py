@@ -45,6 +45,11 @@ class Metrics:
             "Rounds that took their changes from the commits' announcements (one round trip, no log read)",
             registry=r,
         )
+        self.hub_quiet = Counter(
+            "ripple_hub_quiet_rounds_total",
+            "Rounds whose announced changes touched no subscribed query (no database query at all)",
+            registry=r,
+        )
         self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)
 
     async def endpoint(self, request: Request) -> Response:

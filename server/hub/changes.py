@@ -147,6 +147,18 @@ class Announcements:
             return None
         return LogSlice(upto, head.horizon, changes, None, head.drawn_at)
 
+    def contiguous(self, after_ts: int) -> tuple[int, list[Change]]:
+        """The newest ts M such that every ts in (after_ts, M] announced its changes, and those changes (commit ts
+        are drawn from one sequence, so no other commit lies at or below M)."""
+        upto, changes = after_ts, []
+        while (announced := self._by_ts.get(upto + 1)) is not None:
+            upto += 1
+            changes.extend(announced)
+        return upto, changes
+
+    def __bool__(self) -> bool:
+        return bool(self._by_ts)
+
     def forget_through(self, ts: int) -> None:
         for done in [t for t in self._by_ts if t <= ts]:
             del self._by_ts[done]

@@ -125,6 +125,8 @@ class Hub:
         self._head: RoundHead | None = None
         self._hinting = True
         self.hinted_rounds = 0  # rounds that took their changes from announcements: one round trip
+        self.quiet_rounds = 0  # rounds whose announced changes touched no live query: no round trip
+        self._look = False  # a wake-up that may stand for unannounced commits (a LISTEN reconnect): read the log
 
     @staticmethod
     def _index_fields(catalog: Catalog) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -195,7 +197,9 @@ class Hub:
 
     def _wake(self, said: Announcement | None = None) -> None:
         """A commit was announced (NOTIFY, or a mutation of this process), or anything may have happened (None)."""
-        if said is not None:
+        if said is None:
+            self._look = True
+        else:
             if said.ts <= self.processed_ts:
                 return
             self._announced.add(said)
@@ -230,6 +234,11 @@ class Hub:
         deliveries: dict[Subscriber, list[tuple[int, QueryResult]]] = defaultdict(list)
         self._apply_requests(requests, new, deliveries)
         notified_at, self._notified_at = self._notified_at, None
+        look, self._look = self._look, False
+        if not requests and not new and self._hinting and self._advance_quietly() and not look:
+            if not self._waiters and not self._announced:
+                self._finish_quietly(notified_at)
+                return
         delivered: set[int] = set()
         limit = self.settings.max_changes_per_round
         conn = await self._connection()
@@ -307,6 +316,32 @@ class Hub:
                 self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
             if log_slice.drawn_at is not None:
                 self.metrics.hub_lag.set(max(0.0, time.time() - log_slice.drawn_at))
+
+    def _advance_quietly(self) -> bool:
+        """Advance to the newest ts M such that every commit in (processed, M] announced its changes, when none of
+        them touches a live query: every result at the processed ts is then also the result at M, so no snapshot
+        is needed. Most writes nobody watches end here; the round reads the database only for what is left (a ts
+        not announced yet, a waiter past M, a reconnect)."""
+        upto, changes = self._announced.contiguous(self.processed_ts)
+        if upto == self.processed_ts:
+            return False
+        stale: set[int] = set()
+        self._match(changes, stale)
+        if not stale.isdisjoint(self._instances.by_id):
+            return False
+        self.processed_ts = upto
+        self._announced.forget_through(upto)
+        self._release_waiters()
+        return True
+
+    def _finish_quietly(self, notified_at: float | None) -> None:
+        self.rounds += 1
+        self.quiet_rounds += 1
+        if self.metrics:
+            self.metrics.hub_quiet.inc()
+            self.metrics.hub_ts.set(self.processed_ts)
+            if notified_at is not None:
+                self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
 
     def _hinted_instance(self) -> QueryInstance | None:
         """An instance the announced changes invalidate (the lowest id, so a hint is stable), if any."""

@@ -76,6 +76,33 @@ async def test_announced_changes_save_the_round_a_log_read(ripple: RippleServer)
     await client.close()
 
 
+async def test_writes_no_query_read_cost_the_hub_no_query(ripple: RippleServer) -> None:
+    """Commits whose announced changes touch no subscribed query advance the hub without a snapshot: the covering
+    Transitions still come, the hub's backend runs no statement, and a write that does touch a query is re-run."""
+    client = await SyncClient.connect(ripple.ws_url)
+    writer = await SyncClient.connect(ripple.ws_url)
+    await writer.mutation("testing:setProgress", {"twitchId": "watched", "progress": 1})
+    qid = await client.subscribe("testing:count", {"twitchId": "watched"})
+    await writer.mutation("testing:setProgress", {"twitchId": "unwatched", "progress": 0})
+    hub = ripple.services.hub
+    hub_pid = hub._conn.get_server_pid()
+    started = "SELECT query_start FROM pg_stat_activity WHERE pid = $1"
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        before, quiet = await conn.fetchval(started, hub_pid), hub.quiet_rounds
+        for n in range(1, 6):
+            await writer.mutation("testing:setProgress", {"twitchId": "unwatched", "progress": n})
+        assert hub.quiet_rounds >= quiet + 1
+        assert await conn.fetchval(started, hub_pid) == before
+        await writer.mutation("testing:setProgress", {"twitchId": "watched", "progress": 2})
+        await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 2)
+        assert await conn.fetchval(started, hub_pid) != before
+    finally:
+        await conn.close()
+    await client.close()
+    await writer.close()
+
+
 async def test_a_transition_never_shows_a_commit_without_the_earlier_ones(ripple: RippleServer) -> None:
     """Writers draw commit timestamps without waiting for each other, so a later ts can become visible first.
     Here a writer draws its ts and then sleeps inside COMMIT (a deferred trigger after Ripple's), while a second
