@@ -8,7 +8,8 @@ line on stdout. Modes:
 * `raw`        - plain WebSockets to `bench.rawws`; records each broadcast's arrival against its stamp.
 * `listen`     - one asyncpg connection LISTENing; records each NOTIFY's arrival against its stamp.
 * `mutate`     - sync WebSockets sending `bench:bump` mutations, each socket one at a time.
-* `rawmutate`  - asyncpg connections running the same read-modify-write transaction, each one at a time.
+* `rawmutate`  - asyncpg connections running the same read-modify-write transaction (with a NOTIFY in it, or
+                 Ripple's statements), each one at a time.
 
 Every wait is bounded: the process exits by itself after `max_s` seconds, or when stdin closes.
 """
@@ -349,6 +350,7 @@ class Runner:
                     self.spec["table"],
                     f"r{int(self.spec['row_start']) + i}",
                     like_ripple=bool(self.spec.get("like_ripple")),
+                    notify=bool(self.spec.get("notify")),
                 )
             )
 

@@ -88,15 +88,17 @@ class Mutator:
 
 
 class RawMutator:
-    """The floor: the same read-modify-write as `bench:bump`, as a SERIALIZABLE asyncpg transaction.
+    """The floor: the same read-modify-write as `bench:bump`, as a SERIALIZABLE asyncpg transaction; with `notify`,
+    a NOTIFY in that transaction too (the issue's "raw commit + NOTIFY", as in the latency phase's floor).
 
     `like_ripple` sends the statements a Ripple mutation sends, in the same messages (the transaction opened in
     the message that ends the previous one, the dedupe row, COMMIT and NOTIFY in one): Ripple's SQL without
     Ripple's Python.
     """
 
-    def __init__(self, conn: Any, table: str, row: str, *, like_ripple: bool = False) -> None:
+    def __init__(self, conn: Any, table: str, row: str, *, like_ripple: bool = False, notify: bool = False) -> None:
         self.conn = conn
+        self.notify = notify
         self.row = row
         self.like_ripple = like_ripple
         # The statement ctx.db's `.with_index("by_twitch_id", eq).unique()` issues, so only Ripple's own work differs.
@@ -117,6 +119,8 @@ class RawMutator:
             async with self.conn.transaction(isolation="serializable"):
                 row = await self.conn.fetchrow(self.select, self.row)
                 await self.conn.execute(self.update, row["_id"], (row["progress_percentage"] or 0) + 1)
+                if self.notify:
+                    await self.conn.execute("NOTIFY bench_floor, '1'")
             return
         if not self.conn.is_in_transaction():
             await self.conn.execute(OPEN_SQL)

@@ -502,10 +502,10 @@ class Bench:
             if prof:
                 await prof.stop()
             await self.release(srv)
-        log("mutations floor: asyncpg SERIALIZABLE read-modify-write, same concurrency")
-        raw = await self._mutate(
-            {"mode": "rawmutate", "dsn": self.dsn, "table": "bench_raw.videos"}, "rawmutate", "bench_raw.videos"
-        )
+        log("mutations floor: asyncpg SERIALIZABLE read-modify-write + NOTIFY, same concurrency")
+        spec = {"mode": "rawmutate", "dsn": self.dsn, "table": "bench_raw.videos"}
+        raw = await self._mutate({**spec, "notify": True}, "rawmutate", "bench_raw.videos")
+        bare = await self._mutate(dict(spec), "rawmutate", "bench_raw.videos")
         trig = await self._mutate(
             {"mode": "rawmutate", "dsn": self.dsn, "table": "public.videos", "like_ripple": True}, "rawmutate2"
         )
@@ -518,37 +518,40 @@ class Bench:
             "≥ 50% of raw",
             r >= 0.5,
         )
-        rt = ratio(trig["rate"], raw["rate"])
-        self.add(
-            "4. raw asyncpg sending Ripple's SQL (triggers, dedupe row, NOTIFY) (info)",
-            f"{trig['rate']:.0f}/s",
-            f"{raw['rate']:.0f}/s",
-            f"{rt * 100:.0f}%",
-            "",
-            None,
-        )
+        for label, other in (
+            ("Ripple against raw read-modify-write without NOTIFY", ripple),
+            ("raw asyncpg sending Ripple's SQL (triggers, dedupe row, NOTIFY) against it", trig),
+        ):
+            rb = ratio(other["rate"], bare["rate"])
+            self.add(
+                f"4. {label} (info)", f"{other['rate']:.0f}/s", f"{bare['rate']:.0f}/s", f"{rb * 100:.0f}%", "", None
+            )
+        runs = (ripple, trig, raw, bare)
         self.note(
-            f"4. round trip p50/p99: Ripple {ms(pct(ripple['latencies'], 50) * 1e3)}/"
-            f"{ms(pct(ripple['latencies'], 99) * 1e3)}, raw {ms(pct(raw['latencies'], 50) * 1e3)}/"
-            f"{ms(pct(raw['latencies'], 99) * 1e3)}, raw Ripple SQL {ms(pct(trig['latencies'], 50) * 1e3)}; "
-            f"server CPU {s_cpu / max(1, ripple['count']) * 1e3:.2f} ms per mutation (whole run incl. warm-up); "
-            f"CPU per mutation, every process of the machine, measured window (Ripple | raw Ripple SQL | raw): "
-            f"{per_mutation(ripple)} | {per_mutation(trig)} | {per_mutation(raw)} ms, of which the load's clients "
-            f"{per_mutation(ripple, 'cpu_s')} | {per_mutation(trig, 'cpu_s')} | {per_mutation(raw, 'cpu_s')} ms; "
-            f"Postgres backends on average (Ripple | raw Ripple SQL | raw): {backends(ripple)} | {backends(trig)} | "
-            f"{backends(raw)}; "
-            f"MutationResponse → covering Transition p50 {ms(pct(ripple['cover'], 50) * 1e3)}; "
-            f"HOT updates: Ripple {ripple['hot_pct']:.0f}%, raw {raw['hot_pct']:.0f}%, raw Ripple SQL "
-            f"{trig['hot_pct']:.0f}%; serialization retries: Ripple "
-            f"{delta(m0, m1, 'ripple_mutation_retries_total'):.0f} (server /metrics), hub rounds "
-            f"{rounds(m0, m1):.0f} ({delta(m0, m1, 'ripple_hub_settles_total'):.0f} settled), "
-            f"raw {raw['retries']}, raw Ripple SQL {trig['retries']}; Ripple failed mutations {ripple['errors']}"
+            "4. (Ripple | raw Ripple SQL | raw + NOTIFY | raw without NOTIFY) round trip p50: "
+            + " | ".join(ms(pct(x["latencies"], 50) * 1e3) for x in runs)
+            + f"; Ripple p99 {ms(pct(ripple['latencies'], 99) * 1e3)}; server CPU "
+            f"{s_cpu / max(1, ripple['count']) * 1e3:.2f} ms per mutation (whole run incl. warm-up); CPU per mutation, "
+            "every process of the machine, measured window: "
+            + " | ".join(per_mutation(x) for x in runs)
+            + " ms, of which the load's clients "
+            + " | ".join(per_mutation(x, "cpu_s") for x in runs)
+            + " ms; Postgres backends on average: "
+            + " | ".join(backends(x) for x in runs)
+            + f"; MutationResponse → covering Transition p50 {ms(pct(ripple['cover'], 50) * 1e3)}; HOT updates: "
+            + " | ".join(f"{x['hot_pct']:.0f}%" for x in runs)
+            + "; serialization retries: "
+            + f"{delta(m0, m1, 'ripple_mutation_retries_total'):.0f} (server /metrics) | "
+            + " | ".join(str(x["retries"]) for x in runs[1:])
+            + f"; hub rounds {rounds(m0, m1):.0f} ({delta(m0, m1, 'ripple_hub_quiet_rounds_total'):.0f} without a "
+            f"query, {delta(m0, m1, 'ripple_hub_settles_total'):.0f} settled); Ripple failed mutations "
+            f"{ripple['errors']}"
             + (f" (first: {ripple['first_error'].splitlines()[0]})" if ripple["first_error"] else "")
             + f"; {gc_note(gc0, gc1)}"
         )
         self.report.data["mutations"] = {
             k: {x: v[x] for x in ("rate", "count", "errors", "retries")}
-            for k, v in (("ripple", ripple), ("raw", raw), ("raw_triggers", trig))
+            for k, v in (("ripple", ripple), ("raw", raw), ("raw_without_notify", bare), ("raw_triggers", trig))
         }
 
     # 5. Memory.
