@@ -327,7 +327,8 @@ class Hub:
             return False
         stale: set[int] = set()
         self._match(changes, stale)
-        if not stale.isdisjoint(self._instances.by_id):
+        live = self._instances.by_id
+        if any(i in live for i in stale):  # not set.isdisjoint(dict): that walks the whole dict
             return False
         self.processed_ts = upto
         self._announced.forget_through(upto)
