@@ -1,0 +1,587 @@
+-- Ripple schema: the single source of truth for app tables, their indexes and the change capture.
+--
+-- Applied at every server start, possibly by several processes at once and possibly twice in a row, so every
+-- statement is idempotent (IF NOT EXISTS, CREATE OR REPLACE, DO blocks). PostgreSQL 15 and 16, core only.
+--
+-- Conventions (ARCHITECTURE.md, "Data model conventions"):
+--   * Convex table `agentSessions` = table `agent_sessions`; fields are snake_case columns.
+--   * `_id text COLLATE "C"` primary key (36 hex: 28 random + 4 table number + 4 check),
+--     `_creation_time double precision` (epoch ms). NULL = absent field.
+--   * strings/ids `text COLLATE "C"`, numbers `double precision`, booleans `boolean`, objects/arrays `jsonb`.
+--   * Convex index `by_x` on `t` = index `t__by_x` on (fields NULLS FIRST, _creation_time, _id).
+--   * Ripple's own objects start with `_ripple_`.
+
+-- Serialise concurrent appliers when the file runs as one transaction (asyncpg's execute of the whole file),
+-- and keep the "already exists, skipping" notices of a re-run quiet.
+SELECT pg_advisory_xact_lock(7264001000000000001), set_config('client_min_messages', 'warning', true);
+
+-- ---------------------------------------------------------------------------------------------------------
+-- Ripple system tables
+-- ---------------------------------------------------------------------------------------------------------
+
+-- Table numbers encoded in ids. Numbers are never reused, also after a table is dropped.
+CREATE TABLE IF NOT EXISTS _ripple_tables (
+    table_name   text COLLATE "C" PRIMARY KEY,
+    table_number int NOT NULL UNIQUE CHECK (table_number BETWEEN 1 AND 65535)
+);
+
+-- The commit clock. A sequence, not a table: nextval/setval take no row locks and no SSI predicate locks,
+-- so concurrent SERIALIZABLE writers never conflict on it. Persistent, so ts never goes backwards.
+CREATE SEQUENCE IF NOT EXISTS _ripple_ts AS bigint MINVALUE 1;
+
+-- One row per captured row change. Key objects hold the indexed columns (without _id, which is doc_id)
+-- plus _creation_time; old_keys is NULL for an insert, new_keys NULL for a delete.
+CREATE TABLE IF NOT EXISTS _ripple_changes (
+    xid        bigint NOT NULL,
+    table_name text COLLATE "C" NOT NULL,
+    doc_id     text COLLATE "C" NOT NULL,
+    old_keys   jsonb,
+    new_keys   jsonb
+);
+CREATE INDEX IF NOT EXISTS _ripple_changes__xid ON _ripple_changes (xid);
+
+-- Holds the xid of each writing transaction between its first captured write and its COMMIT; the deferred
+-- constraint trigger on it runs once, at COMMIT, and draws the commit ts.
+CREATE TABLE IF NOT EXISTS _ripple_pending (
+    xid bigint PRIMARY KEY
+);
+
+-- Commit order. ts is in nanoseconds since the epoch (or last ts + 1 when the clock lags).
+CREATE TABLE IF NOT EXISTS _ripple_commits (
+    ts  bigint PRIMARY KEY,
+    xid bigint NOT NULL UNIQUE
+);
+
+-- Newest ts whose log rows were pruned: a reader that processed less than this must re-run everything.
+CREATE TABLE IF NOT EXISTS _ripple_horizon (
+    id int PRIMARY KEY CHECK (id = 1),
+    ts bigint NOT NULL
+);
+
+-- Results of applied mutations, so a resent (session_id, request_id) is applied once.
+CREATE TABLE IF NOT EXISTS _ripple_mutations (
+    session_id text COLLATE "C",
+    request_id bigint,
+    result     jsonb,
+    ts         bigint NOT NULL,
+    created_at timestamptz DEFAULT now(),
+    PRIMARY KEY (session_id, request_id)
+);
+CREATE INDEX IF NOT EXISTS _ripple_mutations__created_at ON _ripple_mutations (created_at);
+
+-- ---------------------------------------------------------------------------------------------------------
+-- Functions used by column defaults
+-- ---------------------------------------------------------------------------------------------------------
+
+-- Epoch milliseconds, with microsecond precision, of the moment of the call (not of the transaction start,
+-- so rows inserted later in one transaction get later _creation_time values).
+CREATE OR REPLACE FUNCTION _ripple_now_ms() RETURNS double precision
+LANGUAGE sql VOLATILE PARALLEL SAFE
+AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::double precision $$;
+
+-- A new id for a document of `table_name`: 28 random hex + 4 hex table number + 4 hex check (first 4 hex of
+-- md5 of the 32 before). The random part comes from gen_random_uuid() without its fixed version/variant
+-- nibbles, so all 28 characters are random.
+CREATE OR REPLACE FUNCTION _ripple_new_id(table_name text) RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    num  int;
+    u    text := replace(gen_random_uuid()::text, '-', '');
+    body text;
+BEGIN
+    SELECT t.table_number INTO num FROM _ripple_tables t WHERE t.table_name = _ripple_new_id.table_name;
+    IF num IS NULL THEN
+        RAISE EXCEPTION 'Ripple: table "%" is not registered in _ripple_tables (run _ripple_register_tables())',
+            _ripple_new_id.table_name
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    body := substr(u, 1, 12) || substr(u, 14, 3) || substr(u, 18, 13) || lpad(to_hex(num), 4, '0');
+    RETURN body || left(md5(body), 4);
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- App tables (from the seed documents)
+-- ---------------------------------------------------------------------------------------------------------
+
+-- Seeds 000/001: animation generations, with refinement chains through parent_generation_id.
+CREATE TABLE IF NOT EXISTS generations (
+    _id                  text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('generations'),
+    _creation_time       double precision NOT NULL DEFAULT _ripple_now_ms(),
+    user_id              text COLLATE "C" NOT NULL,
+    prompt               text COLLATE "C" NOT NULL,
+    status               text COLLATE "C" NOT NULL,          -- 'pending' | 'success' | 'failed'
+    code                 text COLLATE "C",
+    raw_code             text COLLATE "C",
+    error_message        text COLLATE "C",
+    created_at           double precision NOT NULL,
+    batch_id             text COLLATE "C",
+    variation_index      double precision,
+    variation_count      double precision,
+    aspect_ratio         text COLLATE "C",
+    duration_in_seconds  double precision,
+    duration_in_frames   double precision,
+    fps                  double precision,
+    reference_image_ids  jsonb,                              -- array of ids
+    continuation_type    text COLLATE "C",
+    parent_generation_id text COLLATE "C",                   -- Id<"generations">
+    refinement_prompt    text COLLATE "C",
+    conversation_history jsonb,
+    model                text COLLATE "C"
+);
+CREATE INDEX IF NOT EXISTS "generations__by_user"
+    ON generations (user_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "generations__by_user_created"
+    ON generations (user_id NULLS FIRST, created_at NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "generations__by_batchId"
+    ON generations (batch_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "generations__by_status_created"
+    ON generations (status NULLS FIRST, created_at NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "generations__by_parent"
+    ON generations (parent_generation_id NULLS FIRST, _creation_time, _id);
+
+-- Seed 002: agent sessions, a union on `kind` ('planner_session' | 'coder_session' | 'reviewer_session').
+-- Variant fields (plan; code, language; review, approved) are nullable: each variant sets its own.
+CREATE TABLE IF NOT EXISTS agent_sessions (
+    _id            text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('agent_sessions'),
+    _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(),
+    kind           text COLLATE "C" NOT NULL,
+    agent_type     text COLLATE "C" NOT NULL,               -- 'planner' | 'coder' | 'reviewer'
+    status         text COLLATE "C" NOT NULL,               -- 'idle' | 'running' | 'completed' | 'failed'
+    session_id     text COLLATE "C",
+    workflow_id    text COLLATE "C",                        -- Id<"workflows">
+    input          text COLLATE "C" NOT NULL,
+    output         text COLLATE "C",
+    error          text COLLATE "C",
+    plan           text COLLATE "C",
+    code           text COLLATE "C",
+    language       text COLLATE "C",
+    review         text COLLATE "C",
+    approved       boolean,
+    metadata       jsonb,
+    started_at     double precision,
+    completed_at   double precision,
+    user_id        text COLLATE "C"
+);
+CREATE INDEX IF NOT EXISTS "agent_sessions__by_workflow"
+    ON agent_sessions (workflow_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "agent_sessions__by_status"
+    ON agent_sessions (status NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "agent_sessions__by_workflow_and_status"
+    ON agent_sessions (workflow_id NULLS FIRST, status NULLS FIRST, _creation_time, _id);
+
+-- Seed 002: workflows orchestrating the agents.
+CREATE TABLE IF NOT EXISTS workflows (
+    _id            text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('workflows'),
+    _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(),
+    task           text COLLATE "C" NOT NULL,
+    status         text COLLATE "C" NOT NULL,               -- 'pending' | 'in_progress' | 'completed' | 'failed'
+    current_step   text COLLATE "C" NOT NULL,
+    artifacts      jsonb NOT NULL DEFAULT '[]'::jsonb,      -- array of strings
+    metadata       jsonb,
+    user_id        text COLLATE "C",
+    created_at     double precision,
+    updated_at     double precision
+);
+CREATE INDEX IF NOT EXISTS "workflows__by_status"
+    ON workflows (status NULLS FIRST, _creation_time, _id);
+
+-- Seed 003: videos processed by an external worker, with job tracking.
+CREATE TABLE IF NOT EXISTS videos (
+    _id                          text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('videos'),
+    _creation_time               double precision NOT NULL DEFAULT _ripple_now_ms(),
+    twitch_id                    text COLLATE "C" NOT NULL,
+    title                        text COLLATE "C" NOT NULL,
+    status                       text COLLATE "C" NOT NULL, -- 'Queued' | ... | 'Completed' | 'Failed'
+    transcript_url               text COLLATE "C",
+    chat_url                     text COLLATE "C",
+    audiowave_url                text COLLATE "C",
+    transcript_analysis_url      text COLLATE "C",
+    transcript_word_url          text COLLATE "C",
+    job_id                       text COLLATE "C",
+    progress_percentage          double precision,
+    current_stage                text COLLATE "C",
+    estimated_completion_seconds double precision,
+    error_type                   text COLLATE "C",
+    error_message                text COLLATE "C",
+    error_details                text COLLATE "C",
+    is_retryable                 boolean,
+    retry_count                  double precision,
+    created_at                   double precision,
+    updated_at                   double precision,
+    processing_started_at        double precision,
+    processing_completed_at      double precision,
+    callback_url                 text COLLATE "C",
+    stage_progress               jsonb
+);
+CREATE INDEX IF NOT EXISTS "videos__by_twitch_id"
+    ON videos (twitch_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "videos__by_job_id"
+    ON videos (job_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "videos__by_status"
+    ON videos (status NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "videos__by_created_at"
+    ON videos (created_at NULLS FIRST, _creation_time, _id);
+
+-- Seed 004: video pipeline v2 (projects -> scenes -> shots -> image iterations -> storyboard).
+CREATE TABLE IF NOT EXISTS video_projects (
+    _id                 text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('video_projects'),
+    _creation_time      double precision NOT NULL DEFAULT _ripple_now_ms(),
+    user_id             text COLLATE "C" NOT NULL,
+    title               text COLLATE "C",
+    prompt              text COLLATE "C" NOT NULL,
+    workflow_version    text COLLATE "C",                   -- 'v1_legacy' | 'v2_redesign'
+    prompt_planner_data text COLLATE "C",
+    redesign_status     text COLLATE "C",                   -- 'prompt_planning' -> ... -> 'animation_complete'
+    created_at          double precision NOT NULL,
+    updated_at          double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "video_projects__by_user"
+    ON video_projects (user_id NULLS FIRST, _creation_time, _id);
+
+CREATE TABLE IF NOT EXISTS project_scenes (
+    _id            text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('project_scenes'),
+    _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(),
+    project_id     text COLLATE "C" NOT NULL,               -- Id<"videoProjects">
+    scene_number   double precision NOT NULL,
+    title          text COLLATE "C" NOT NULL,
+    description    text COLLATE "C" NOT NULL,
+    created_at     double precision NOT NULL,
+    updated_at     double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "project_scenes__by_project"
+    ON project_scenes (project_id NULLS FIRST, scene_number NULLS FIRST, _creation_time, _id);
+
+CREATE TABLE IF NOT EXISTS scene_shots (
+    _id               text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('scene_shots'),
+    _creation_time    double precision NOT NULL DEFAULT _ripple_now_ms(),
+    project_id        text COLLATE "C" NOT NULL,            -- Id<"videoProjects">
+    scene_id          text COLLATE "C" NOT NULL,            -- Id<"projectScenes">
+    shot_number       double precision NOT NULL,
+    description       text COLLATE "C" NOT NULL,
+    initial_prompt    text COLLATE "C",
+    selected_image_id text COLLATE "C",                     -- Id<"shotImages">
+    created_at        double precision NOT NULL,
+    updated_at        double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "scene_shots__by_scene"
+    ON scene_shots (scene_id NULLS FIRST, shot_number NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "scene_shots__by_project"
+    ON scene_shots (project_id NULLS FIRST, _creation_time, _id);
+
+CREATE TABLE IF NOT EXISTS shot_images (
+    _id                text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('shot_images'),
+    _creation_time     double precision NOT NULL DEFAULT _ripple_now_ms(),
+    project_id         text COLLATE "C" NOT NULL,           -- Id<"videoProjects">
+    scene_id           text COLLATE "C" NOT NULL,           -- Id<"projectScenes">
+    shot_id            text COLLATE "C" NOT NULL,           -- Id<"sceneShots">
+    iteration_number   double precision NOT NULL,           -- 0 = initial batch, 1+ = refinements
+    variant_number     double precision NOT NULL,           -- 0-5
+    image_url          text COLLATE "C" NOT NULL,
+    image_storage_id   text COLLATE "C",
+    iteration_prompt   text COLLATE "C" NOT NULL,
+    parent_image_id    text COLLATE "C",                    -- Id<"shotImages">
+    replicate_image_id text COLLATE "C",
+    status             text COLLATE "C" NOT NULL,           -- 'pending' | 'processing' | 'complete' | 'failed'
+    is_favorite        boolean NOT NULL,
+    metadata           jsonb,
+    created_at         double precision NOT NULL,
+    updated_at         double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "shot_images__by_shot"
+    ON shot_images (shot_id NULLS FIRST, iteration_number NULLS FIRST, variant_number NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "shot_images__by_scene"
+    ON shot_images (scene_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "shot_images__by_project"
+    ON shot_images (project_id NULLS FIRST, _creation_time, _id);
+
+CREATE TABLE IF NOT EXISTS storyboard_selections (
+    _id                text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('storyboard_selections'),
+    _creation_time     double precision NOT NULL DEFAULT _ripple_now_ms(),
+    project_id         text COLLATE "C" NOT NULL,           -- Id<"videoProjects">
+    scene_id           text COLLATE "C" NOT NULL,           -- Id<"projectScenes">
+    shot_id            text COLLATE "C" NOT NULL,           -- Id<"sceneShots">
+    selected_image_id  text COLLATE "C" NOT NULL,           -- Id<"shotImages">
+    animation_status   text COLLATE "C",                    -- 'pending' | 'processing' | 'complete' | 'failed'
+    animated_video_url text COLLATE "C",
+    replicate_video_id text COLLATE "C",
+    created_at         double precision NOT NULL,
+    updated_at         double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "storyboard_selections__by_project"
+    ON storyboard_selections (project_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "storyboard_selections__by_scene"
+    ON storyboard_selections (scene_id NULLS FIRST, _creation_time, _id);
+CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
+    ON storyboard_selections (shot_id NULLS FIRST, _creation_time, _id);
+
+-- ---------------------------------------------------------------------------------------------------------
+-- The commit clock (ARCHITECTURE.md, "Change capture and the commit clock")
+-- ---------------------------------------------------------------------------------------------------------
+
+-- The commit ts of the current transaction.
+--   * It captured writes and has no ts yet: take the clock lock (held until the transaction ends, so ts order
+--     is visibility order), draw ts = max(last + 1, now in ns), record (ts, xid), NOTIFY the ts, remember it.
+--   * It already has a ts: return it (Ripple mutations call this as their last statement; the deferred
+--     trigger calls it again at COMMIT).
+--   * It captured no write: return the clock's last value (0 if never drawn); nothing is recorded.
+-- It reads no table that concurrent writers write (only settings and the sequence), so SERIALIZABLE
+-- transactions never get a serialization failure from it.
+CREATE OR REPLACE FUNCTION _ripple_commit_ts() RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    x    bigint := txid_current_if_assigned();
+    seen text;
+    ts   bigint;
+BEGIN
+    IF x IS NULL OR current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
+        RETURN coalesce(pg_sequence_last_value('_ripple_ts'), 0);
+    END IF;
+    seen := current_setting('ripple.ts', true);
+    IF seen IS NOT NULL AND seen <> '' THEN
+        RETURN seen::bigint;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7264001000000000002);
+    ts := greatest(nextval('_ripple_ts'), (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint);
+    PERFORM setval('_ripple_ts', ts);
+    INSERT INTO _ripple_commits (ts, xid) VALUES (ts, x);
+    PERFORM pg_notify('ripple_commits', ts::text);
+    PERFORM set_config('ripple.ts', ts::text, true);
+    RETURN ts;
+END
+$$;
+
+-- Deferred constraint trigger on _ripple_pending: runs once per writing transaction, at COMMIT.
+-- The pending row is deleted by its ctid (remembered at insert), a TID scan: a scan of the xid index would
+-- take an SSI predicate lock on the one index page every writer inserts into, and so could turn unrelated
+-- SERIALIZABLE transactions into serialization failures (T2 reads X; T1 writes X and commits; T2's first
+-- write then inserts its pending row into the page T1 scanned: a cycle, and T2 is cancelled).
+-- A row this misses (say, inserted by hand) is removed by _ripple_prune.
+CREATE OR REPLACE FUNCTION _ripple_pending_commit() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM _ripple_commit_ts();
+    DELETE FROM _ripple_pending
+     WHERE ctid = nullif(current_setting('ripple.pending_ctid', true), '')::tid AND xid = NEW.xid;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = '_ripple_pending'::regclass AND tgname = '_ripple_pending_commit') THEN
+        CREATE CONSTRAINT TRIGGER _ripple_pending_commit
+            AFTER INSERT ON _ripple_pending
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION _ripple_pending_commit();
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- Change capture
+-- ---------------------------------------------------------------------------------------------------------
+
+-- Row trigger on every app table. TG_ARGV = the columns to put in the key objects. Appends one
+-- _ripple_changes row; the transaction's first captured write also registers its xid in _ripple_pending
+-- (once, remembered in the transaction-local setting ripple.pending), which arms the COMMIT-time trigger.
+CREATE OR REPLACE FUNCTION _ripple_capture() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    x   bigint := txid_current();
+    row jsonb;
+    o   jsonb;
+    n   jsonb;
+    k   text;
+    doc text;
+    pos tid;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        row := to_jsonb(OLD);
+        o := '{}'::jsonb;
+        FOREACH k IN ARRAY TG_ARGV LOOP
+            o := o || jsonb_build_object(k, row -> k);
+        END LOOP;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        row := to_jsonb(NEW);
+        n := '{}'::jsonb;
+        FOREACH k IN ARRAY TG_ARGV LOOP
+            n := n || jsonb_build_object(k, row -> k);
+        END LOOP;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        doc := OLD._id;
+    ELSE
+        doc := NEW._id;
+    END IF;
+    INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys) VALUES (x, TG_TABLE_NAME, doc, o, n);
+    IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
+        INSERT INTO _ripple_pending (xid) VALUES (x) RETURNING ctid INTO pos;
+        PERFORM set_config('ripple.pending', x::text, true);
+        PERFORM set_config('ripple.pending_ctid', pos::text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Statement trigger BEFORE TRUNCATE: row triggers do not fire on TRUNCATE, so record a delete for every row.
+CREATE OR REPLACE FUNCTION _ripple_capture_truncate() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    x   bigint := txid_current();
+    pos tid;
+BEGIN
+    EXECUTE format(
+        'INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys)
+         SELECT $1, $2, t._id, (SELECT jsonb_object_agg(k, to_jsonb(t) -> k) FROM unnest($3::text[]) k), NULL
+           FROM %I.%I t', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+    USING x, TG_TABLE_NAME, TG_ARGV;
+    IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
+        INSERT INTO _ripple_pending (xid) VALUES (x) RETURNING ctid INTO pos;
+        PERFORM set_config('ripple.pending', x::text, true);
+        PERFORM set_config('ripple.pending_ctid', pos::text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Numbers every public table that has an `_id` column and is not numbered yet (in name order, after the
+-- highest number ever given). Numbers are stored, so they are stable across runs.
+CREATE OR REPLACE FUNCTION _ripple_register_tables() RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    r    record;
+    next int;
+BEGIN
+    SELECT coalesce(max(table_number), 0) + 1 INTO next FROM _ripple_tables;
+    FOR r IN
+        SELECT c.relname::text AS name
+          FROM pg_class c
+          JOIN pg_namespace s ON s.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = '_id' AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p') AND left(c.relname, 8) <> '_ripple_'
+           AND NOT EXISTS (SELECT 1 FROM _ripple_tables t WHERE t.table_name = c.relname::text)
+         ORDER BY c.relname::text COLLATE "C"
+    LOOP
+        IF next > 65535 THEN
+            RAISE EXCEPTION 'Ripple: no table numbers left for table "%"', r.name;
+        END IF;
+        INSERT INTO _ripple_tables (table_name, table_number) VALUES (r.name, next);
+        next := next + 1;
+    END LOOP;
+END
+$$;
+
+-- (Re)creates the capture triggers on every registered table that exists, idempotently: a trigger whose
+-- arguments are already right is left alone (no lock taken on the table). The key columns are the columns
+-- of the table's `<table>__*` indexes in index-name then key order, without `_id`, plus `_creation_time`.
+CREATE OR REPLACE FUNCTION _ripple_install_capture() RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    r       record;
+    cols    text[];
+    args    text;
+    want    bytea;
+    have    bytea;
+    trunc   bytea;
+BEGIN
+    FOR r IN
+        SELECT c.oid AS rel, c.relname::text AS name
+          FROM _ripple_tables t
+          JOIN pg_class c ON c.relname = t.table_name AND c.relkind IN ('r', 'p')
+          JOIN pg_namespace s ON s.oid = c.relnamespace AND s.nspname = 'public'
+         ORDER BY t.table_number
+    LOOP
+        SELECT coalesce(array_agg(col ORDER BY first_seen), '{}') INTO cols
+          FROM (SELECT a.attname::text AS col, min(ic.relname::text COLLATE "C" || '/' || lpad(k.ord::text, 3, '0')) AS first_seen
+                  FROM pg_index i
+                  JOIN pg_class ic ON ic.oid = i.indexrelid
+                  CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                 WHERE i.indrelid = r.rel AND k.attnum > 0
+                   AND left(ic.relname, length(r.name) + 2) = r.name || '__'
+                   AND a.attname NOT IN ('_id', '_creation_time')
+                 GROUP BY a.attname) s;
+        cols := cols || '_creation_time'::text;
+
+        SELECT string_agg(quote_literal(c), ', ') INTO args FROM unnest(cols) c;
+        SELECT decode(string_agg(encode(convert_to(c, 'UTF8'), 'hex') || '00', ''), 'hex') INTO want
+          FROM unnest(cols) c;
+
+        SELECT tgargs INTO have FROM pg_trigger WHERE tgrelid = r.rel AND tgname = '_ripple_capture';
+        IF have IS DISTINCT FROM want THEN
+            IF have IS NOT NULL THEN
+                EXECUTE format('DROP TRIGGER _ripple_capture ON public.%I', r.name);
+            END IF;
+            EXECUTE format('CREATE TRIGGER _ripple_capture AFTER INSERT OR UPDATE OR DELETE ON public.%I '
+                           'FOR EACH ROW EXECUTE FUNCTION _ripple_capture(%s)', r.name, args);
+        END IF;
+
+        SELECT tgargs INTO trunc FROM pg_trigger WHERE tgrelid = r.rel AND tgname = '_ripple_capture_truncate';
+        IF trunc IS DISTINCT FROM want THEN
+            IF trunc IS NOT NULL THEN
+                EXECUTE format('DROP TRIGGER _ripple_capture_truncate ON public.%I', r.name);
+            END IF;
+            EXECUTE format('CREATE TRIGGER _ripple_capture_truncate BEFORE TRUNCATE ON public.%I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION _ripple_capture_truncate(%s)', r.name, args);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- Reading and pruning the log
+-- ---------------------------------------------------------------------------------------------------------
+
+-- Newest commit ts visible to the caller's snapshot (or the pruned horizon, or 0). Meant for REPEATABLE READ
+-- readers (the hub); a SERIALIZABLE writer should not call it (it reads _ripple_commits, which writers write).
+CREATE OR REPLACE FUNCTION _ripple_latest_ts() RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+    SELECT greatest(coalesce((SELECT max(ts) FROM _ripple_commits), 0),
+                    coalesce((SELECT h.ts FROM _ripple_horizon h WHERE h.id = 1), 0))
+$$;
+
+-- Deletes the commits older than keep_ms (by ts, in ns) with their change rows, mutation-dedupe rows older
+-- than keep_ms, and stray pending rows of finished transactions; raises the horizon to the newest pruned
+-- ts. Returns the number of commits pruned.
+CREATE OR REPLACE FUNCTION _ripple_prune(keep_ms double precision) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    cutoff bigint := ((extract(epoch FROM clock_timestamp()) * 1000 - keep_ms) * 1000000)::bigint;
+    newest bigint;
+    n      bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM _ripple_commits WHERE ts < cutoff RETURNING ts, xid
+    ), changes AS (
+        DELETE FROM _ripple_changes c USING gone WHERE c.xid = gone.xid
+    )
+    SELECT max(ts), count(*) INTO newest, n FROM gone;
+    IF newest IS NOT NULL THEN
+        INSERT INTO _ripple_horizon (id, ts) VALUES (1, newest)
+        ON CONFLICT (id) DO UPDATE SET ts = greatest(_ripple_horizon.ts, excluded.ts);
+    END IF;
+    DELETE FROM _ripple_mutations WHERE created_at < now() - make_interval(secs => keep_ms / 1000);
+    DELETE FROM _ripple_pending p
+     WHERE p.xid < txid_snapshot_xmin(txid_current_snapshot());
+    RETURN n;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------------------
+-- Number the tables and install the capture triggers (also on tables added since the last run).
+-- ---------------------------------------------------------------------------------------------------------
+
+SELECT _ripple_register_tables();
+SELECT _ripple_install_capture();
