@@ -130,7 +130,7 @@ class Runner:
         self.pending_ready = 0
         self.all_ready = asyncio.Event()
         self.failed: list[str] = []
-        self.mutators: list[Mutator] = []
+        self.mutators: list[Mutator | RawMutator] = []
         self.pg: list[Any] = []
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:

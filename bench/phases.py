@@ -141,7 +141,9 @@ class Bench:
         if self.conn is not None:
             await self.conn.close()
 
-    async def clients(self, spec: dict[str, Any], label: str, timeout: float = 300) -> tuple[ClientProc, dict]:
+    async def clients(
+        self, spec: dict[str, Any], label: str, timeout: float = 300
+    ) -> tuple[ClientProc, dict[str, Any]]:
         spec.setdefault("max_s", 900)
         spec.setdefault("ready_timeout_s", timeout)
         spec.setdefault("deflate", self.deflate)
@@ -559,7 +561,7 @@ class Bench:
     async def _idle_cpu(self, cpu: Any) -> float:
         c0, t0 = cpu(), time.perf_counter()
         await asyncio.sleep(self.cfg.idle_cpu_s)
-        return (cpu() - c0) / (time.perf_counter() - t0) * 100
+        return float(cpu() - c0) / (time.perf_counter() - t0) * 100
 
     async def phase_memory(self) -> None:
         cfg = self.cfg

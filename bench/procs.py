@@ -118,7 +118,7 @@ class ClientProc:
             if ev.get("event") == "error":
                 raise RuntimeError(f"client {self.label}: {ev.get('message')}")
             if ev.get("event") == name and (match is None or match(ev)):
-                return ev
+                return dict(ev)
 
     async def stats(self, timeout: float = 60) -> dict[str, Any]:
         self.send("stats")

@@ -181,7 +181,7 @@ class Writers:
         except Exception:
             pass
         finally:
-            self._resting.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._resting.discard(asyncio.current_task())
             await self._give_back(writer, writer.state == "idle" and not writer.conn.is_closed())
 
     async def close(self) -> None:
