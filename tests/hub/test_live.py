@@ -4,12 +4,14 @@ also across a lost LISTEN connection, a huge transaction and a pruned log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -238,7 +240,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
+@contextlib.asynccontextmanager
+async def second_process(ripple: RippleServer) -> AsyncIterator[str]:
+    """Another `ripple serve` process on the same database; yields its base URL once it is healthy."""
     port = _free_port()
     env = dict(
         os.environ,
@@ -255,9 +259,9 @@ async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    other = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=other) as http:
+        async with httpx.AsyncClient(base_url=url) as http:
             for _ in range(100):
                 try:
                     if (await http.get("/health")).status_code == 200:
@@ -265,36 +269,47 @@ async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.1)
-            here = await SyncClient.connect(ripple.ws_url)
-            there = await SyncClient.connect(other.replace("http", "ws") + "/api/sync")
-            q_here = await here.subscribe("testing:count", {"twitchId": "mp"})
-            q_there = await there.subscribe("testing:count", {"twitchId": "mp"})
-            # A mutation through the other process updates subscribers of this one, and the reverse.
-            await there.mutation("testing:setProgress", {"twitchId": "mp", "progress": 1})
-            await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 1)
-            await here.mutation("testing:setProgress", {"twitchId": "mp", "progress": 2})
-            await there.expect(lambda m: m["type"] == "Transition" and there.results[q_there] == 2)
-            body = (
-                await http.post(
-                    "/api/mutation", json={"path": "testing:setProgress", "args": {"twitchId": "mp", "progress": 3}}
-                )
-            ).json()
-            assert body["status"] == "success", body
-            await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 3)
-            await here.close()
-            await there.close()
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=15)
 
 
+async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
+    async with second_process(ripple) as other, httpx.AsyncClient(base_url=other) as http:
+        here = await SyncClient.connect(ripple.ws_url)
+        there = await SyncClient.connect(other.replace("http", "ws") + "/api/sync")
+        q_here = await here.subscribe("testing:count", {"twitchId": "mp"})
+        q_there = await there.subscribe("testing:count", {"twitchId": "mp"})
+        # A mutation through the other process updates subscribers of this one, and the reverse.
+        await there.mutation("testing:setProgress", {"twitchId": "mp", "progress": 1})
+        await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 1)
+        await here.mutation("testing:setProgress", {"twitchId": "mp", "progress": 2})
+        await there.expect(lambda m: m["type"] == "Transition" and there.results[q_there] == 2)
+        body = (
+            await http.post(
+                "/api/mutation", json={"path": "testing:setProgress", "args": {"twitchId": "mp", "progress": 3}}
+            )
+        ).json()
+        assert body["status"] == "success", body
+        await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 3)
+        await here.close()
+        await there.close()
+
+
 async def test_differential_random_mutations_settle_on_fresh_results(ripple: RippleServer) -> None:
-    """Several clients mutate at random while others watch; once writes stop, every subscription's last value
-    equals a fresh run of its query."""
+    """Several clients of two processes mutate at random (rows some queries read and rows none does, through
+    either process or plain SQL) while others watch; once writes stop, every subscription's last value equals a
+    fresh run of its query."""
+    async with second_process(ripple) as other:
+        await _differential(ripple, [ripple.ws_url, other.replace("http", "ws") + "/api/sync"])
+
+
+async def _differential(ripple: RippleServer, urls: list[str]) -> None:
     rng = random.Random(11)
     ids = [f"d{i}" for i in range(6)]
     statuses = ["Queued", "Failed", "Completed"]
-    watchers = [await SyncClient.connect(ripple.ws_url) for _ in range(4)]
+    watchers = [await SyncClient.connect(urls[n % len(urls)]) for n in range(4)]
     subscriptions = []
     for watcher in watchers:
         for _ in range(4):
@@ -306,9 +321,9 @@ async def test_differential_random_mutations_settle_on_fresh_results(ripple: Rip
 
     async def writer(seed: int) -> None:
         r = random.Random(seed)
-        client = await SyncClient.connect(ripple.ws_url)
+        client = await SyncClient.connect(urls[seed % len(urls)])
         for _ in range(25):
-            twitch_id = r.choice(ids)
+            twitch_id = r.choice([*ids, "unwatched"])
             if r.random() < 0.6:
                 await client.mutation("testing:setProgress", {"twitchId": twitch_id, "progress": r.randrange(100)})
             else:
