@@ -10,6 +10,7 @@ When the commits' announcements (database/announce.py) name their changes, a rou
 its snapshot's ts and that the snapshot holds exactly those commits: it starts with one instance the changes
 invalidate and reads that head inside the re-run's first statement (changes.py, `with_round_head`). From an idle
 machine each round trip costs a wake-up of both processes, and this saves one of the two a round otherwise needs.
+And when the announced changes touch no live query, the round needs no round trip at all (`_advance_quietly`).
 """
 
 from __future__ import annotations
