@@ -18,7 +18,8 @@ Phases and floors:
 3. tick      - a commit touching a row nobody reads, with 10,000 vs 10 unrelated subscriptions: the server's own
                commit-to-round-done histogram (/metrics), plus a tracker subscription's latency.
 4. mutations - mutations/s over the sync protocol, several sockets each one at a time.
-               Floor: the same read-modify-write as SERIALIZABLE asyncpg transactions, same concurrency.
+               Floor: the same read-modify-write as SERIALIZABLE asyncpg transactions with a NOTIFY that a
+               LISTENing connection receives (as Ripple's hub does), same concurrency.
 5. memory    - server RSS growth per idle connection with one subscription. Floor: the bare websockets server.
 
 Besides the table, the notes under it give the server's side of each figure: its CPU time (/proc), its own

@@ -9,7 +9,8 @@ line on stdout. Modes:
 * `listen`     - one asyncpg connection LISTENing; records each NOTIFY's arrival against its stamp.
 * `mutate`     - sync WebSockets sending `bench:bump` mutations, each socket one at a time.
 * `rawmutate`  - asyncpg connections running the same read-modify-write transaction (with a NOTIFY in it, or
-                 Ripple's statements), each one at a time.
+                 Ripple's statements), each one at a time; a NOTIFY goes to one more connection LISTENing, as
+                 Ripple's go to its hub (a NOTIFY nobody listens to costs PostgreSQL next to nothing).
 
 Every wait is bounded: the process exits by itself after `max_s` seconds, or when stdin closes.
 """
@@ -132,6 +133,7 @@ class Runner:
         self.failed: list[str] = []
         self.mutators: list[Mutator | RawMutator] = []
         self.pg: list[Any] = []
+        self.notified = 0  # NOTIFYs the rawmutate listener received
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -341,6 +343,15 @@ class Runner:
     async def _open_raw_mutators(self) -> None:
         import asyncpg
 
+        channel = "ripple_commits" if self.spec.get("like_ripple") else "bench_floor" if self.spec.get("notify") else None
+        if channel is not None:
+            listener = await asyncpg.connect(self.spec["dsn"])
+            self.pg.append(listener)
+
+            def notified(*_: Any) -> None:
+                self.notified += 1
+
+            await listener.add_listener(channel, notified)
         for i in range(int(self.spec["clients"])):
             conn = await asyncpg.connect(self.spec["dsn"])
             self.pg.append(conn)
@@ -382,6 +393,7 @@ class Runner:
                 "latencies": done,
                 "errors": sum(m.errors for m in self.mutators),
                 "retries": sum(m.retries for m in self.mutators),
+                "notified": self.notified,
                 "cover": [c for m in self.mutators for c in getattr(m, "cover", [])],
                 "first_error": next((m.first_error for m in self.mutators if m.first_error), None),
                 "cpu_s": cpu_s() - (cpu0 or 0.0),
