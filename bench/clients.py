@@ -343,7 +343,11 @@ class Runner:
     async def _open_raw_mutators(self) -> None:
         import asyncpg
 
-        channel = "ripple_commits" if self.spec.get("like_ripple") else "bench_floor" if self.spec.get("notify") else None
+        channel = None
+        if self.spec.get("like_ripple"):
+            channel = "ripple_commits"
+        elif self.spec.get("notify"):
+            channel = "bench_floor"
         if channel is not None:
             listener = await asyncpg.connect(self.spec["dsn"])
             self.pg.append(listener)
