@@ -16,7 +16,10 @@ from server import mutation, query
 
 
 async def _row(ctx: Any, twitch_id: str) -> dict[str, Any] | None:
-    return await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    doc: dict[str, Any] | None = (
+        await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    )
+    return doc
 
 
 @query(name="bench:counter")
@@ -40,7 +43,9 @@ async def bump(ctx: Any, twitch_id: str) -> float:
 # Garbage-collector pauses of the server process, for the report: the bench registers this callback inside the
 # server (it is one of the server's app modules), so pauses are measured without touching server code.
 _gc_start = [0.0]
-_gc_stats = {"count": [0, 0, 0], "total_s": [0.0, 0.0, 0.0], "max_s": [0.0, 0.0, 0.0]}
+_gc_count = [0, 0, 0]
+_gc_total_s = [0.0, 0.0, 0.0]
+_gc_max_s = [0.0, 0.0, 0.0]
 
 
 def _gc_callback(phase: str, info: dict[str, Any]) -> None:
@@ -49,9 +54,9 @@ def _gc_callback(phase: str, info: dict[str, Any]) -> None:
         return
     took = time.perf_counter() - _gc_start[0]
     gen = int(info.get("generation", 0))
-    _gc_stats["count"][gen] += 1
-    _gc_stats["total_s"][gen] += took
-    _gc_stats["max_s"][gen] = max(_gc_stats["max_s"][gen], took)
+    _gc_count[gen] += 1
+    _gc_total_s[gen] += took
+    _gc_max_s[gen] = max(_gc_max_s[gen], took)
 
 
 gc.callbacks.append(_gc_callback)
@@ -69,11 +74,11 @@ async def gc_stats(ctx: Any, reset_max: bool = False, freeze: bool = False) -> A
     if freeze:
         gc.freeze()
     out = {
-        "count": [float(c) for c in _gc_stats["count"]],
-        "totalS": list(_gc_stats["total_s"]),
-        "maxS": list(_gc_stats["max_s"]),
+        "count": [float(c) for c in _gc_count],
+        "totalS": list(_gc_total_s),
+        "maxS": list(_gc_max_s),
         "oldest": float(len(gc.get_objects(2))),
     }
     if reset_max:
-        _gc_stats["max_s"] = [0.0, 0.0, 0.0]
+        _gc_max_s[:] = [0.0, 0.0, 0.0]
     return out
