@@ -5,9 +5,10 @@ jittered exponential backoff (Convex's optimistic concurrency, done by PostgreSQ
 ts from schema.sql's clock and hands it back (writers.py), so the caller learns the ts its write is visible at.
 
 Round trips are what a mutation costs, so it runs on a writer connection already inside its transaction
-(writers.py): the handler's own statements, then one message with the dedupe row, COMMIT, the NOTIFY of its ts
-and the next BEGIN. The NOTIFY comes after COMMIT because inside a transaction it takes a lock held until
-COMMIT ends, which would serialise all writers.
+(writers.py): the handler's reads (and any write that must be checked where it was made), then one message with
+its held writes (transaction.py), the dedupe row, COMMIT, the NOTIFY of its ts and the next BEGIN. The NOTIFY
+comes after COMMIT because inside a transaction it takes a lock held until COMMIT ends, which would serialise all
+writers.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
-import orjson
 
 from server.database.announce import Announcement
 from server.database.catalog import Catalog
+from server.database.sql import literal
 from server.database.transaction import Limits, Transaction
 from server.database.writers import WriterConnection, Writers
 
@@ -67,20 +68,12 @@ class Snapshot:
     failed: bool = False
 
 
-def _literal(text: str) -> str:
-    """`text` as an SQL string literal, valid whatever `standard_conforming_strings` is. A NUL would end the
-    message's text early, so it is refused (PostgreSQL text cannot hold one anyway)."""
-    if "\x00" in text:
-        raise ValueError("a NUL character cannot be sent to PostgreSQL as text")
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _record(dedupe: tuple[str, int], result: Any, xid: int) -> str:
+def _record(dedupe: tuple[str, int], result: Any) -> str:
     """The dedupe row, for the simple-protocol message that commits (no parameters there, hence literals)."""
     session_id, request_id = dedupe
     return (
         "INSERT INTO _ripple_mutations (session_id, request_id, result, xid) VALUES "
-        f"({_literal(session_id)}, {int(request_id)}, {_literal(orjson.dumps(result).decode())}::jsonb, {int(xid)})"
+        f"({literal(session_id)}, {int(request_id)}, {literal(result, json=True)}, txid_current())"
     )
 
 
@@ -185,15 +178,17 @@ class Database:
         try:
             tx = Transaction(writer.conn, self.catalog, writable=True, limits=self.limits)
             value = await fn(tx)
-            record = _record(dedupe, {"value": encode(value)}, tx.xid) if tx.xid is not None and dedupe else ""
-            committed = await writer.commit(record, wrote=tx.xid is not None)
+            statements = [tx.take_held()]
+            if tx.changed and dedupe:
+                statements.append(_record(dedupe, {"value": encode(value)}))
+            committed = await writer.commit("; ".join(s for s in statements if s), wrote=tx.changed)
         except Exception:
             # A failed statement, a ConvexError, a limit: the connection itself is fine, so end the transaction
             # and open its next one (if that fails too, the pool drops the connection).
             with contextlib.suppress(Exception):
                 await writer.rollback()
             raise
-        if tx.xid is not None and committed is None:
+        if tx.changed and committed is None:
             raise RuntimeError(
                 "a mutation committed but its commit ts did not come back; is schema.sql applied and "
                 "client_min_messages at most 'notice'?"

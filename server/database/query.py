@@ -17,6 +17,7 @@ import orjson
 
 from server.database.catalog import ColumnType, Index, Table
 from server.database.reads import Bound, IndexRange
+from server.database.sql import quote_ident
 from server.errors import ArgumentError, SchemaError
 from server.values import to_snake
 
@@ -27,10 +28,6 @@ __all__ = ["FilterBuilder", "IndexRangeBuilder", "Query"]
 
 # The journal of a page that reached the end of its range.
 END_CURSOR = "_end"
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _column(table: Table, field: str) -> str:
@@ -107,7 +104,7 @@ class FilterBuilder:
         column = _column(self._table, name)
         if self._table.columns[column].type is ColumnType.JSON:
             raise ArgumentError(f'filter cannot compare the object field "{name}"; compare a scalar field')
-        return _Expr(_quote(column))
+        return _Expr(quote_ident(column))
 
     def _operand(self, value: Any) -> str:
         if isinstance(value, _Expr):
@@ -305,7 +302,7 @@ class Query:
         """Run the query; record the index range it depended on: up to the last kept row when `limit` cut it."""
         table, index, rng = self._table, self._index, self._range
         key_fields = index.key_fields
-        columns = [_quote(f) for f in key_fields]
+        columns = [quote_ident(f) for f in key_fields]
         params: list[Any] = []
         where: list[str] = []
         for col, value in zip(columns, rng.eq_values, strict=False):
@@ -333,7 +330,7 @@ class Query:
                 raise ArgumentError("filter must return an expression built from q (q.eq, q.and_, ...)")
             where.append(f"COALESCE({expr.sql}, FALSE)")
         direction = "DESC NULLS LAST" if descending else "ASC NULLS FIRST"
-        sql = f"SELECT * FROM {_quote(table.name)}"
+        sql = f"SELECT * FROM {quote_ident(table.name)}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY " + ", ".join(f"{c} {direction}" for c in columns)

@@ -7,7 +7,7 @@ what a query depended on; limits on documents read and written are enforced here
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -15,8 +15,9 @@ import asyncpg
 from server import values
 from server.database.catalog import Catalog, ColumnType, Table
 from server.database.ids import new_id, table_number_of
-from server.database.query import Query, _quote
+from server.database.query import Query
 from server.database.reads import IndexRange, ReadSet
+from server.database.sql import literal, quote_ident
 from server.errors import ArgumentError, IdError, LimitExceeded
 from server.values import to_camel, to_snake
 
@@ -38,6 +39,10 @@ _TYPE_CHECKS: dict[ColumnType, tuple[type, ...]] = {
     ColumnType.BOOLEAN: (bool,),
     ColumnType.JSON: (dict, list, str, int, float, bool),
 }
+
+
+# Held writes past this much SQL text are sent before the next one is held.
+_MAX_HELD_BYTES = 256 * 1024
 
 
 class Transaction:
@@ -66,15 +71,41 @@ class Transaction:
         self.journal = journal
         self.documents_read = 0
         self.documents_written = 0
-        self.xid: int | None = None  # set by the first write
+        # Writes waiting to travel with the next statement or the COMMIT (`DatabaseWriter`), and the documents
+        # this transaction read or wrote, which a held write needs: they exist, so writing them cannot fail for
+        # a missing document. `changed`: some write reached PostgreSQL or is held for it.
+        self._held: list[str] = []
+        self._held_bytes = 0
+        self.known: set[str] = set()
+        self.changed = False
 
     @property
     def wrote(self) -> bool:
         return self.documents_written > 0
 
+    # Held writes.
+
+    async def hold(self, statement: str) -> None:
+        self._held.append(statement)
+        self._held_bytes += len(statement)
+        self.changed = True
+        if self._held_bytes > _MAX_HELD_BYTES:
+            await self.send_held()  # many or large writes: keep the commit message small
+
+    def take_held(self) -> str:
+        """The held writes as one simple-protocol text, for the message that commits; none are held after."""
+        sql, self._held, self._held_bytes = "; ".join(self._held), [], 0
+        return sql
+
+    async def send_held(self) -> None:
+        if self._held:
+            await self.conn.execute(self.take_held())
+
     # The recorder: every read passes through these.
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
+        if self._held:
+            await self.send_held()  # the read sees this transaction's writes, as Convex's do
         snap = self._snapshot
         if snap is not None and snap.first_statement is not None:
             rewrite, snap.first_statement = snap.first_statement, None
@@ -98,6 +129,8 @@ class Transaction:
             )
 
     def to_document(self, table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+        if self.writable:
+            self.known.add(row["_id"])
         return values.row_to_document(row)
 
     def table_of(self, doc_id: Any, what: str = "id") -> Table:
@@ -175,7 +208,7 @@ class DatabaseReader:
         tx = self._tx
         table = tx.table_of(doc_id)
         tx.record_read(IndexRange(table.name, "by_id", ("_id",), (doc_id,)))
-        rows = await tx.fetch(f"SELECT * FROM {_quote(table.name)} WHERE _id = $1", [doc_id])
+        rows = await tx.fetch(f"SELECT * FROM {quote_ident(table.name)} WHERE _id = $1", [doc_id])
         tx.count_read(table, len(rows))
         return tx.to_document(table, rows[0]) if rows else None
 
@@ -186,15 +219,26 @@ class DatabaseReader:
 class DatabaseWriter(DatabaseReader):
     """`ctx.db` in a mutation: reads plus `insert`, `patch`, `replace`, `delete`.
 
-    Every write returns the transaction id (`RETURNING txid_current()`): it proves the document existed, with no
-    separate read, and tells `Database.mutate` which commit to read the ts of.
+    A write that cannot fail for a missing document (an insert, or a write to a document this transaction read or
+    wrote) is held and travels with the next statement or the COMMIT (`Transaction.hold`): read, write, return
+    costs two round trips, not three. Other writes are sent at once, `RETURNING 1`, which proves the document
+    existed without a separate read, so the call raises where it was made.
     """
 
-    async def _write(self, sql: str, doc_id: str, table: Table, verb: str, *args: Any) -> None:
-        xid = await self._tx.conn.fetchval(sql + " RETURNING txid_current()", doc_id, *args)
-        if xid is None:
-            raise ArgumentError(f'{verb}: document "{doc_id}" does not exist in "{table.convex_name}"')
-        self._tx.xid = int(xid)
+    async def _write(self, doc_id: str, table: Table, verb: str, build: _Build, args: Sequence[Any]) -> None:
+        tx = self._tx
+        if verb == "insert" or doc_id in tx.known:
+            await tx.hold(build([literal(v, json=j) for v, j in args]))
+        else:
+            await tx.send_held()
+            sql = build([f"${i}" for i in range(1, len(args) + 1)])
+            if await tx.conn.fetchval(sql + " RETURNING 1", *(v for v, _ in args)) is None:
+                raise ArgumentError(f'{verb}: document "{doc_id}" does not exist in "{table.convex_name}"')
+            tx.changed = True
+        if verb == "delete":
+            tx.known.discard(doc_id)
+        else:
+            tx.known.add(doc_id)
 
     async def insert(self, table_name: str, document: Mapping[str, Any]) -> str:
         tx = self._tx
@@ -202,11 +246,14 @@ class DatabaseWriter(DatabaseReader):
         columns = tx.to_columns(table, document, partial=False, verb="insert into")
         tx.count_write(table)
         doc_id = new_id(table.number)
-        columns = {"_creation_time": time.time() * 1000.0, **columns}
-        names = ", ".join(_quote(c) for c in ("_id", *columns))
-        marks = ", ".join(f"${i}" for i in range(1, len(columns) + 2))
+        columns = {"_id": doc_id, "_creation_time": time.time() * 1000.0, **columns}
+        names = ", ".join(quote_ident(c) for c in columns)
         await self._write(
-            f"INSERT INTO {_quote(table.name)} ({names}) VALUES ({marks})", doc_id, table, "insert", *columns.values()
+            doc_id,
+            table,
+            "insert",
+            lambda v: f"INSERT INTO {quote_ident(table.name)} ({names}) VALUES ({', '.join(v)})",
+            _args(table, columns),
         )
         return doc_id
 
@@ -216,11 +263,7 @@ class DatabaseWriter(DatabaseReader):
         table = tx.table_of(doc_id)
         columns = tx.to_columns(table, fields, partial=True, verb="patch")
         tx.count_write(table)
-        # An empty patch still checks that the document exists (and still counts as a write, as in Convex).
-        sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(columns, start=2)) or "_id = _id"
-        await self._write(
-            f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, table, "patch", *columns.values()
-        )
+        await self._update(doc_id, table, "patch", columns)
 
     async def replace(self, doc_id: str, document: Mapping[str, Any]) -> None:
         """Replace every field; fields not given become absent. `_id` and `_creationTime` are kept."""
@@ -230,12 +273,34 @@ class DatabaseWriter(DatabaseReader):
         tx.count_write(table)
         full = {c: columns.get(c) for c, spec in table.columns.items() if not c.startswith("_") and spec.nullable}
         full.update(columns)
-        sets = ", ".join(f"{_quote(c)} = ${i}" for i, c in enumerate(full, start=2))
-        await self._write(
-            f"UPDATE {_quote(table.name)} SET {sets} WHERE _id = $1", doc_id, table, "replace", *full.values()
-        )
+        await self._update(doc_id, table, "replace", full)
+
+    async def _update(self, doc_id: str, table: Table, verb: str, columns: dict[str, Any]) -> None:
+        # An empty patch still checks that the document exists (and still counts as a write, as in Convex).
+        names = [quote_ident(c) for c in columns]
+
+        def build(v: list[str]) -> str:
+            sets = ", ".join(f"{n} = {x}" for n, x in zip(names, v[1:], strict=True)) or "_id = _id"
+            return f"UPDATE {quote_ident(table.name)} SET {sets} WHERE _id = {v[0]}"
+
+        await self._write(doc_id, table, verb, build, _args(table, {"_id": doc_id, **columns}))
 
     async def delete(self, doc_id: str) -> None:
         table = self._tx.table_of(doc_id)
         self._tx.count_write(table)
-        await self._write(f"DELETE FROM {_quote(table.name)} WHERE _id = $1", doc_id, table, "delete")
+        await self._write(
+            doc_id,
+            table,
+            "delete",
+            lambda v: f"DELETE FROM {quote_ident(table.name)} WHERE _id = {v[0]}",
+            _args(table, {"_id": doc_id}),
+        )
+
+
+# A write statement from its value SQL (parameter marks or literals, in argument order).
+_Build = Callable[[list[str]], str]
+
+
+def _args(table: Table, columns: Mapping[str, Any]) -> list[tuple[Any, bool]]:
+    """Each value with whether its column is jsonb (a JSON string is written as JSON, not as text)."""
+    return [(v, c in table.columns and table.columns[c].type is ColumnType.JSON) for c, v in columns.items()]

@@ -298,3 +298,124 @@ async def test_mutation_ts_is_the_commit_ts_and_resends_apply_once(db: Database,
         assert await conn.fetchval("SELECT count(*) FROM videos") == 1
     finally:
         await conn.close()
+
+
+# Strings, numbers and JSON that a literal could get wrong: quotes, backslashes, escapes, non-ASCII, $-marks,
+# doubles that only repr round-trips, signed zero and infinities, and a JSON string (not text) in a jsonb column.
+_AWKWARD: dict[str, Any] = {
+    "title": "it's a \\'quote\\' $1 \"x\" \\n \t é 漢字 🎬 E'' $$",
+    "progressPercentage": 0.1 + 0.2,
+    "estimatedCompletionSeconds": -0.0,
+    "retryCount": 1e-300,
+    "createdAt": float("inf"),
+    "updatedAt": float("-inf"),
+    "isRetryable": True,
+    "stageProgress": {"a'b": [1.5, None, "\\", {"$1": "it's"}], "n": 2**53},
+}
+
+
+async def test_held_writes_store_exactly_what_sent_writes_store(db: Database) -> None:
+    """Writes to a document the mutation read (or inserted) travel as literals with the COMMIT; every value must
+    come back as the parameterised path stores it."""
+    held = await write(db, lambda w: video(w, "held", **_AWKWARD))  # an insert is always held
+    sent = await write(db, lambda w: video(w, "sent"))
+    await write(db, lambda w: w.patch(sent, _AWKWARD))  # not read in this mutation: sent, checked at once
+    a, _ = await read(db, lambda r: r.get(held))
+    b, _ = await read(db, lambda r: r.get(sent))
+    drop = {"_id", "_creationTime", "twitchId"}
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    assert a["title"] == _AWKWARD["title"] and a["progressPercentage"] == 0.1 + 0.2
+    assert str(a["estimatedCompletionSeconds"]) == "-0.0" and a["createdAt"] == float("inf")
+    assert a["stageProgress"] == _AWKWARD["stageProgress"]
+
+    async def nan_and_json_string(w: DatabaseWriter) -> None:
+        await w.get(held)
+        await w.patch(held, {"retryCount": float("nan"), "stageProgress": "just a string"})
+
+    await write(db, nan_and_json_string)
+    a, _ = await read(db, lambda r: r.get(held))
+    assert a["retryCount"] != a["retryCount"] and a["stageProgress"] == "just a string"
+
+
+async def test_held_writes_are_read_back_in_their_mutation_and_commit_together(db: Database) -> None:
+    async def body(w: DatabaseWriter) -> Any:
+        ids = [await video(w, f"h{i}", status="Queued") for i in range(3)]
+        first = await w.get(ids[0])  # sends the held inserts first
+        await w.patch(ids[1], {"status": "Done"})
+        await w.delete(ids[2])
+        after = await w.query("videos").with_index("by_status", lambda q: q.eq("status", "Done")).collect()
+        gone = await w.get(ids[2])
+        return first["twitchId"], [d["twitchId"] for d in after], gone
+
+    assert await write(db, body) == ("h0", ["h1"], None)
+    with pytest.raises(ArgumentError, match="does not exist"):
+        # deleted in this mutation, so no longer known to exist: checked, and the call raises where it was made
+        await write(db, lambda w: _delete_then_patch(w))
+
+
+async def _delete_then_patch(w: DatabaseWriter) -> None:
+    vid = await video(w, "x")
+    await w.delete(vid)
+    await w.patch(vid, {"status": "Done"})
+
+
+async def test_a_held_write_that_postgres_refuses_fails_its_mutation_alone(db: Database) -> None:
+    """jsonb refuses \\u0000; a held insert reaches PostgreSQL with the COMMIT, so the mutation fails there and
+    nothing of it is stored."""
+    with pytest.raises(asyncpg.PostgresError, match="unsupported Unicode escape"):
+        await write(db, lambda w: video(w, "bad", stageProgress={"x": "\x00"}))
+    with pytest.raises(ValueError, match="NUL"):
+        await write(db, lambda w: video(w, "nul\x00"))
+    vid = await write(db, lambda w: video(w, "good"))
+    docs, _ = await read(db, lambda r: r.query("videos").collect())
+    assert [d["_id"] for d in docs] == [vid]
+
+
+async def logged(db: Database, fn: Any) -> tuple[Any, list[str]]:
+    """`fn`'s value and every message its mutation sent PostgreSQL (its writer connection's queries)."""
+    sent: list[str] = []
+    conns: list[asyncpg.Connection] = []
+
+    def log(query: Any) -> None:
+        sent.append(query.query)
+
+    async def body(tx: Transaction) -> Any:
+        if not conns:
+            conns.append(tx.conn)
+            tx.conn.add_query_logger(log)
+        return await fn(DatabaseWriter(tx))
+
+    try:
+        value = (await db.mutate(body)).value
+        await asyncio.sleep(0.01)  # asyncpg calls query loggers soon after, not at once
+        return value, sent
+    finally:
+        conns[0].remove_query_logger(log)
+
+
+async def test_read_write_return_costs_two_round_trips(db: Database) -> None:
+    vid = await write(db, lambda w: video(w, "n", progressPercentage=1))
+
+    async def bump(w: DatabaseWriter) -> None:
+        doc = await w.get(vid)
+        await w.patch(vid, {"progressPercentage": doc["progressPercentage"] + 1})
+
+    _, sent = await logged(db, bump)
+    assert len(sent) == 2 and sent[0].startswith("SELECT") and sent[1].startswith("UPDATE")
+    assert "COMMIT" in sent[1]
+    _, sent = await logged(db, lambda w: w.patch(vid, {"status": "Done"}))  # not read first: checked at once
+    assert len(sent) == 2 and sent[0].endswith("RETURNING 1") and sent[1].startswith("COMMIT")
+    doc, _ = await read(db, lambda r: r.get(vid))
+    assert doc["progressPercentage"] == 2 and doc["status"] == "Done"
+
+
+async def test_many_held_writes_are_sent_in_bounded_pieces(db: Database) -> None:
+    big = "x" * 60_000  # five of these pass the held-SQL bound, so the writes go in several messages
+
+    async def body(w: DatabaseWriter) -> list[str]:
+        return [await video(w, f"big{i}", errorDetails=big) for i in range(12)]
+
+    ids, sent = await logged(db, body)
+    assert len(sent) == 3 and all(len(q) < 400_000 for q in sent)
+    docs, _ = await read(db, lambda r: r.query("videos").collect())
+    assert sorted(d["_id"] for d in docs) == sorted(ids) and all(d["errorDetails"] == big for d in docs)
