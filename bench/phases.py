@@ -418,8 +418,9 @@ class Bench(Harness):
             + f"{delta(m0, m1, 'ripple_mutation_retries_total'):.0f} (server /metrics) | "
             + " | ".join(str(x["retries"]) for x in runs[1:])
             + f"; hub rounds {rounds(m0, m1):.0f} ({delta(m0, m1, 'ripple_hub_quiet_rounds_total'):.0f} without a "
-            f"query, {delta(m0, m1, 'ripple_hub_settles_total'):.0f} settled); Ripple failed mutations "
-            f"{ripple['errors']}"
+            f"query, {delta(m0, m1, 'ripple_hub_settles_total'):.0f} settled; "
+            f"{delta(m0, m1, 'ripple_hub_gap_waits_total'):.0f} wake-ups left to a commit in flight); "
+            f"Ripple failed mutations {ripple['errors']}"
             + (f" (first: {ripple['first_error'].splitlines()[0]})" if ripple["first_error"] else "")
             + f"; {gc_note(gc0, gc1)}"
         )

@@ -50,6 +50,11 @@ class Metrics:
             "Rounds whose announced changes touched no subscribed query (no database query at all)",
             registry=r,
         )
+        self.hub_gap_waits = Counter(
+            "ripple_hub_gap_waits_total",
+            "Wake-ups the hub ended at once, to let this process's commits in flight fill a gap in the announced ts",
+            registry=r,
+        )
         self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)
 
     async def endpoint(self, request: Request) -> Response:

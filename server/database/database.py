@@ -98,6 +98,9 @@ class Database:
         # Called with what each commit made here announced (its ts, maybe its changes), right after it is visible:
         # the hub wakes on it without waiting for its own NOTIFY to come back.
         self.on_commit: list[Callable[[Announcement], None]] = []
+        # Commits sent and not yet back: the hub waits for them when a ts below an announced one is missing, as
+        # one of them most likely drew it (hub/hub.py).
+        self.committing = 0
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Snapshot]:
@@ -148,8 +151,6 @@ class Database:
                     # Nothing to apply twice and no commit of its own: it read at a snapshot no newer than the
                     # newest visible commit.
                     return MutationOutcome(value, await self.latest_ts(), attempt)
-                for listener in self.on_commit:
-                    listener(committed)
                 return MutationOutcome(value, committed.ts, attempt)
             except _RETRYABLE:
                 attempt += 1
@@ -181,7 +182,14 @@ class Database:
             statements = [tx.take_held()]
             if tx.changed and dedupe:
                 statements.append(_record(dedupe, {"value": encode(value)}))
-            committed = await writer.commit("; ".join(s for s in statements if s), wrote=tx.changed)
+            self.committing += 1
+            try:
+                committed = await writer.commit("; ".join(s for s in statements if s), wrote=tx.changed)
+                if committed is not None:
+                    for listener in self.on_commit:
+                        listener(committed)
+            finally:
+                self.committing -= 1
         except Exception:
             # A failed statement, a ConvexError, a limit: the connection itself is fine, so end the transaction
             # and open its next one (if that fails too, the pool drops the connection).

@@ -70,6 +70,9 @@ WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
   AND ((k.classid::bigint << 32) | k.objid::bigint) = 7264001000000000002
 """
 
+# How long a round may wait for this process's commits to fill a gap in the announced ts (see above).
+_GAP_WAIT_S = 0.005
+
 log = logging.getLogger("ripple.hub")
 
 
@@ -127,6 +130,9 @@ class Hub:
         self._hinting = True
         self.hinted_rounds = 0  # rounds that took their changes from announcements: one round trip
         self.quiet_rounds = 0  # rounds whose announced changes touched no live query: no round trip
+        self.gap_waits = 0  # rounds ended at once to wait for a commit in flight (`_wait_for_local_commit`)
+        self._gap_since: float | None = None
+        self._gap_timer: asyncio.TimerHandle | None = None
         self._look = False  # a wake-up that may stand for unannounced commits (a LISTEN reconnect): read the log
 
     @staticmethod
@@ -146,6 +152,7 @@ class Hub:
 
     async def close(self, reason: str) -> None:
         self._closing = True
+        self._end_gap_wait()
         self._wakeup.set()
         for task in (self._task, self._prune_task):
             if task is not None:
@@ -236,10 +243,16 @@ class Hub:
         self._apply_requests(requests, new, deliveries)
         notified_at, self._notified_at = self._notified_at, None
         look, self._look = self._look, False
-        if not requests and not new and self._hinting and self._advance_quietly() and not look:
-            if not self._waiters and not self._announced:
+        quiet = not requests and not new and self._hinting
+        if quiet and self._advance_quietly():
+            self._end_gap_wait()
+            if not look and not self._waiters and not self._announced:
                 self._finish_quietly(notified_at)
                 return
+        if quiet and not look and self._announced and self._wait_for_local_commit():
+            self._notified_at = notified_at
+            return
+        self._end_gap_wait()
         delivered: set[int] = set()
         limit = self.settings.max_changes_per_round
         conn = await self._connection()
@@ -335,6 +348,30 @@ class Hub:
         self._announced.forget_through(upto)
         self._release_waiters()
         return True
+
+    def _wait_for_local_commit(self) -> bool:
+        """Whether to end this round at once, because a ts below an announced one is missing while commits of this
+        process are on their way back: one of them most likely drew it, and its announcement is a wake-up away,
+        where reading the log now would find it not yet visible and settle. Waits at most `_GAP_WAIT_S` for a
+        gap: then the round reads the log as usual (a gap left by another process or an aborted commit)."""
+        if not self.database.committing:
+            return False
+        now = time.perf_counter()
+        if self._gap_since is None:
+            self._gap_since = now
+            self._gap_timer = asyncio.get_running_loop().call_later(_GAP_WAIT_S, self._wakeup.set)
+        elif now - self._gap_since >= _GAP_WAIT_S:
+            return False
+        self.gap_waits += 1
+        if self.metrics:
+            self.metrics.hub_gap_waits.inc()
+        return True
+
+    def _end_gap_wait(self) -> None:
+        self._gap_since = None
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
 
     def _finish_quietly(self, notified_at: float | None) -> None:
         self.rounds += 1

@@ -181,6 +181,39 @@ async def test_a_transaction_holding_its_ts_open_holds_up_the_hub_not_every_writ
     await writer.close()
 
 
+async def test_a_gap_below_an_announced_ts_waits_briefly_for_commits_in_flight(ripple: RippleServer) -> None:
+    """With a ts missing below an announced one while this process has commits on their way back, the hub leaves
+    the wake-up to them (one of them most likely drew it) instead of reading the log and settling; but only for a
+    moment: here the gap is another connection's, so the hub then reads the log, settles, and still never sends the
+    later commit without the earlier."""
+    client = await SyncClient.connect(ripple.ws_url)
+    writer = await SyncClient.connect(ripple.ws_url)
+    for row in ("early", "late"):
+        await writer.mutation("testing:setProgress", {"twitchId": row, "progress": 1})
+    early = await client.subscribe("testing:count", {"twitchId": "early"})
+    late = await client.subscribe("testing:count", {"twitchId": "late"})
+    hub, database, metrics = ripple.services.hub, ripple.services.database, ripple.services.metrics
+    waits, settles = hub.gap_waits, metrics.hub_settles._value.get()
+    holder = await asyncpg.connect(ripple.settings.database_url)
+    database.committing += 1  # as if a commit of this process were on its way back the whole time
+    try:
+        await holder.execute("BEGIN; UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'early'")
+        await holder.fetchval("SELECT _ripple_commit_ts()")
+        await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'late'")
+        await asyncio.sleep(0.3)
+        assert hub.gap_waits > waits  # it waited for the commit in flight ...
+        assert metrics.hub_settles._value.get() > settles  # ... then read the log and settled
+        assert (client.results[early], client.results[late]) == (1, 1)
+        await holder.execute("COMMIT")
+    finally:
+        database.committing -= 1
+        await holder.close()
+    await client.expect(lambda m: m["type"] == "Transition" and client.results[late] == 2, timeout_s=15)
+    assert client.results[early] == 2
+    await client.close()
+    await writer.close()
+
+
 async def test_lost_listen_connection_is_caught_up(ripple: RippleServer) -> None:
     hub = ripple.services.hub
     client = await SyncClient.connect(ripple.ws_url)
