@@ -49,7 +49,7 @@ class Transaction:
     """One function execution's view of the database: a connection inside a transaction, plus its records.
 
     Lifecycle: created by `database.Database` around an open transaction; the runner reads `read_set`,
-    `journal` and `wrote` after the handler returns; it is never reused.
+    and `journal` after the handler returns; it is never reused.
     """
 
     def __init__(
@@ -78,10 +78,6 @@ class Transaction:
         self._held_bytes = 0
         self.known: set[str] = set()
         self.changed = False
-
-    @property
-    def wrote(self) -> bool:
-        return self.documents_written > 0
 
     # Held writes.
 

@@ -70,7 +70,8 @@ WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1
   AND ((k.classid::bigint << 32) | k.objid::bigint) = 7264001000000000002
 """
 
-# How long a round may wait for this process's commits to fill a gap in the announced ts (see above).
+# How long a round may wait for this process's commits to fill a gap in the announced ts
+# (`Hub._wait_for_local_commit`).
 _GAP_WAIT_S = 0.005
 
 log = logging.getLogger("ripple.hub")
@@ -131,8 +132,7 @@ class Hub:
         self.hinted_rounds = 0  # rounds that took their changes from announcements: one round trip
         self.quiet_rounds = 0  # rounds whose announced changes touched no live query: no round trip
         self.gap_waits = 0  # rounds ended at once to wait for a commit in flight (`_wait_for_local_commit`)
-        self._gap_since: float | None = None
-        self._gap_timer: asyncio.TimerHandle | None = None
+        self._gap_timer: asyncio.TimerHandle | None = None  # set while waiting: it ends the wait
         self._look = False  # a wake-up that may stand for unannounced commits (a LISTEN reconnect): read the log
 
     @staticmethod
@@ -356,11 +356,10 @@ class Hub:
         gap: then the round reads the log as usual (a gap left by another process or an aborted commit)."""
         if not self.database.committing:
             return False
-        now = time.perf_counter()
-        if self._gap_since is None:
-            self._gap_since = now
-            self._gap_timer = asyncio.get_running_loop().call_later(_GAP_WAIT_S, self._wakeup.set)
-        elif now - self._gap_since >= _GAP_WAIT_S:
+        loop = asyncio.get_running_loop()
+        if self._gap_timer is None:
+            self._gap_timer = loop.call_later(_GAP_WAIT_S, self._wakeup.set)
+        elif loop.time() >= self._gap_timer.when():
             return False
         self.gap_waits += 1
         if self.metrics:
@@ -368,7 +367,6 @@ class Hub:
         return True
 
     def _end_gap_wait(self) -> None:
-        self._gap_since = None
         if self._gap_timer is not None:
             self._gap_timer.cancel()
             self._gap_timer = None

@@ -33,6 +33,17 @@ async def sql(ripple: RippleServer, statement: str, *args: object) -> None:
         await conn.close()
 
 
+async def early_and_late(ripple: RippleServer) -> tuple[SyncClient, SyncClient, int, int]:
+    """A subscriber of the rows "early" and "late" (both at 1) and a writer: for the commit-order tests."""
+    client = await SyncClient.connect(ripple.ws_url)
+    writer = await SyncClient.connect(ripple.ws_url)
+    for row in ("early", "late"):
+        await writer.mutation("testing:setProgress", {"twitchId": row, "progress": 1})
+    early = await client.subscribe("testing:count", {"twitchId": "early"})
+    late = await client.subscribe("testing:count", {"twitchId": "late"})
+    return client, writer, early, late
+
+
 async def test_plain_sql_writes_reach_subscribers(ripple: RippleServer) -> None:
     client = await SyncClient.connect(ripple.ws_url)
     qid = await client.subscribe("testing:videosByStatus", {"status": "Queued"})
@@ -110,12 +121,7 @@ async def test_a_transition_never_shows_a_commit_without_the_earlier_ones(ripple
     Here a writer draws its ts and then sleeps inside COMMIT (a deferred trigger after Ripple's), while a second
     writer commits a later ts at once. The hub's snapshot then holds the later commit only: it must notice, wait
     for the earlier one (settle), and never send the later write without the earlier."""
-    client = await SyncClient.connect(ripple.ws_url)
-    writer = await SyncClient.connect(ripple.ws_url)
-    for row in ("early", "late"):
-        await writer.mutation("testing:setProgress", {"twitchId": row, "progress": 1})
-    early = await client.subscribe("testing:count", {"twitchId": "early"})
-    late = await client.subscribe("testing:count", {"twitchId": "late"})
+    client, writer, early, late = await early_and_late(ripple)
     assert (client.results[early], client.results[late]) == (1, 1)
     await sql(
         ripple,
@@ -186,12 +192,7 @@ async def test_a_gap_below_an_announced_ts_waits_briefly_for_commits_in_flight(r
     the wake-up to them (one of them most likely drew it) instead of reading the log and settling; but only for a
     moment: here the gap is another connection's, so the hub then reads the log, settles, and still never sends the
     later commit without the earlier."""
-    client = await SyncClient.connect(ripple.ws_url)
-    writer = await SyncClient.connect(ripple.ws_url)
-    for row in ("early", "late"):
-        await writer.mutation("testing:setProgress", {"twitchId": row, "progress": 1})
-    early = await client.subscribe("testing:count", {"twitchId": "early"})
-    late = await client.subscribe("testing:count", {"twitchId": "late"})
+    client, writer, early, late = await early_and_late(ripple)
     hub, database, metrics = ripple.services.hub, ripple.services.database, ripple.services.metrics
     waits, settles = hub.gap_waits, metrics.hub_settles._value.get()
     holder = await asyncpg.connect(ripple.settings.database_url)
