@@ -54,6 +54,9 @@ class WriterConnection:
         # "open": in a fresh transaction; "idle": outside any (resting); "busy": lent out, state unknown.
         self.state = "idle"
         self._rested_at = time.monotonic()
+        # When it last came back to the pool, and the one timer that rests it after _REST_EVERY_S unused.
+        self.returned_at = self._rested_at
+        self.rest_timer: asyncio.TimerHandle | None = None
         conn.add_log_listener(self._notice)
 
     def _notice(self, conn: Any, message: Any) -> None:
@@ -160,18 +163,30 @@ class Writers:
         async with self._available:
             if healthy and not self._closed:
                 self._idle.append(writer)
-                if writer.state == "open":
-                    asyncio.get_running_loop().call_later(_REST_EVERY_S, self._rest_if_unused, writer)
+                writer.returned_at = time.monotonic()
+                if writer.state == "open" and writer.rest_timer is None:
+                    writer.rest_timer = asyncio.get_running_loop().call_later(
+                        _REST_EVERY_S, self._rest_if_unused, writer
+                    )
             else:
                 self._opened -= 1
             self._available.notify()
 
     def _rest_if_unused(self, writer: WriterConnection) -> None:
-        """A writer left open since its last mutation rests, so its statistics are reported (once, not
-        periodically: a resting connection is not touched again until it is needed)."""
-        if writer in self._idle and writer.state == "open" and not self._closed:
-            self._idle.remove(writer)
-            self._resting.add(asyncio.create_task(self._rest(writer)))
+        """A writer left open and unused for _REST_EVERY_S rests, so its statistics are reported (once, not
+        periodically: a resting connection is not touched again until it is needed). One timer per writer, not
+        one per mutation: a writer used again meanwhile is looked at again when its quiet second would end."""
+        writer.rest_timer = None
+        if writer not in self._idle or writer.state != "open" or self._closed:
+            return  # lent out (its return sets the next timer), resting or closed
+        unused_s = time.monotonic() - writer.returned_at
+        if unused_s < _REST_EVERY_S:
+            writer.rest_timer = asyncio.get_running_loop().call_later(
+                _REST_EVERY_S - unused_s, self._rest_if_unused, writer
+            )
+            return
+        self._idle.remove(writer)
+        self._resting.add(asyncio.create_task(self._rest(writer)))
 
     async def _rest(self, writer: WriterConnection) -> None:
         writer.state = "busy"
@@ -190,5 +205,8 @@ class Writers:
             self._closed = True
             idle, self._idle = self._idle, []
             self._opened -= len(idle)
+            for writer in idle:
+                if writer.rest_timer is not None:
+                    writer.rest_timer.cancel()
             self._available.notify_all()
         await asyncio.gather(*(w.conn.close() for w in idle), return_exceptions=True)

@@ -127,3 +127,16 @@ async def test_writers_rest_so_postgres_reports_their_statistics(db: Database) -
     assert inserted == 5
     in_transaction = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state <> 'idle'"
     assert await db.pool.fetchval(in_transaction) == 1  # only this query: the writer rests outside a transaction
+
+
+async def test_a_writer_rests_a_quiet_second_after_its_last_use_not_its_first(db: Database) -> None:
+    """Its rest timer is set once and looks again when the writer was used meanwhile, so a busy writer is not
+    made to rest mid-stream and no timer is left behind per mutation."""
+    state = "SELECT state FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1"
+    await insert(db, "a")
+    await asyncio.sleep(0.6)
+    await insert(db, "b")
+    await asyncio.sleep(0.7)  # 1.3 s after the first use, 0.7 s after the last
+    assert await db.pool.fetchval(state, APPLICATION_NAME) == "idle in transaction"
+    await asyncio.sleep(0.6)
+    assert await db.pool.fetchval(state, APPLICATION_NAME) == "idle"
