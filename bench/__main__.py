@@ -21,6 +21,10 @@ Phases and floors:
                Floor: the same read-modify-write as SERIALIZABLE asyncpg transactions with a NOTIFY that a
                LISTENing connection receives (as Ripple's hub does), same concurrency.
 5. memory    - server RSS growth per idle connection with one subscription. Floor: the bare websockets server.
+6. churn     - server RSS before and after each of three cycles of sockets that connect, subscribe, receive the
+               first result and close (a handshake), each reading once /metrics shows no socket left. No floor:
+               it passes when RSS after the third cycle is within 10% of the first cycle's growth (or 5 MiB)
+               of RSS after the first, i.e. closed sessions leave nothing behind.
 
 Besides the table, the notes under it give the server's side of each figure: its CPU time (/proc), its own
 commit-to-Transitions histogram (/metrics), its garbage-collector pauses (`bench:gcStats`, a callback that

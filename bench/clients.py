@@ -1,7 +1,7 @@
 """`python -m bench.clients`: one load-generating process, driven by the orchestrator over stdin/stdout.
 
-The first stdin line is a JSON spec; later lines are commands (`stats`, `go`, `quit`). Every answer is one JSON
-line on stdout. Modes:
+The first stdin line is a JSON spec; later lines are commands (`stats`, `go`, `close`, `quit`). Every answer is
+one JSON line on stdout. Modes:
 
 * `convex`     - groups of sync WebSockets, each with some `bench:counter` subscriptions; records each update's
                  arrival against the commit stamp in the row (and the Transition's commit ts and serverTs).
@@ -405,6 +405,26 @@ class Runner:
             }
         )
 
+    async def close_sockets(self) -> None:
+        """Every other WebSocket closes with a close handshake (code 1000), as a client that leaves does; the rest
+        are dropped (the TCP connection closed with no close frame), as a lost network or a killed process does.
+        A server may tear a session down differently in the two cases, so a churn run covers both."""
+        t0 = time.perf_counter()
+        sockets, self.sockets = self.sockets, []
+        for ws in sockets[1::2]:
+            ws.transport.abort()
+        results = await asyncio.gather(*(ws.close() for ws in sockets[::2]), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        emit(
+            {
+                "event": "closed",
+                "sockets": len(sockets),
+                "failed": len(failed),
+                "first_error": repr(failed[0]) if failed else None,
+                "close_s": time.perf_counter() - t0,
+            }
+        )
+
     async def serve(self, reader: asyncio.StreamReader) -> None:
         try:
             await self.setup()
@@ -420,6 +440,8 @@ class Runner:
                 emit({"event": "stats", "groups": [g.stats() for g in self.groups], "cpu_s": cpu_s()})
             elif cmd == "go":
                 await self.go()
+            elif cmd == "close":
+                await self.close_sockets()
             elif cmd == "quit":
                 return
 

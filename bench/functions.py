@@ -69,7 +69,8 @@ if os.environ.get("BENCH_GC_THRESHOLD"):
 @query(name="bench:gcStats")
 async def gc_stats(ctx: Any, reset_max: bool = False, freeze: bool = False) -> Any:
     """Collections and pause seconds per generation since start (max since the last `resetMax`), and how many
-    objects sit in the oldest generation (what a full collection walks). `freeze` (an experiment, `--gc-freeze`)
+    objects sit in the oldest generation (what a full collection walks) and in all (what a leak of reference
+    cycles grows, outside what `gc.freeze()` set aside). `freeze` (an experiment, `--gc-freeze`)
     moves every object alive now into the permanent generation, which collections no longer walk."""
     if freeze:
         gc.freeze()
@@ -78,6 +79,7 @@ async def gc_stats(ctx: Any, reset_max: bool = False, freeze: bool = False) -> A
         "totalS": list(_gc_total_s),
         "maxS": list(_gc_max_s),
         "oldest": float(len(gc.get_objects(2))),
+        "tracked": float(len(gc.get_objects())),
     }
     if reset_max:
         _gc_max_s[:] = [0.0, 0.0, 0.0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import os
 import secrets
 import signal
@@ -236,6 +237,25 @@ class RippleServer:
                 except ValueError:
                     pass
         return out
+
+    async def wait_connections(self, want: float, timeout: float) -> float | None:
+        """Poll /metrics until `ripple_connections` is `want`, so a reading is taken once the server has seen
+        every socket open or close; returns the seconds that took, or None when the server exports no such
+        gauge (the caller then waits a fixed time instead)."""
+        t0 = time.monotonic()
+        seen = math.nan
+        while time.monotonic() - t0 < timeout:
+            metrics = await self.metrics()
+            if "ripple_connections" not in metrics:
+                return None
+            seen = metrics["ripple_connections"]
+            if seen == want:
+                return time.monotonic() - t0
+            await asyncio.sleep(0.1)
+        raise TimeoutError(
+            f"the Ripple server still reports {seen:.0f} connections (ripple_connections) after {timeout:.0f} s, "
+            f"expected {want:.0f}: sessions of closed sockets were not torn down; its log ends:\n{self.log_tail()}"
+        )
 
     async def gc_stats(self, freeze: bool = False) -> dict[str, Any]:
         """The server's garbage-collector pauses so far (from `bench:gcStats`); resets the per-generation max."""

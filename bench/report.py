@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("memory", "latency", "fanout", "tick", "mutations")
+PHASES = ("memory", "latency", "fanout", "tick", "mutations", "churn")
 
 
 @dataclass
@@ -29,6 +29,9 @@ class Config:
     mut_clients: int
     mut_duration_s: float
     mut_warmup_s: float
+    churn_sockets: int
+    churn_cycles: int
+    churn_settle_timeout_s: float
     idle_cpu_s: float
     settle_s: float
 
@@ -51,6 +54,9 @@ class Config:
                 mut_clients=8,
                 mut_duration_s=1.5,
                 mut_warmup_s=0.3,
+                churn_sockets=200,
+                churn_cycles=3,
+                churn_settle_timeout_s=30,
                 idle_cpu_s=1,
                 settle_s=0.7,
             )
@@ -70,13 +76,22 @@ class Config:
             mut_clients=8,
             mut_duration_s=8,
             mut_warmup_s=1,
+            churn_sockets=2000,
+            churn_cycles=3,
+            churn_settle_timeout_s=60,
             idle_cpu_s=5,
             settle_s=2.0,
         )
 
     @property
     def rows(self) -> int:
-        return max(self.mem_sockets, self.lat_sockets * self.lat_per_socket, self.tick_unrelated, self.tick_small)
+        return max(
+            self.mem_sockets,
+            self.lat_sockets * self.lat_per_socket,
+            self.tick_unrelated,
+            self.tick_small,
+            self.churn_sockets,
+        )
 
     # Special rows, after the general ones.
     @property
