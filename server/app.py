@@ -162,9 +162,9 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
         Middleware(_CollapseSlashes),
         Middleware(
             CORSMiddleware,
-            allow_origin_regex=".*",
-            allow_credentials=True,
-            allow_methods=["*"],
+            allow_origins=settings.cors_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
         ),
     ]

@@ -9,7 +9,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "shared_path"]
@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     log_format: str = "text"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Browsers on these origins may call the HTTP API (JSON list, e.g. '["https://app.example.com"]'). Any origin by
+    # default, as Convex's deployments allow: the official clients send tokens in headers, not cookies, so no
+    # credentials are allowed unless `cors_allow_credentials`, which needs explicit origins.
+    cors_origins: list[str] = ["*"]
+    cors_allow_credentials: bool = False
     # Extra app modules to load ("package.module"), beyond the built-in ones.
     modules: list[str] = []
 
@@ -83,6 +88,15 @@ class Settings(BaseSettings):
     anthropic_model: str = "claude-sonnet-4-5"
     anthropic_timeout_s: float = 120.0
     stream_patch_interval_s: float = 0.1
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> Settings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError(
+                "RIPPLE_CORS_ALLOW_CREDENTIALS needs the allowed origins listed in RIPPLE_CORS_ORIGINS: with '*' any "
+                "site could make credentialed calls on a visitor's behalf"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

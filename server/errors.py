@@ -19,6 +19,7 @@ __all__ = [
     "RippleError",
     "SchemaError",
     "describe",
+    "excerpt",
 ]
 
 
@@ -87,6 +88,13 @@ class RequestError(RippleError):
             self.code = code
         if http_status is not None:
             self.http_status = http_status
+
+
+def excerpt(text: object, limit: int = 80) -> str:
+    """`text` as repr, cut to about `limit` characters: what an error may echo of a caller's input (a 100 KB
+    function path is not sent back whole)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}… ({len(str(text))} characters)"
 
 
 def describe(exc: BaseException) -> str:

@@ -62,6 +62,8 @@ async def _read_body(request: Request, limit: int) -> dict[str, Any]:
             raise RequestError(f"request body is over the {limit}-byte limit", code="PayloadTooLarge", http_status=413)
     try:
         parsed = values.loads(body)
+    except values.ValueTooLargeError as exc:
+        raise RequestError(str(exc), code="PayloadTooLarge", http_status=413) from None
     except Exception:
         raise RequestError("request body must be JSON: {path, args, format}", code="BadJsonBody") from None
     if not isinstance(parsed, dict):
@@ -79,7 +81,7 @@ def _args(raw: Any, encoded: bool) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RequestError(f"args must be an object, got {type(raw).__name__}")
     try:
-        return values.decode(raw) if encoded else raw
+        return values.decode(raw, encoded=encoded)  # type: ignore[no-any-return]
     except ValueError as exc:
         raise RequestError(f"args are not valid Convex JSON: {exc}") from None
 

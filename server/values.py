@@ -21,6 +21,7 @@ import orjson
 __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_SIZE_BYTES",
+    "MAX_ELEMENTS",
     "MAX_FIELD_NAME_LENGTH",
     "MAX_SAFE_INTEGER",
     "ConvexValueError",
@@ -29,6 +30,7 @@ __all__ = [
     "ValueTooDeepError",
     "ValueTooLargeError",
     "check_size",
+    "check_storable",
     "decode",
     "dumps",
     "dumps_bytes",
@@ -50,6 +52,9 @@ MAX_DEPTH = 64  # nested arrays/objects; a scalar has depth 0, a list of scalars
 MAX_FIELD_NAME_LENGTH = 1024
 MAX_DOCUMENT_SIZE_BYTES = 1 << 20  # one stored document
 MAX_SAFE_INTEGER = 2**53  # a Python int beyond ±2**53 has no exact float64; use Int64
+# Values (scalars, arrays, objects) in one message: `loads` refuses more before building any of them, so an 8 MiB
+# body of tiny objects costs a count, not the hundreds of MB their Python objects would take.
+MAX_ELEMENTS = 1 << 18
 
 _MIN_INT64 = -(2**63)
 _MAX_INT64 = 2**63 - 1
@@ -199,33 +204,39 @@ def _unsupported_type(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def decode(value: Any, *, max_depth: int | None = None) -> Any:
-    """`convex_encoded_json` (already parsed by `loads`) → Python value.
+def decode(value: Any, *, max_depth: int | None = None, encoded: bool = True) -> Any:
+    """`convex_encoded_json` (already parsed by `loads`) → Python value; with `encoded=False`, plain JSON (the HTTP
+    API's `format: "json"`), checked by the same rules but with no special objects.
 
     Every JSON number becomes a float, as in Convex (an integral float stays a float; pydantic can coerce).
     Only an object with exactly one key `$integer`/`$float`/`$bytes` is special.
 
     Raises:
-        ConvexValueError: malformed special objects, `$`-prefixed or non-ASCII keys, non-finite numbers.
+        ConvexValueError: malformed special objects, `$`-prefixed or non-ASCII keys, non-finite numbers, a string
+            holding NUL (PostgreSQL's text cannot store U+0000, so Ripple refuses it where it enters).
         ValueTooDeepError: nesting beyond `max_depth` (default `MAX_DEPTH`).
     """
-    return _decode(value, 0, MAX_DEPTH if max_depth is None else max_depth)
+    return _decode(value, 0, MAX_DEPTH if max_depth is None else max_depth, encoded)
 
 
-def _decode(value: Any, depth: int, max_depth: int) -> Any:
+def _decode(value: Any, depth: int, max_depth: int, encoded: bool = True) -> Any:
     kind = type(value)
-    if value is None or kind is str or kind is bool:
+    if kind is str:
+        if "\x00" in value:
+            raise ConvexValueError(_NUL_MESSAGE)
+        return value
+    if value is None or kind is bool:
         return value
     if kind is float or kind is int:
         return _decode_number(value)
     if kind is list:
-        return _decode_array(value, _enter(depth, max_depth), max_depth)
+        return _decode_array(value, _enter(depth, max_depth), max_depth, encoded)
     if kind is dict:
-        if len(value) == 1:
+        if encoded and len(value) == 1:
             key = next(iter(value))
             if key in _SPECIAL_KEYS:
                 return _decode_special(key, value[key])
-        return _decode_object(value, _enter(depth, max_depth), max_depth)
+        return _decode_object(value, _enter(depth, max_depth), max_depth, encoded)
     raise ConvexValueError(f"{kind.__name__} is not a JSON value; decode() takes the output of loads()")
 
 
@@ -239,23 +250,23 @@ def _decode_number(value: float) -> float:
     return number
 
 
-def _decode_array(value: list[Any], depth: int, max_depth: int) -> list[Any]:
+def _decode_array(value: list[Any], depth: int, max_depth: int, encoded: bool) -> list[Any]:
     out = []
     for index, item in enumerate(value):
         try:
-            out.append(_decode(item, depth, max_depth))
+            out.append(_decode(item, depth, max_depth, encoded))
         except ConvexValueError as error:
             error.path.insert(0, index)
             raise
     return out
 
 
-def _decode_object(value: dict[str, Any], depth: int, max_depth: int) -> dict[str, Any]:
+def _decode_object(value: dict[str, Any], depth: int, max_depth: int, encoded: bool) -> dict[str, Any]:
     out = {}
     for key, item in value.items():
         validate_field_name(key)
         try:
-            out[key] = _decode(item, depth, max_depth)
+            out[key] = _decode(item, depth, max_depth, encoded)
         except ConvexValueError as error:
             error.path.insert(0, key)
             raise
@@ -305,6 +316,46 @@ def validate_field_name(name: Any) -> None:
     if name.startswith("$"):
         raise ConvexValueError(f'field name "{name}" may not start with "$" (reserved for encoded values); rename it')
     raise ConvexValueError(f"field name {name!r} may contain only printable ASCII characters; rename it")
+
+
+_NUL_MESSAGE = "strings may not contain NUL (U+0000): PostgreSQL cannot store it; remove or replace it"
+
+
+def check_storable(value: Any, what: str, *, max_depth: int | None = None) -> None:
+    """Refuse, before it is written, a value that PostgreSQL could store but Ripple could not read back as a
+    Convex value: a `$`-prefixed or unprintable field name, a string holding NUL, nesting beyond `max_depth`.
+
+    Raises:
+        ConvexValueError: naming `what` and the path inside it.
+    """
+    try:
+        _check_storable(value, 0, MAX_DEPTH if max_depth is None else max_depth)
+    except ConvexValueError as error:
+        error.reason = f"{what}: {error.reason}"
+        raise
+
+
+def _check_storable(value: Any, depth: int, max_depth: int) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ConvexValueError(_NUL_MESSAGE)
+    elif isinstance(value, Mapping):
+        depth = _enter(depth, max_depth)
+        for key, item in value.items():
+            validate_field_name(key)
+            try:
+                _check_storable(item, depth, max_depth)
+            except ConvexValueError as error:
+                error.path.insert(0, key)
+                raise
+    elif isinstance(value, (list, tuple)):
+        depth = _enter(depth, max_depth)
+        for index, item in enumerate(value):
+            try:
+                _check_storable(item, depth, max_depth)
+            except ConvexValueError as error:
+                error.path.insert(0, index)
+                raise
 
 
 def _enter(depth: int, max_depth: int) -> int:
@@ -427,16 +478,39 @@ def _refuse_non_finite(obj: Any) -> None:
                 raise
 
 
-def loads(data: str | bytes) -> Any:
+def loads(data: str | bytes, *, max_elements: int | None = None) -> Any:
     """Parse JSON text (strict: no NaN literals). Numbers stay int/float here; `decode` makes them floats.
 
+    Text from outside is counted first (`max_elements`, default `MAX_ELEMENTS`): an over-limit message is refused
+    before any of its values is built.
+
     Raises:
-        ConvexValueError: the text is not valid JSON.
+        ConvexValueError: the text is not valid JSON, or holds more values than the limit.
     """
+    limit = MAX_ELEMENTS if max_elements is None else max_elements
+    raw = data.encode() if isinstance(data, str) else data
+    if _elements_at_most(raw) > limit and _elements(raw) > limit:
+        raise ValueTooLargeError(
+            f"the message holds more than {limit} values (arrays, objects and scalars); send fewer per message"
+        )
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise ConvexValueError(f"invalid JSON: {error}") from None
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _elements_at_most(raw: bytes) -> int:
+    """An upper bound on the values in a JSON text: every value but the first follows a comma or opens a container
+    (commas and brackets inside strings count too, hence "at most"). Counted in C, at memory speed."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+
+
+def _elements(raw: bytes) -> int:
+    """The same count with strings blanked out: exact for valid JSON. Only run when the bound is over the limit."""
+    return _elements_at_most(_JSON_STRING.sub(b'""', raw))
 
 
 # ---------------------------------------------------------------------------------------------- names

@@ -18,7 +18,7 @@ import orjson
 from server.database.catalog import ColumnType, Index, Table
 from server.database.reads import Bound, IndexRange
 from server.database.sql import quote_ident
-from server.errors import ArgumentError, SchemaError
+from server.errors import ArgumentError, SchemaError, excerpt
 from server.values import to_snake
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def decode_cursor(cursor: str, length: int) -> tuple[Any, ...]:
     except Exception:
         key = None
     if not isinstance(key, list) or len(key) != length:
-        raise ArgumentError(f"InvalidCursor: {cursor!r} is not a cursor of this query; start again from null")
+        raise ArgumentError(f"InvalidCursor: {excerpt(cursor)} is not a cursor of this query; start again from null")
     return tuple(key)
 
 

@@ -168,6 +168,11 @@ class Transaction:
                     )
                 if spec.type is ColumnType.NUMBER:
                     value = float(value)
+                elif spec.type is not ColumnType.BOOLEAN:
+                    try:
+                        values.check_storable(value, f'{verb} "{table.convex_name}": field "{name}"')
+                    except values.ConvexValueError as exc:
+                        raise ArgumentError(str(exc)) from None
             elif not spec.nullable:
                 if not partial and not spec.required:
                     continue  # left out, so the column's default applies

@@ -14,7 +14,7 @@ from typing import Any, overload
 
 from pydantic import BaseModel
 
-from server.errors import FunctionNotFound
+from server.errors import FunctionNotFound, excerpt
 from server.functions.validation import args_model
 from server.values import to_camel
 
@@ -83,7 +83,7 @@ class Registry:
     def resolve(self, path: str, *, internal_ok: bool) -> FunctionSpec:
         spec = self._specs.get(canonical_path(path)) if isinstance(path, str) else None
         if spec is None or (spec.visibility is Visibility.INTERNAL and not internal_ok):
-            raise FunctionNotFound(f"Could not find public function for '{path}'.")
+            raise FunctionNotFound(f"Could not find public function for {excerpt(path)}.")
         return spec
 
     def __iter__(self) -> Any:

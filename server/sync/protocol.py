@@ -110,6 +110,8 @@ def parse_client_message(text: str) -> Any:
     """Parse one frame; raises ValueError naming what is wrong with it."""
     try:
         raw = values.loads(text)
+    except values.ValueTooLargeError as exc:
+        raise ValueError(str(exc)) from None
     except Exception:
         raise ValueError("the frame is not JSON; send one JSON message per text frame") from None
     try:

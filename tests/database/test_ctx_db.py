@@ -310,7 +310,7 @@ _AWKWARD: dict[str, Any] = {
     "createdAt": float("inf"),
     "updatedAt": float("-inf"),
     "isRetryable": True,
-    "stageProgress": {"a'b": [1.5, None, "\\", {"$1": "it's"}], "n": 2**53},
+    "stageProgress": {"a'b": [1.5, None, "\\", {"x$1": "it's"}], "n": 2**53},
 }
 
 
@@ -359,12 +359,14 @@ async def _delete_then_patch(w: DatabaseWriter) -> None:
     await w.patch(vid, {"status": "Done"})
 
 
-async def test_a_held_write_that_postgres_refuses_fails_its_mutation_alone(db: Database) -> None:
-    """jsonb refuses \\u0000; a held insert reaches PostgreSQL with the COMMIT, so the mutation fails there and
-    nothing of it is stored."""
-    with pytest.raises(asyncpg.PostgresError, match="unsupported Unicode escape"):
+async def test_a_value_postgres_cannot_store_is_refused_at_the_call(db: Database) -> None:
+    """text and jsonb refuse NUL, and a "$" field name could be stored but never read back as a Convex value: each
+    is refused where it is written, naming the field, and nothing of the mutation is stored."""
+    with pytest.raises(ArgumentError, match=r'field "stageProgress": strings may not contain NUL .*\(at x\)'):
         await write(db, lambda w: video(w, "bad", stageProgress={"x": "\x00"}))
-    with pytest.raises(ValueError, match="NUL"):
+    with pytest.raises(ArgumentError, match=r'"\$bytes" may not start with "\$"'):
+        await write(db, lambda w: video(w, "bad", stageProgress={"$bytes": "AA=="}))
+    with pytest.raises(ArgumentError, match="NUL"):
         await write(db, lambda w: video(w, "nul\x00"))
     vid = await write(db, lambda w: video(w, "good"))
     docs, _ = await read(db, lambda r: r.query("videos").collect())

@@ -19,6 +19,13 @@ async def patch(ctx: Any, id: str, fields: dict[str, Any]) -> None:
     await ctx.db.patch(id, fields)
 
 
+@mutation(name="testing:insertKeyed")
+async def insert_keyed(ctx: Any, key: str, value: str = "v") -> str:
+    """A document whose nested field name or text the function itself builds (arguments are checked on arrival)."""
+    fields = {"stageProgress": {key.replace("<dollar>", "$"): 1}, "title": value.replace("<nul>", "\x00")}
+    return await ctx.db.insert("videos", {"twitchId": "k", "status": "Queued", **fields})  # type: ignore[no-any-return]
+
+
 @query(name="testing:get")
 async def get(ctx: Any, id: str) -> Any:
     return await ctx.db.get(id)
