@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -164,3 +165,34 @@ async def sometimes(ctx: Any, twitch_id: str) -> float:
         return -2
     doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
     return doc.get("progressPercentage", 0) if doc else -1
+
+
+# Set by a test: `testing:gated` waits until GATES[name] is set (a mutation held in flight on purpose).
+GATES: dict[str, asyncio.Event] = {}
+
+
+@mutation(name="testing:gated")
+async def gated(ctx: Any, name: str) -> None:
+    await GATES[name].wait()
+
+
+@mutation(name="testing:whoamiMutation")
+async def whoami_mutation(ctx: Any) -> str | None:
+    """The subject the mutation ran as (reads nothing, writes nothing)."""
+    identity = await ctx.auth.get_user_identity()
+    return identity["subject"] if identity else None
+
+
+@query(name="testing:slowCount")
+async def slow_count(ctx: Any, twitch_id: str, delay_s: float) -> float:
+    """`testing:count` after a pause: a hub round that re-runs it stays open that long."""
+    await asyncio.sleep(delay_s)
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    return doc.get("progressPercentage", 0) if doc else -1
+
+
+@action(name="testing:viaWhoami")
+async def via_whoami(ctx: Any) -> str | None:
+    """The subject the action ran as."""
+    identity = await ctx.auth.get_user_identity()
+    return identity["subject"] if identity else None
