@@ -120,3 +120,22 @@ async def test_python_subscription_sees_each_change(ripple):
             result = await client.call("mutation", "testing:setProgress", {"twitchId": "n", "progress": n})
             assert result["event"] == "result", result
             await client.expect(lambda e, n=n: e.get("id") == "c" and e.get("event") == "update" and e["value"] == n)
+
+
+async def test_node_token_refresh_during_a_mutation_keeps_read_your_writes(ripple):
+    """A token refresh (setAuth with a new token) sent while a mutation's round is still running: the promise
+    resolves only once the subscription shows the write (finding 3 of the trust review, with the real client)."""
+    await _insert(ripple, "rw")
+    async with await ClientDriver.start("node", ripple.url) as client:
+        await client.send({"op": "setAuth", "token": ripple.token("alice")})
+        await client.expect({"event": "auth"})
+        # A re-run of this query keeps the hub's round open for 0.3 s, so the refresh lands inside it.
+        await client.subscribe("c", "testing:slowCount", {"twitchId": "rw", "delayS": 0.3})
+        assert (await client.next_update("c"))["value"] == 0
+        for n in range(1, 4):
+            await client.send({"op": "mutation", "id": f"m{n}", "fn": "testing:increment", "args": {"twitchId": "rw"}})
+            await asyncio.sleep(0.05)
+            await client.send({"op": "setAuth", "token": ripple.token("alice", ttl_s=3600 + n)})
+            result = await client.expect(lambda e, n=n: e.get("event") == "result" and e.get("id") == f"m{n}")
+            assert result["value"] == n
+            assert result["subs"]["c"] == n, result  # read-your-writes held across the refresh
