@@ -44,8 +44,10 @@ T = TypeVar("T")
 
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 _MAX_RETRY_DELAY_S = 0.25
-# How long to wait for a lost writer's backend to end before giving up on learning whether it committed.
+# How long a lost writer's backend may go on (finishing its COMMIT) before it is terminated, and how long it may
+# then take to end before whether it committed is given up as unknown.
 _BACKEND_END_WAIT_S = 30.0
+_BACKEND_TERMINATE_WAIT_S = 10.0
 
 # The stored result of an applied (session, request), with its commit ts (or none, if the log was pruned), and
 # what the request was.
@@ -54,10 +56,7 @@ SELECT m.result, coalesce(c.ts, m.ts) AS ts, m.caller, m.path, m.args_digest
 FROM _ripple_mutations m LEFT JOIN _ripple_commits c ON c.xid = m.xid
 WHERE m.session_id = $1 AND m.request_id = $2
 """
-# Ends the given backend if it still runs (waiting up to 5 s), and tells whether it is still there.
-_END_BACKEND_SQL = """
-SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2
-"""
+_END_BACKEND_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2"
 _BACKEND_ALIVE_SQL = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2)"
 _INTERNAL_SESSION = "ripple-internal:"
 
@@ -278,10 +277,15 @@ class Database:
         self.committing += 1
         try:
             committed = await writer.commit(record, wrote=wrote)
-        except Exception:
+        except Exception as exc:
             if not wrote:
                 raise  # nothing was written: there is nothing to settle
             stored = await self._settle(writer, key)
+            if stored is None and writer.conn.is_closed():
+                raise RippleError(
+                    "the connection to PostgreSQL was lost during this mutation's COMMIT and it did not commit (its "
+                    "dedupe row is absent), so nothing of it was applied; send it again"
+                ) from exc
             if stored is None:
                 with contextlib.suppress(Exception):
                     await writer.rollback()
@@ -307,19 +311,25 @@ class Database:
         when it is lost (it may still be inside its COMMIT)."""
         if writer.conn.is_closed() and writer.backend is not None:
             pid, started = writer.backend
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + _BACKEND_END_WAIT_S
-            with contextlib.suppress(asyncpg.PostgresError):
-                await self.pool.execute(_END_BACKEND_SQL, pid, started)
-            while await self.pool.fetchval(_BACKEND_ALIVE_SQL, pid, started):
-                if loop.time() > deadline:
+            if not await self._backend_ended(pid, started, _BACKEND_END_WAIT_S):
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await self.pool.execute(_END_BACKEND_SQL, pid, started)
+                if not await self._backend_ended(pid, started, _BACKEND_TERMINATE_WAIT_S):
                     raise RippleError(
                         f"lost the connection to PostgreSQL during the COMMIT of mutation request {key.request_id} "
-                        f"and its backend (pid {pid}) is still running after {_BACKEND_END_WAIT_S:.0f} s, so whether "
-                        "it committed is unknown; send it again with the same requestId to learn its outcome"
+                        f"and its backend (pid {pid}) did not end, so whether it committed is unknown; send it "
+                        "again with the same sessionId and requestId to learn its outcome"
                     )
-                await asyncio.sleep(0.01)
         return await self._applied(key)
+
+    async def _backend_ended(self, pid: int, started: Any, wait_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while await self.pool.fetchval(_BACKEND_ALIVE_SQL, pid, started):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def _applied(self, key: MutationKey) -> MutationOutcome | None:
         """The stored outcome of `key`'s request, or None when it was not applied; a RippleError, and nothing
