@@ -125,7 +125,7 @@ class Snapshot:
 
     conn: asyncpg.Connection
     ts: int
-    # TEMP: the hub's, until it drops it
+    # TEMP: the hub's hinted first statement, until it drops it
     first_statement: Callable[[str, list[Any]], tuple[str, list[Any]]] | None = None
     failed: bool = False
 
@@ -151,8 +151,7 @@ class Database:
         # Called with what each commit made here announced (its ts, maybe its changes), right after it is visible:
         # the hub wakes on it without waiting for its own NOTIFY to come back.
         self.on_commit: list[Callable[[Announcement], None]] = []
-        # Commits sent and not yet back: the hub waits for them when a ts below an announced one is missing, as
-        # one of them most likely drew it (hub/hub.py).
+        # TEMP: the hub's gap wait, until it drops it
         self.committing = 0
 
     @asynccontextmanager
@@ -274,7 +273,6 @@ class Database:
     ) -> Announcement | MutationOutcome | None:
         """The commit message, and the settling of its outcome when it failed (a lost connection, a cancelled or
         failed statement): a mutation whose dedupe row is there committed, whatever the error said."""
-        self.committing += 1
         try:
             committed = await writer.commit(record, wrote=wrote)
         except Exception as exc:
@@ -286,17 +284,18 @@ class Database:
                     "the connection to PostgreSQL was lost during this mutation's COMMIT and it did not commit (its "
                     "dedupe row is absent), so nothing of it was applied; send it again"
                 ) from exc
-            if stored is None:
+            if not writer.conn.is_closed():
                 with contextlib.suppress(Exception):
-                    await writer.rollback()
+                    await writer.rollback()  # the message has ended: make the writer usable again
+            if stored is None:
                 raise
-            # Its NOTIFY may have been lost with the message: announce the ts again (alone, so hubs read the log).
-            await self.pool.execute("SELECT pg_notify('ripple_commits', $1)", str(stored.ts))
+            # Its NOTIFY may have been lost with the message: announce the ts again (alone, so hubs read the log). A
+            # failure here only delays the hubs (until the next commit or their reconnect), so it is not reported.
+            with contextlib.suppress(Exception):
+                await self.pool.execute("SELECT pg_notify('ripple_commits', $1)", str(stored.ts))
             self._announce(Announcement(stored.ts, None))
             stored.deduplicated = False
             return stored
-        finally:
-            self.committing -= 1
         if committed is not None:
             self._announce(committed)
         return committed
