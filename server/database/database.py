@@ -125,8 +125,6 @@ class Snapshot:
 
     conn: asyncpg.Connection
     ts: int
-    # TEMP: the hub's hinted first statement, until it drops it
-    first_statement: Callable[[str, list[Any]], tuple[str, list[Any]]] | None = None
     failed: bool = False
 
 
@@ -151,8 +149,6 @@ class Database:
         # Called with what each commit made here announced (its ts, maybe its changes), right after it is visible:
         # the hub wakes on it without waiting for its own NOTIFY to come back.
         self.on_commit: list[Callable[[Announcement], None]] = []
-        # TEMP: the hub's gap wait, until it drops it
-        self.committing = 0
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Snapshot]:

@@ -76,9 +76,6 @@ class Transaction:
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
         snap = self._snapshot
-        if snap is not None and snap.first_statement is not None:  # TEMP: the hub's, until it drops it
-            rewrite, snap.first_statement = snap.first_statement, None
-            sql, params = rewrite(sql, list(params))
         try:
             return list(await self.conn.fetch(sql, *params))
         except BaseException:
