@@ -74,12 +74,15 @@ CREATE TABLE IF NOT EXISTS _ripple_horizon (
 
 -- Results of applied mutations, so a resent (session_id, request_id) is applied once.
 CREATE TABLE IF NOT EXISTS _ripple_mutations (
-    session_id text COLLATE "C",
-    request_id bigint,
-    result     jsonb,
-    xid        bigint,  -- the applying transaction; its commit ts is in _ripple_commits
-    ts         bigint,  -- unused since xid: the ts is drawn inside COMMIT, after this row is written
-    created_at timestamptz DEFAULT now(),
+    session_id  text COLLATE "C",
+    request_id  bigint,
+    result      jsonb,
+    xid         bigint,  -- the applying transaction; its commit ts is in _ripple_commits
+    ts          bigint,  -- unused since xid: the ts is drawn inside COMMIT, after this row is written
+    created_at  timestamptz DEFAULT now(),
+    caller      text COLLATE "C",  -- who sent it (token identifier, admin or not)
+    path        text COLLATE "C",  -- the mutation's canonical path
+    args_digest text COLLATE "C",  -- SHA-256 of its arguments as sent
     PRIMARY KEY (session_id, request_id)
 );
 -- Columns added since the first release. Checked first: ALTER TABLE takes an exclusive lock even when there is
@@ -92,6 +95,12 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '_ripple_mutations'::regclass AND attname = 'xid') THEN
         ALTER TABLE _ripple_mutations ADD COLUMN xid bigint;
         ALTER TABLE _ripple_mutations ALTER COLUMN ts DROP NOT NULL;
+    END IF;
+    -- Who sent the request and what it asked for: a resend replays the stored result only when all three match
+    -- (server/database/database.py). NULL in rows written before these columns existed.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '_ripple_mutations'::regclass AND attname = 'caller') THEN
+        ALTER TABLE _ripple_mutations ADD COLUMN caller text COLLATE "C", ADD COLUMN path text COLLATE "C",
+            ADD COLUMN args_digest text COLLATE "C";
     END IF;
 END
 $$;
@@ -361,15 +370,25 @@ CREATE INDEX IF NOT EXISTS "storyboard_selections__by_shot"
 -- The commit ts of the current transaction.
 --   * It captured writes and has no ts yet: take the clock key shared, draw ts, record (ts, xid), announce it
 --     (below), remember it.
---   The announcement is the ts, then a space and a JSON array of the captured changes ([table, _id, old keys,
---   new keys]) while they fit in a NOTIFY (the capture trigger collects them): hubs then know which queries to re-run
---   before they read the log. Plain-SQL writers NOTIFY it; Ripple's mutations (ripple.notify = 'after_commit')
---   get it back as a NOTICE and NOTIFY it after COMMIT from ripple.last_commit, because a NOTIFY inside the
---   transaction takes a lock held until COMMIT ends and so serialises writers.
 --   * It already has a ts: return it (the deferred trigger calls it again at COMMIT).
 --   * It captured no write: return the clock's last value (0 if never drawn); nothing is recorded.
 -- It reads no table that concurrent writers write (only settings and the sequence), so SERIALIZABLE
 -- transactions never get a serialization failure from it.
+--
+-- The announcement is the ts, then (sometimes) a space and a JSON array of the captured changes ([table, _id,
+-- old keys, new keys]). Hubs trust such a list to be ALL the changes of that ts and skip the log (a quiet round
+-- advances past a commit whose listed changes touch no live query), hence:
+--
+--   INVARIANT: an announcement carries a change list ONLY when it is provably the whole of its commit's changes.
+--   * Plain-SQL writers (NOTIFY inside their transaction) announce the ts alone, always: their ts may be drawn
+--     before their last write (SET CONSTRAINTS ALL IMMEDIATE, an explicit SELECT _ripple_commit_ts()), and a
+--     NOTIFY once queued cannot be taken back.
+--   * Ripple's writers (ripple.notify = 'after_commit': their ts is drawn by the deferred trigger at COMMIT, and
+--     app code cannot run SQL) announce their changes while they fit (about 7,000 bytes), as a NOTICE the writer
+--     reads and in ripple.last_commit, which the writer NOTIFYs after COMMIT (a NOTIFY inside the transaction takes
+--     a lock held until COMMIT ends, and so serialises writers). A captured write after the draw in the same
+--     transaction (another deferred trigger, a TRUNCATE) degrades it to the ts alone (_ripple_written_after_draw):
+--     ripple.last_commit is rewritten and the NOTICE raised again, and the writer keeps the last NOTICE.
 CREATE OR REPLACE FUNCTION _ripple_commit_ts() RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -390,11 +409,11 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(7264001000000000002);
     ts := nextval('_ripple_ts');
     INSERT INTO _ripple_commits (ts, xid) VALUES (ts, x);
-    changes := current_setting('ripple.changes', true);
-    said := ts::text || CASE WHEN changes IS NULL OR changes IN ('', '-') THEN '' ELSE ' [' || changes || ']' END;
     IF current_setting('ripple.notify', true) IS DISTINCT FROM 'after_commit' THEN
-        PERFORM pg_notify('ripple_commits', said);
+        PERFORM pg_notify('ripple_commits', ts::text);  -- the ts alone: see the invariant above
     ELSE
+        changes := current_setting('ripple.changes', true);
+        said := ts::text || CASE WHEN changes IS NULL OR changes IN ('', '-') THEN '' ELSE ' [' || changes || ']' END;
         -- The writer NOTIFYs after COMMIT from ripple.last_commit, and learns its ts from this notice
         -- (server/database/writers.py).
         PERFORM set_config('ripple.last_commit', said, false);
@@ -402,6 +421,22 @@ BEGIN
     END IF;
     PERFORM set_config('ripple.ts', ts::text, true);
     RETURN ts;
+END
+$$;
+
+-- Called by the capture triggers for a captured write made after this transaction drew its ts: from now on its
+-- changes are no longer all in its announcement, so a Ripple writer's announcement becomes the ts alone (see the
+-- invariant above; a plain-SQL writer announced the ts alone already). Idempotent.
+CREATE OR REPLACE FUNCTION _ripple_written_after_draw(ts text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM set_config('ripple.changes', '-', true);
+    IF current_setting('ripple.notify', true) = 'after_commit'
+       AND current_setting('ripple.last_commit', true) IS DISTINCT FROM ts THEN
+        PERFORM set_config('ripple.last_commit', ts, false);
+        RAISE NOTICE 'ripple commit ts' USING DETAIL = ts;
+    END IF;
 END
 $$;
 
@@ -463,8 +498,9 @@ $$;
 -- into jsonb whole (that and a loop over the key names were half the cost of a captured write). Appends one
 -- _ripple_changes row; the transaction's first captured write also registers its xid in _ripple_pending
 -- (once, remembered in the transaction-local setting ripple.pending), which arms the COMMIT-time trigger.
--- The changes also collect in the transaction-local setting ripple.changes for the commit's announcement, up to
--- about 7,000 bytes (a NOTIFY payload holds 8,000); past that it says '-' and the log alone tells.
+-- In Ripple's writers the changes also collect in the transaction-local setting ripple.changes for the commit's
+-- announcement, up to about 7,000 bytes (a NOTIFY payload holds 8,000); past that, in plain-SQL writers, and after
+-- the ts was drawn it says '-' and the log alone tells (see the invariant at _ripple_commit_ts).
 -- %1$s and %2$s: the arguments of jsonb_build_object for the old and the new row's keys.
 CREATE OR REPLACE FUNCTION _ripple_capture_template() RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -486,12 +522,26 @@ BEGIN
         doc := NEW._id;
     END IF;
     IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
-        INSERT INTO _ripple_pending (xid) VALUES (x);
+        -- only Ripple's writers announce changes (see _ripple_commit_ts)
+        IF current_setting('ripple.notify', true) = 'after_commit' THEN
+            acc := '';
+        ELSE
+            acc := '-';
+            PERFORM set_config('ripple.changes', acc, true);
+        END IF;
+        -- Set before the INSERT: under SET CONSTRAINTS ALL IMMEDIATE the COMMIT-time trigger fires at the end of
+        -- that INSERT, and must find this transaction pending to draw its ts.
         PERFORM set_config('ripple.pending', x::text, true);
-        acc := '';
+        INSERT INTO _ripple_pending (xid) VALUES (x);
     ELSE
         acc := current_setting('ripple.changes', true);
     END IF;
+    one := current_setting('ripple.ts', true);
+    IF one IS NOT NULL AND one <> '' THEN
+        PERFORM _ripple_written_after_draw(one);  -- drawn already: this change is not in the announcement
+        acc := '-';
+    END IF;
+    one := NULL;
     IF TG_OP = 'UPDATE' AND OLD._id IS DISTINCT FROM doc THEN
         -- an _id changed by plain SQL: the old document is gone and a new one appeared
         INSERT INTO _ripple_changes (xid, table_name, doc_id, old_keys, new_keys)
@@ -522,8 +572,11 @@ BEGIN
            FROM %I.%I t', TG_TABLE_SCHEMA, TG_TABLE_NAME)
     USING x, TG_TABLE_NAME, TG_ARGV;
     IF current_setting('ripple.pending', true) IS DISTINCT FROM x::text THEN
+        PERFORM set_config('ripple.pending', x::text, true);  -- before the INSERT: see the capture template
         INSERT INTO _ripple_pending (xid) VALUES (x);
-        PERFORM set_config('ripple.pending', x::text, true);
+    END IF;
+    IF coalesce(current_setting('ripple.ts', true), '') <> '' THEN
+        PERFORM _ripple_written_after_draw(current_setting('ripple.ts', true));
     END IF;
     PERFORM set_config('ripple.changes', '-', true);  -- too many for an announcement: the log tells
     RETURN NULL;

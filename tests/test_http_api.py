@@ -7,6 +7,7 @@ import base64
 import json
 import time
 
+import asyncpg
 import jwt
 import pytest
 
@@ -164,3 +165,40 @@ async def test_official_python_http_client(ripple: RippleServer) -> None:
     created, (found, who) = await asyncio.to_thread(scenario)
     assert [d["_id"] for d in found] == [created]
     assert who["subject"] == "alice"
+
+
+# At COMMIT a video "slow-commit" takes 0.6 s (a deferred constraint trigger); in the handler, inserting a video
+# "slow-handler" takes as long (a plain row trigger, which runs inside the insert call).
+_SLOW_SQL = """
+CREATE FUNCTION slow_video() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.twitch_id = TG_ARGV[0] THEN
+        PERFORM pg_sleep(0.6);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON videos DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION slow_video('slow-commit');
+CREATE TRIGGER slow_handler AFTER INSERT ON videos FOR EACH ROW EXECUTE FUNCTION slow_video('slow-handler');
+"""
+
+
+@pytest.mark.parametrize("ripple", [{"mutation_timeout_s": 0.3}], indirect=True)
+async def test_the_mutation_time_limit_covers_the_handler_not_the_commit(ripple: RippleServer) -> None:
+    """A COMMIT slower than the limit still reports the success it is (the row exists); a handler slower than the
+    limit fails and leaves nothing."""
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        await conn.execute(_SLOW_SQL)
+        doc = {"table": "videos", "doc": {"twitchId": "slow-commit", "title": "T", "status": "Queued"}}
+        r = (await ripple.http("mutation", "testing:insert", doc)).json()
+        assert r["status"] == "success", r
+        assert await conn.fetchval("SELECT _id FROM videos WHERE twitch_id = 'slow-commit'") == r["value"]
+
+        doc = {"table": "videos", "doc": {"twitchId": "slow-handler", "title": "T", "status": "Queued"}}
+        r = (await ripple.http("mutation", "testing:insert", doc)).json()
+        assert r["status"] == "error" and "testing:insert ran longer than 0.3 s" in r["errorMessage"], r
+        assert await conn.fetchval("SELECT count(*) FROM videos WHERE twitch_id = 'slow-handler'") == 0
+    finally:
+        await conn.close()

@@ -1,9 +1,10 @@
-"""What a commit announces (schema.sql, `_ripple_commit_ts`): its ts and, while they fit, the keys it changed.
+"""What a commit announces (schema.sql, `_ripple_commit_ts`): its ts and, when they are provably all of them and
+fit, the keys it changed.
 
-Plain-SQL writers NOTIFY the announcement; Ripple's writers get it back as a NOTICE and NOTIFY it after COMMIT.
-The changes are written by the same trigger, in the same transaction, as the log rows, so a hub whose round's
-commits all announced them re-runs the right queries without reading the log (hub/changes.py, `Announcements`);
-an announcement without changes (a bulk write, TRUNCATE, an older writer) only sends it to the log.
+A change list is trusted to be ALL the changes of its ts: a hub whose round's commits all announced one re-runs
+the right queries without reading the log, or skips the round (hub/changes.py, `Announcements`). So only Ripple's
+writers announce changes (their ts is drawn at COMMIT; a captured write after the draw degrades the announcement to
+the ts alone); plain-SQL writers, bulk writes and TRUNCATE announce the ts alone, which sends hubs to the log.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """SQL text: quoted identifiers and literals, for statements that travel without parameters.
 
-Why literals at all: the message that ends a mutation (its held writes, the dedupe row, COMMIT, the NOTIFY, the
-next BEGIN) is one simple-protocol query, which takes no parameters. Values are only those `ctx.db` accepts
-(text, numbers, booleans, JSON), each written so PostgreSQL reads back exactly the value asyncpg would send.
+Why literals at all: the message that ends a mutation (its dedupe row, COMMIT, the NOTIFY, the next BEGIN) is one
+simple-protocol query, which takes no parameters; every other statement is sent with parameters. Values are only
+those `ctx.db` accepts (text, numbers, booleans, JSON), each written so PostgreSQL reads back exactly the value
+asyncpg would send.
 """
 
 from __future__ import annotations

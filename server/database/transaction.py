@@ -17,7 +17,7 @@ from server.database.catalog import Catalog, ColumnType, Table
 from server.database.ids import new_id, table_number_of
 from server.database.query import Query
 from server.database.reads import IndexRange, ReadSet
-from server.database.sql import literal, quote_ident
+from server.database.sql import quote_ident
 from server.errors import ArgumentError, IdError, LimitExceeded
 from server.values import to_camel, to_snake
 
@@ -39,10 +39,6 @@ _TYPE_CHECKS: dict[ColumnType, tuple[type, ...]] = {
     ColumnType.BOOLEAN: (bool,),
     ColumnType.JSON: (dict, list, str, int, float, bool),
 }
-
-
-# Held writes past this much SQL text are sent before the next one is held.
-_MAX_HELD_BYTES = 256 * 1024
 
 
 class Transaction:
@@ -71,41 +67,15 @@ class Transaction:
         self.journal = journal
         self.documents_read = 0
         self.documents_written = 0
-        # Writes waiting to travel with the next statement or the COMMIT (`DatabaseWriter`), and the documents
-        # this transaction read or wrote, which a held write needs: they exist, so writing them cannot fail for
-        # a missing document. `changed`: some write reached PostgreSQL or is held for it.
-        self._held: list[str] = []
-        self._held_bytes = 0
+        # The documents this transaction read or wrote: they exist, so a write to one needs no existence check.
+        # `changed`: some write reached PostgreSQL.
         self.known: set[str] = set()
         self.changed = False
-
-    # Held writes.
-
-    async def hold(self, statement: str) -> None:
-        self._held.append(statement)
-        self._held_bytes += len(statement)
-        self.changed = True
-        if self._held_bytes > _MAX_HELD_BYTES:
-            await self.send_held()  # many or large writes: keep the commit message small
-
-    def take_held(self) -> str:
-        """The held writes as one simple-protocol text, for the message that commits; none are held after."""
-        sql, self._held, self._held_bytes = "; ".join(self._held), [], 0
-        return sql
-
-    async def send_held(self) -> None:
-        if self._held:
-            await self.conn.execute(self.take_held())
 
     # The recorder: every read passes through these.
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
-        if self._held:
-            await self.send_held()  # the read sees this transaction's writes, as Convex's do
         snap = self._snapshot
-        if snap is not None and snap.first_statement is not None:
-            rewrite, snap.first_statement = snap.first_statement, None
-            sql, params = rewrite(sql, list(params))
         try:
             return list(await self.conn.fetch(sql, *params))
         except BaseException:
@@ -220,20 +190,20 @@ class DatabaseReader:
 class DatabaseWriter(DatabaseReader):
     """`ctx.db` in a mutation: reads plus `insert`, `patch`, `replace`, `delete`.
 
-    A write that cannot fail for a missing document (an insert, or a write to a document this transaction read or
-    wrote) is held and travels with the next statement or the COMMIT (`Transaction.hold`): read, write, return
-    costs two round trips, not three. Other writes are sent at once, `RETURNING 1`, which proves the document
-    existed without a separate read, so the call raises where it was made.
+    Every write is sent when it is made, with parameters, so whatever PostgreSQL refuses raises at the call that
+    made it. A write to a document this transaction has not read or written (so may not exist) adds `RETURNING 1`,
+    which proves the document existed without a separate read.
     """
 
     async def _write(self, doc_id: str, table: Table, verb: str, build: _Build, args: Sequence[Any]) -> None:
         tx = self._tx
+        sql = build([f"${i}" for i in range(1, len(args) + 1)])
         if verb == "insert" or doc_id in tx.known:
-            await tx.hold(build([literal(v, json=j) for v, j in args]))
+            tx.changed = True  # before the call: a statement that fails half-way may still have written
+            await tx.conn.execute(sql, *args)
         else:
-            await tx.send_held()
-            sql = build([f"${i}" for i in range(1, len(args) + 1)])
-            if await tx.conn.fetchval(sql + " RETURNING 1", *(v for v, _ in args)) is None:
+            found = await tx.conn.fetchval(sql + " RETURNING 1", *args)
+            if found is None:
                 raise ArgumentError(f'{verb}: document "{doc_id}" does not exist in "{table.convex_name}"')
             tx.changed = True
         if verb == "delete":
@@ -298,10 +268,10 @@ class DatabaseWriter(DatabaseReader):
         )
 
 
-# A write statement from its value SQL (parameter marks or literals, in argument order).
+# A write statement from its value SQL (parameter marks, in argument order).
 _Build = Callable[[list[str]], str]
 
 
-def _args(table: Table, columns: Mapping[str, Any]) -> list[tuple[Any, bool]]:
-    """Each value with whether its column is jsonb (a JSON string is written as JSON, not as text)."""
-    return [(v, c in table.columns and table.columns[c].type is ColumnType.JSON) for c, v in columns.items()]
+def _args(table: Table, columns: Mapping[str, Any]) -> list[Any]:
+    """The values in column order (the pool's codecs write a jsonb column's value as JSON, a string included)."""
+    return list(columns.values())

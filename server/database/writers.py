@@ -9,12 +9,14 @@ transaction about once a second, when PostgreSQL reports its table statistics (a
 
 What a COMMIT drew (its ts and the changes it announces, database/announce.py) comes back as a NOTICE (schema.sql,
 `_ripple_commit_ts`, when `ripple.notify` is 'after_commit'): a message of simple statements returns no rows to
-asyncpg, and reading the ts in another statement would cost the round trip this saves.
+asyncpg, and reading the ts in another statement would cost the round trip this saves. A write after the draw
+(another deferred trigger) raises the NOTICE again with the ts alone, so the last one is what the commit announced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +42,7 @@ ANNOUNCE_SQL = (
     "SELECT pg_notify('ripple_commits', current_setting('ripple.last_commit')); COMMIT"
 )
 _TS_NOTICE = "ripple commit ts"
+_BACKEND_SQL = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
 # PostgreSQL reports a backend's table statistics (which autovacuum goes by) only while it is idle outside a
 # transaction, so a writer rests there at least this often.
 _REST_EVERY_S = 1.0
@@ -48,8 +51,10 @@ _REST_EVERY_S = 1.0
 class WriterConnection:
     """One connection and what its last COMMIT announced."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, backend: tuple[int, datetime.datetime] | None = None) -> None:
         self.conn = conn
+        # (pid, backend_start): tells when this connection's backend has ended, even if the pid is reused.
+        self.backend = backend
         self.committed: Announcement | None = None
         # "open": in a fresh transaction; "idle": outside any (resting); "busy": lent out, state unknown.
         self.state = "idle"
@@ -117,10 +122,11 @@ class Writers:
         )
         try:
             await init_connection(conn)
+            row = await conn.fetchrow(_BACKEND_SQL)
         except BaseException:
             conn.terminate()
             raise
-        return WriterConnection(conn)
+        return WriterConnection(conn, (row["pid"], row["backend_start"]))
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[WriterConnection]:

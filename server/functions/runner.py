@@ -12,10 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 
 from server import values
-from server.database.database import Database, Snapshot
+from server.database.database import Database, MutationKey, Snapshot, args_digest
 from server.database.reads import ReadSet
 from server.database.transaction import DatabaseReader, DatabaseWriter, Transaction
 from server.errors import ConvexError, LimitExceeded, RippleError, describe
@@ -133,7 +134,12 @@ class Runner:
                 async with self.database.snapshot() as snap:
                     return await self._query(spec, kwargs, caller, snap, None, outcome)
             if spec.kind is FunctionKind.MUTATION:
-                return await self._mutation(spec, kwargs, caller, dedupe, maybe_applied, outcome)
+                key = None
+                if dedupe is not None:
+                    # A resend replays only for the same caller, function and arguments (database.py).
+                    who = orjson.dumps(list(caller.cache_key)).decode()
+                    key = MutationKey(dedupe[0], dedupe[1], who, spec.path, args_digest(args))
+                return await self._mutation(spec, kwargs, caller, key, maybe_applied, outcome)
             return await self._action(spec, kwargs, caller, outcome)
         except Exception as exc:  # every failure is reported on its own request
             outcome.error = exc
@@ -189,19 +195,27 @@ class Runner:
         spec: FunctionSpec,
         kwargs: dict[str, Any],
         caller: Caller,
-        dedupe: tuple[str, int] | None,
+        dedupe: MutationKey | None,
         maybe_applied: bool,
         outcome: Outcome,
     ) -> Outcome:
+        # The time limit covers the handler (across retries), never the COMMIT: a mutation cut short there would
+        # be reported as failed although it committed.
+        limit_s = self.limits.mutation_timeout_s
+        deadline = asyncio.get_running_loop().time() + limit_s
+
         async def body(tx: Transaction) -> Any:
-            value = await spec.handler(MutationCtx(DatabaseWriter(tx), Auth(caller)), **kwargs)
+            timer = asyncio.timeout_at(deadline)
+            try:
+                async with timer:
+                    value = await spec.handler(MutationCtx(DatabaseWriter(tx), Auth(caller)), **kwargs)
+            except TimeoutError:
+                if timer.expired():
+                    raise LimitExceeded(f"{spec.path} ran longer than {limit_s} s") from None
+                raise
             return self._encode(value)
 
-        try:
-            async with asyncio.timeout(self.limits.mutation_timeout_s):
-                result = await self.database.mutate(body, dedupe=dedupe, maybe_applied=maybe_applied)
-        except TimeoutError:
-            raise LimitExceeded(f"{spec.path} ran longer than {self.limits.mutation_timeout_s} s") from None
+        result = await self.database.mutate(body, dedupe=dedupe, maybe_applied=maybe_applied)
         outcome.value, outcome.ts, outcome.retries = result.value, result.ts, result.retries
         return outcome
 

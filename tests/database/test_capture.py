@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 import pytest
 
 from server.database.announce import parse_announcement
+from server.database.writers import ANNOUNCE_SQL, OPEN_SQL
 from tests.support.sql import (
     GEN_KEYS,
     INSERT_GENERATION,
@@ -87,35 +89,142 @@ async def test_one_transaction_is_one_commit_and_one_notify(schema_dsn: str) -> 
         assert await conn.fetchval("SELECT _ripple_latest_ts()") == log[0][0]
 
 
-async def test_a_commit_announces_its_changes_while_they_fit(schema_dsn: str) -> None:
-    """The NOTIFY payload is the ts and the transaction's changes (the same as the log's) while they fit in about
-    7,000 bytes; a bulk write and a TRUNCATE announce their ts alone, and a reader then goes by the log."""
+class RippleStyle:
+    """A connection that commits as Ripple's writers do (writers.py): `ripple.notify = 'after_commit'`, the
+    announcement back as NOTICEs (every one kept, in order), then the NOTIFY after COMMIT from ripple.last_commit."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.notices: list[str] = []
+        conn.add_log_listener(self._on)
+
+    def _on(self, _conn: Any, message: Any) -> None:
+        if getattr(message, "message", None) == "ripple commit ts":
+            self.notices.append(message.detail)
+
+    async def commit(self, *statements: str) -> list[str]:
+        """Run `statements` in one Ripple-style transaction; the NOTICEs its COMMIT raised."""
+        self.notices = []
+        await self.conn.execute(OPEN_SQL)
+        for statement in statements:
+            await self.conn.execute(statement)
+        await self.conn.execute(f"COMMIT; {ANNOUNCE_SQL}")
+        return self.notices
+
+
+async def next_payload(payloads: asyncio.Queue[str]) -> str:
+    return await asyncio.wait_for(payloads.get(), 5)
+
+
+async def test_ripple_writers_announce_their_changes_while_they_fit(schema_dsn: str) -> None:
+    """A Ripple writer's announcement is the ts and the transaction's changes (the same as the log's) while they fit
+    in about 7,000 bytes; a bulk write and a TRUNCATE announce their ts alone, and a reader then goes by the log."""
     payloads: asyncio.Queue[str] = asyncio.Queue()
     async with connect(schema_dsn) as listener, connect(schema_dsn) as conn:
         await listener.add_listener("ripple_commits", lambda *a: payloads.put_nowait(a[-1]))
-        async with conn.transaction():
-            g1, _ = await conn.fetchrow(INSERT_GENERATION, "u", "pending", 1.0)
-            await conn.execute("UPDATE generations SET status = 'failed' WHERE _id = $1", g1)
-            await conn.execute("UPDATE generations SET _id = _ripple_new_id('generations') WHERE _id = $1", g1)
-        said = parse_announcement(await asyncio.wait_for(payloads.get(), 5))
+        writer = RippleStyle(conn)
+        g1 = await conn.fetchval(INSERT_WORKFLOW, "made by plain SQL")
+        assert (await next_payload(payloads)).isdigit()
+        (notice,) = await writer.commit(
+            "INSERT INTO generations (_id, user_id, prompt, status, created_at)"
+            " VALUES (_ripple_new_id('generations'), 'u', 'p', 'pending', 1)",
+            f"UPDATE workflows SET status = 'failed' WHERE _id = '{g1}'",
+            f"UPDATE workflows SET _id = _ripple_new_id('workflows') WHERE _id = '{g1}'",
+        )
+        payload = await next_payload(payloads)
+        assert payload == notice
+        said = parse_announcement(payload)
         assert said is not None and said.changes is not None
         ts, xid = (await commits(conn))[-1]
         assert said.ts == ts
         logged = await changes_of(conn, xid)
+        assert len(logged) == 4
         assert [(c.table, c.doc_id, c.old_keys, c.new_keys) for c in said.changes] == [
             (c["table"], c["doc"], c["old"], c["new"]) for c in logged
         ]
-        await conn.execute(
-            "INSERT INTO videos (twitch_id, title, status) "
-            "SELECT 'bulk' || g, 't', 'Queued' FROM generate_series(1, 200) g"
+        bulk = (
+            "INSERT INTO videos (twitch_id, title, status)"
+            " SELECT 'bulk' || g, 't', 'Queued' FROM generate_series(1, 200) g"
         )
-        bulk = await asyncio.wait_for(payloads.get(), 5)
-        assert bulk.isdigit() and len(bulk) < 20
-        await conn.execute("TRUNCATE videos")
-        assert (await asyncio.wait_for(payloads.get(), 5)).isdigit()
+        assert [n.isdigit() for n in await writer.commit(bulk)] == [True]
+        assert (await next_payload(payloads)).isdigit()
+        assert [n.isdigit() for n in await writer.commit("TRUNCATE videos")] == [True]
+        assert (await next_payload(payloads)).isdigit()
         # The limit counts bytes: 4,000 characters of "€" are 12,000 bytes, past what a NOTIFY can carry.
-        await conn.execute(INSERT_GENERATION, "€" * 4000, "pending", 3.0)
-        assert (await asyncio.wait_for(payloads.get(), 5)).isdigit()
+        big = (
+            "INSERT INTO generations (_id, user_id, prompt, status, created_at)"
+            " VALUES (_ripple_new_id('generations'), repeat('€', 4000), 'p', 'pending', 1)"
+        )
+        assert [n.isdigit() for n in await writer.commit(big)] == [True]
+        assert (await next_payload(payloads)).isdigit()
+
+
+async def test_plain_sql_announces_the_ts_alone_even_when_it_writes_after_the_draw(schema_dsn: str) -> None:
+    """A plain-SQL writer NOTIFYs inside its transaction, when its ts is drawn, which may be before its last write
+    (SET CONSTRAINTS ALL IMMEDIATE, or an explicit _ripple_commit_ts()): a list of the changes so far would be
+    taken by hubs for all of them, and the later write never delivered. So it announces the ts alone, always."""
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    async with connect(schema_dsn) as listener, connect(schema_dsn) as conn:
+        await listener.add_listener("ripple_commits", lambda *a: payloads.put_nowait(a[-1]))
+        await conn.execute(
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE;"
+            " INSERT INTO videos (twitch_id, title, status) VALUES ('v1', 'T', 'Queued');"
+            " UPDATE videos SET status = 'Downloading' WHERE twitch_id = 'v1'; COMMIT"
+        )
+        async with conn.transaction():
+            await conn.fetchval(INSERT_WORKFLOW, "before the draw")
+            drawn = await conn.fetchval("SELECT _ripple_commit_ts()")
+            await conn.fetchval(INSERT_WORKFLOW, "after the draw")
+        await conn.execute("INSERT INTO videos (twitch_id, title, status) VALUES ('v2', 'T', 'Queued')")
+        log = await commits(conn)
+        assert [await next_payload(payloads) for _ in log] == [str(ts) for ts, _ in log]
+        assert log[1][0] == drawn
+        assert [len(await changes_of(conn, xid)) for _, xid in log] == [2, 2, 1]
+
+
+# A table whose deferred trigger writes to a captured table at COMMIT, after the writer's ts was drawn (its event
+# is queued after the first captured write's, and deferred events fire in order).
+_AFTER_DRAW = """
+CREATE TABLE after_draw (what text);
+CREATE FUNCTION after_draw() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.what = 'insert' THEN
+        INSERT INTO workflows (task, status, current_step) VALUES ('written at COMMIT', 'pending', 'planner');
+    ELSIF NEW.what = 'truncate' THEN
+        TRUNCATE videos;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER after_draw AFTER INSERT ON after_draw DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION after_draw();
+"""
+_VIDEO = "INSERT INTO videos (twitch_id, title, status) VALUES ('v', 'T', 'Queued')"
+
+
+async def test_a_write_after_a_ripple_writers_draw_degrades_its_announcement(schema_dsn: str) -> None:
+    """A captured write after the draw (an app's deferred trigger, here a row or a TRUNCATE) is not in the
+    announcement already made, so the announcement becomes the ts alone: the NOTICE is raised again (the writer
+    keeps the last) and the NOTIFY after COMMIT carries the ts alone. Without such a write the changes stay."""
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    async with connect(schema_dsn) as listener, connect(schema_dsn) as conn:
+        await listener.add_listener("ripple_commits", lambda *a: payloads.put_nowait(a[-1]))
+        await conn.execute(_AFTER_DRAW)
+        writer = RippleStyle(conn)
+
+        notices = await writer.commit(_VIDEO, "INSERT INTO after_draw VALUES ('nothing')")
+        assert len(notices) == 1 and parse_announcement(notices[0]).changes is not None  # type: ignore[union-attr]
+        assert await next_payload(payloads) == notices[0]
+
+        for what, expected in (("insert", 2), ("truncate", 2)):
+            notices = await writer.commit(_VIDEO, f"INSERT INTO after_draw VALUES ('{what}')")
+            ts, xid = (await commits(conn))[-1]
+            first = parse_announcement(notices[0])
+            assert first is not None and first.ts == ts and first.changes is not None and len(first.changes) == 1
+            assert notices[-1] == str(ts), what  # the last NOTICE wins: the ts alone
+            assert await next_payload(payloads) == str(ts), what
+            assert len(await changes_of(conn, xid)) >= expected  # the log has the late write too
+        assert await conn.fetchval("SELECT count(*) FROM workflows WHERE task = 'written at COMMIT'") == 1
 
 
 async def test_plain_sql_write_gets_a_ts(schema_dsn: str) -> None:

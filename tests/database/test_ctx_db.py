@@ -9,8 +9,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from server import values
 from server.database.catalog import apply_schema, load_catalog
-from server.database.database import Database
+from server.database.database import Database, MutationKey
 from server.database.ids import new_id, table_number_of
 from server.database.pool import create_pool
 from server.database.query import END_CURSOR
@@ -289,9 +290,10 @@ async def test_concurrent_increments_lose_nothing(db: Database) -> None:
 
 
 async def test_mutation_ts_is_the_commit_ts_and_resends_apply_once(db: Database, fresh_dsn: str) -> None:
-    outcome = await db.mutate(lambda tx: video(DatabaseWriter(tx), "a"), dedupe=("session-1", 7))
+    key = MutationKey("session-1", 7, "caller", "videos:add", "digest")
+    outcome = await db.mutate(lambda tx: video(DatabaseWriter(tx), "a"), dedupe=key)
     assert outcome.ts == await db.latest_ts()
-    again = await db.mutate(lambda tx: video(DatabaseWriter(tx), "a"), dedupe=("session-1", 7))
+    again = await db.mutate(lambda tx: video(DatabaseWriter(tx), "a"), dedupe=key)
     assert again.deduplicated and again.value == outcome.value and again.ts == outcome.ts
     conn = await asyncpg.connect(fresh_dsn)
     try:
@@ -314,33 +316,36 @@ _AWKWARD: dict[str, Any] = {
 }
 
 
-async def test_held_writes_store_exactly_what_sent_writes_store(db: Database) -> None:
-    """Writes to a document the mutation read (or inserted) travel as literals with the COMMIT; every value must
-    come back as the parameterised path stores it."""
-    held = await write(db, lambda w: video(w, "held", **_AWKWARD))  # an insert is always held
-    sent = await write(db, lambda w: video(w, "sent"))
-    await write(db, lambda w: w.patch(sent, _AWKWARD))  # not read in this mutation: sent, checked at once
-    a, _ = await read(db, lambda r: r.get(held))
-    b, _ = await read(db, lambda r: r.get(sent))
-    drop = {"_id", "_creationTime", "twitchId"}
-    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
-    assert a["title"] == _AWKWARD["title"] and a["progressPercentage"] == 0.1 + 0.2
-    assert str(a["estimatedCompletionSeconds"]) == "-0.0" and a["createdAt"] == float("inf")
-    assert a["stageProgress"] == _AWKWARD["stageProgress"]
+async def test_awkward_values_are_stored_and_replayed_exactly(db: Database) -> None:
+    """Writes travel with parameters; the dedupe row travels as literals (`sql.literal`) in the COMMIT message, so
+    a resend's stored result must come back exactly as the live value."""
+    vid = await write(db, lambda w: video(w, "awkward", **_AWKWARD))
+    doc, _ = await read(db, lambda r: r.get(vid))
+    assert {k: doc[k] for k in _AWKWARD} == _AWKWARD
+    assert str(doc["estimatedCompletionSeconds"]) == "-0.0"
+
+    async def returns(w: DatabaseWriter) -> Any:
+        await w.patch(vid, {"retryCount": 2.0})
+        # as the runner stores it: the wire encoding ({"$float": ...} for -0.0, inf, NaN)
+        return values.encode({k: v for k, v in _AWKWARD.items() if k != "stageProgress"} | {"nan": float("nan")})
+
+    key = MutationKey("s-awkward", 1, "c", "p", "d")
+    live = await db.mutate(lambda tx: returns(DatabaseWriter(tx)), dedupe=key)
+    stored = await db.mutate(lambda tx: returns(DatabaseWriter(tx)), dedupe=key)
+    assert stored.deduplicated and stored.value == live.value and stored.ts == live.ts
 
     async def nan_and_json_string(w: DatabaseWriter) -> None:
-        await w.get(held)
-        await w.patch(held, {"retryCount": float("nan"), "stageProgress": "just a string"})
+        await w.patch(vid, {"retryCount": float("nan"), "stageProgress": "just a string"})
 
     await write(db, nan_and_json_string)
-    a, _ = await read(db, lambda r: r.get(held))
-    assert a["retryCount"] != a["retryCount"] and a["stageProgress"] == "just a string"
+    doc, _ = await read(db, lambda r: r.get(vid))
+    assert doc["retryCount"] != doc["retryCount"] and doc["stageProgress"] == "just a string"
 
 
-async def test_held_writes_are_read_back_in_their_mutation_and_commit_together(db: Database) -> None:
+async def test_writes_are_read_back_in_their_mutation_and_commit_together(db: Database) -> None:
     async def body(w: DatabaseWriter) -> Any:
         ids = [await video(w, f"h{i}", status="Queued") for i in range(3)]
-        first = await w.get(ids[0])  # sends the held inserts first
+        first = await w.get(ids[0])
         await w.patch(ids[1], {"status": "Done"})
         await w.delete(ids[2])
         after = await w.query("videos").with_index("by_status", lambda q: q.eq("status", "Done")).collect()
@@ -395,7 +400,9 @@ async def logged(db: Database, fn: Any) -> tuple[Any, list[str]]:
         conns[0].remove_query_logger(log)
 
 
-async def test_read_write_return_costs_two_round_trips(db: Database) -> None:
+async def test_every_write_is_sent_when_made_and_the_commit_is_one_message(db: Database) -> None:
+    """Read, write, return: the read, the write (with parameters), then one message with the dedupe row, COMMIT,
+    the NOTIFY and the next BEGIN."""
     vid = await write(db, lambda w: video(w, "n", progressPercentage=1))
 
     async def bump(w: DatabaseWriter) -> None:
@@ -403,21 +410,22 @@ async def test_read_write_return_costs_two_round_trips(db: Database) -> None:
         await w.patch(vid, {"progressPercentage": doc["progressPercentage"] + 1})
 
     _, sent = await logged(db, bump)
-    assert len(sent) == 2 and sent[0].startswith("SELECT") and sent[1].startswith("UPDATE")
-    assert "COMMIT" in sent[1]
+    assert len(sent) == 3 and sent[0].startswith("SELECT") and sent[1].startswith("UPDATE")
+    assert "$1" in sent[1] and not sent[1].endswith("RETURNING 1")  # read first: known to exist, no check
+    assert sent[2].startswith("INSERT INTO _ripple_mutations") and "COMMIT" in sent[2]
     _, sent = await logged(db, lambda w: w.patch(vid, {"status": "Done"}))  # not read first: checked at once
-    assert len(sent) == 2 and sent[0].endswith("RETURNING 1") and sent[1].startswith("COMMIT")
+    assert len(sent) == 2 and sent[0].endswith("RETURNING 1") and "COMMIT" in sent[1]
     doc, _ = await read(db, lambda r: r.get(vid))
     assert doc["progressPercentage"] == 2 and doc["status"] == "Done"
 
 
-async def test_many_held_writes_are_sent_in_bounded_pieces(db: Database) -> None:
-    big = "x" * 60_000  # five of these pass the held-SQL bound, so the writes go in several messages
+async def test_many_large_writes_each_go_in_their_own_message(db: Database) -> None:
+    big = "x" * 60_000
 
     async def body(w: DatabaseWriter) -> list[str]:
         return [await video(w, f"big{i}", errorDetails=big) for i in range(12)]
 
     ids, sent = await logged(db, body)
-    assert len(sent) == 3 and all(len(q) < 400_000 for q in sent)
+    assert len(sent) == 13 and all(q.startswith("INSERT INTO") and len(q) < 2_000 for q in sent)
     docs, _ = await read(db, lambda r: r.query("videos").collect())
     assert sorted(d["_id"] for d in docs) == sorted(ids) and all(d["errorDetails"] == big for d in docs)

@@ -51,6 +51,9 @@ async def test_a_database_of_the_first_schema_is_upgraded_in_place(fresh_dsn: st
             ts = [r["ts"] for r in await conn.fetch("SELECT ts FROM _ripple_commits ORDER BY ts")]
             assert ts[0] == first_ts and len(ts) >= 4
             assert ts[1:] == list(range(first_ts + 1, first_ts + len(ts)))
+            # The dedupe rows gained what a resend must repeat (added in place), and the mutations filled it in.
+            rows = await conn.fetch("SELECT caller, path, args_digest FROM _ripple_mutations")
+            assert rows and all(r["path"] == "testing:setProgress" and len(r["args_digest"]) == 64 for r in rows)
         finally:
             await conn.close()
         await client.close()

@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
+from server.database.writers import ANNOUNCE_SQL
 from tests.support import testing_app  # registers the testing: functions
 from tests.support.server import ADMIN_KEY, JWT_SECRET, RippleServer
 from tests.support.ws import SyncClient
@@ -29,6 +30,18 @@ async def sql(ripple: RippleServer, statement: str, *args: object) -> None:
     conn = await asyncpg.connect(ripple.settings.database_url)
     try:
         await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+async def as_ripple_writer(ripple: RippleServer, statement: str, *args: object) -> None:
+    """`statement` committed as Ripple's writers commit, so its announcement names its changes (plain SQL announces
+    its ts alone)."""
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        await conn.execute("BEGIN; SET LOCAL ripple.notify = 'after_commit'")
+        await conn.execute(statement, *args)
+        await conn.execute(f"COMMIT; {ANNOUNCE_SQL}")
     finally:
         await conn.close()
 
@@ -56,16 +69,18 @@ async def test_plain_sql_writes_reach_subscribers(ripple: RippleServer) -> None:
 
 
 async def test_announced_changes_save_the_round_a_log_read(ripple: RippleServer) -> None:
-    """A commit that announces its changes is re-run with the round's head read in the same statement; one that
-    does not (a bulk write) goes by the log. Both end on the fresh result, and so do queries that read nothing."""
+    """A commit that announces its changes (a Ripple mutation) is re-run with the round's head read in the same
+    statement; one that does not (plain SQL) goes by the log. Both end on the fresh result, and so do queries that
+    read nothing."""
     client = await SyncClient.connect(ripple.ws_url)
+    writer = await SyncClient.connect(ripple.ws_url)
     await sql(
         ripple, "INSERT INTO videos (twitch_id, title, status, progress_percentage) VALUES ('h', 't', 'Queued', 1)"
     )
     qid = await client.subscribe("testing:count", {"twitchId": "h"})
     hub = ripple.services.hub
     hinted = hub.hinted_rounds
-    await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'h'")
+    await writer.mutation("testing:setProgress", {"twitchId": "h", "progress": 2})
     await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 2)
     assert hub.hinted_rounds == hinted + 1
     await sql(
@@ -81,12 +96,13 @@ async def test_announced_changes_save_the_round_a_log_read(ripple: RippleServer)
     assert client.results[other] == 3
     testing_app.READ_NOTHING[0] = True
     try:
-        await sql(ripple, "UPDATE videos SET progress_percentage = 4 WHERE twitch_id = 'h'")
+        await writer.mutation("testing:setProgress", {"twitchId": "h", "progress": 4})
         await client.expect(lambda m: m["type"] == "Transition" and client.results[other] == -2)
     finally:
         testing_app.READ_NOTHING[0] = False
     assert hub.hinted_rounds == hinted + 1
     await client.close()
+    await writer.close()
 
 
 async def test_writes_no_query_read_cost_the_hub_no_query(ripple: RippleServer) -> None:
@@ -200,7 +216,7 @@ async def test_a_gap_below_an_announced_ts_waits_briefly_for_commits_in_flight(r
     try:
         await holder.execute("BEGIN; UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'early'")
         await holder.fetchval("SELECT _ripple_commit_ts()")
-        await sql(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'late'")
+        await as_ripple_writer(ripple, "UPDATE videos SET progress_percentage = 2 WHERE twitch_id = 'late'")
         await asyncio.sleep(0.3)
         assert hub.gap_waits > waits  # it waited for the commit in flight ...
         assert metrics.hub_settles._value.get() > settles  # ... then read the log and settled
@@ -417,7 +433,7 @@ async def test_a_query_failing_inside_postgresql_fails_alone(ripple: RippleServe
     good += [await client.subscribe("testing:counts", {"twitchIds": ["nul"] * k}) for k in (4, 5, 6)]
     hinted = ripple.services.hub.hinted_rounds
     for value in (2, 3, 4):
-        await sql(ripple, "UPDATE videos SET progress_percentage = $1 WHERE twitch_id = 'nul'", value)
+        await as_ripple_writer(ripple, "UPDATE videos SET progress_percentage = $1 WHERE twitch_id = 'nul'", value)
         await client.expect(lambda m, v=value: m["type"] == "Transition" and client.results.get(good[0]) == [v])
         assert [client.results.get(q) for q in good] == [[value] * k for k in range(1, 7)]
         assert all("0x00" in client.errors[q]["errorMessage"] for q in bad)
