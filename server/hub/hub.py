@@ -213,6 +213,7 @@ class Hub:
                 log.exception("hub round failed; retrying in %.2f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.listen_reconnect_max_s)
+                self._wakeup.set()
 
     async def _next_wakeup(self) -> None:
         """Wait for a wake-up; one `log_check_interval_s` after the last log read, look anyway: a NOTIFY that was
