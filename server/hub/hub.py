@@ -103,7 +103,8 @@ class Hub:
         database.on_commit.append(self._wake)
         self.index = ReadSetIndex()
         self.processed_ts = 0
-        self.rounds = 0
+        self.rounds = 0  # rounds that processed a commit or delivered something
+        self.looks = 0  # log reads that found nothing to do (the periodic look while nothing changes)
         self.quiet_rounds = 0  # rounds whose announced changes touched no live query: no query at all
         self._instances = Instances(runner.validate)
         self._requests: list[_Subscribe | int] = []
@@ -243,14 +244,18 @@ class Hub:
             ran = await self._rerun_all(Snapshot(conn, found.upto), self._stale(found))
             # Publish, deliver (before COMMIT: the snapshot is read-only, its results are final once read), then
             # advance: a round that failed above published nothing, and one that gets here delivers all it has.
-            self._deliver(found.upto, self._publish(ran))
+            deliveries = self._publish(ran)
+            self._deliver(found.upto, deliveries)
             self._advance(found.upto)
+            if found.upto == found.after and not deliveries:
+                self.looks += 1
+            else:
+                self._count_round(notified_at, quiet=False, found=found)
             await conn.execute(NEXT_SNAPSHOT)
         except BaseException:
             self._look = True
             self._drop_connection()  # mid-statement or mid-transaction: start the next round afresh
             raise
-        self._count_round(notified_at, quiet=False, found=found)
 
     def _needs_log(self) -> bool:
         """Whether a round must read the log after all it could advance quietly: new subscriptions or refusals to
