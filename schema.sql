@@ -717,19 +717,8 @@ BEGIN
 END
 $$;
 
--- The head as a NOTICE ('ripple round', "S 0|1 horizon [drawn_at]"), for a statement that reads it in an InitPlan
--- (`SELECT ... WHERE (SELECT _ripple_round_head_notice(...))`, which runs once, before the first row, whether
--- rows come or not): the round then costs one round trip instead of two.
-CREATE OR REPLACE FUNCTION _ripple_round_head_notice(after_ts bigint) RETURNS boolean
-LANGUAGE plpgsql VOLATILE
-AS $$
-BEGIN
-    RAISE NOTICE 'ripple round' USING DETAIL = (
-        SELECT concat_ws(' ', h.snapshot_ts, h.settled::int, h.horizon, h.drawn_at)
-        FROM _ripple_round_head(after_ts, false) h);
-    RETURN true;
-END
-$$;
+-- Replaced by the hub's log read (server/hub/changelog.py); dropped from databases that still have it.
+DROP FUNCTION IF EXISTS _ripple_round_head_notice(bigint);
 
 -- Deletes the commits older than keep_ms (by `at`) with their change rows, mutation-dedupe rows older
 -- than keep_ms, and stray pending rows of finished transactions; raises the horizon to the newest pruned

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     log_retention_s: float = 3600.0
     prune_interval_s: float = 60.0
     listen_reconnect_max_s: float = 5.0
+    # The hub reads the log head at least this often even without a NOTIFY: a lost one delays an update this much.
+    log_check_interval_s: float = 1.0
     # A re-run round that finds more changes than this invalidates whole tables instead.
     max_changes_per_round: int = 10_000
 

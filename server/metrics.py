@@ -40,19 +40,9 @@ class Metrics:
             "Rounds whose first snapshot could lack a commit, so the hub took the clock key and read again",
             registry=r,
         )
-        self.hub_announced = Counter(
-            "ripple_hub_announced_rounds_total",
-            "Rounds that took their changes from the commits' announcements (one round trip, no log read)",
-            registry=r,
-        )
         self.hub_quiet = Counter(
             "ripple_hub_quiet_rounds_total",
             "Rounds whose announced changes touched no subscribed query (no database query at all)",
-            registry=r,
-        )
-        self.hub_gap_waits = Counter(
-            "ripple_hub_gap_waits_total",
-            "Wake-ups the hub ended at once, to let this process's commits in flight fill a gap in the announced ts",
             registry=r,
         )
         self.hub_ts = Gauge("ripple_hub_processed_ts", "Newest commit ts the hub has processed", registry=r)

@@ -111,20 +111,32 @@ class Instances:
         return inst
 
     def detach(self, token: int) -> QueryInstance | None:
-        """Unsubscribe `token`; returns its instance when that was the last subscriber (the instance is gone)."""
+        """Unsubscribe `token`; returns its instance when that was the last subscriber (the instance is gone).
+
+        An instance runs as one of its subscribers' callers (a shared one may be re-run, split by caller, at any
+        round): when the one it ran as leaves, it runs as a remaining subscriber's from now on, never as a caller
+        that no longer subscribes to it.
+        """
         inst = self._by_token.pop(token, None)
         if inst is None:
             return None
         inst.subscribers.pop(token, None)
         if inst.subscribers:
+            if all(caller is not inst.caller for _, caller in inst.subscribers.values()):
+                inst.caller = next(iter(inst.subscribers.values()))[1]
             return None
-        del self.by_id[inst.id]
-        self._by_key.pop(inst.key, None)
+        self._drop(inst)
         return inst
+
+    def _drop(self, inst: QueryInstance) -> None:
+        del self.by_id[inst.id]
+        if self._by_key.get(inst.key) is inst:
+            del self._by_key[inst.key]
 
     def rekey(self, inst: QueryInstance, reads_auth: bool) -> list[tuple[QueryInstance, int]]:
         """Share `inst` across callers while it ignores auth; split it by caller once it reads auth. Returns the
-        (instance, token) pairs of subscriptions that moved to another instance."""
+        (instance, token) pairs of subscriptions that moved to another instance. An instance left without
+        subscribers is gone (not in `by_id`): its caller moved too, so no caller of its own subscribes to it."""
         inst.reads_auth = reads_auth
         path, args_json, journal, caller_key = inst.key
         if not reads_auth and caller_key != ANY_CALLER:
@@ -146,4 +158,6 @@ class Instances:
             del inst.subscribers[token]
             del self._by_token[token]
             moved.append((self.attach(inst.spec, session, token, inst.args, journal, caller), token))
+        if not inst.subscribers:
+            self._drop(inst)
         return moved
