@@ -191,12 +191,12 @@ class Hub:
 
     def _wake(self, said: Announcement | None = None) -> None:
         """A commit was announced (NOTIFY, or a mutation of this process), or anything may have happened (None)."""
-        if said is None:
-            self._look = True
-        elif said.ts > self.processed_ts:
-            self._announced.add(said)
-        else:
+        if said is not None and said.ts <= self.processed_ts:
             return
+        if said is None or said.changes is None:
+            self._look = True  # a ts alone (plain SQL, too many changes) or nothing: only the log can tell
+        else:
+            self._announced.add(said)
         if self._notified_at is None:
             self._notified_at = time.perf_counter()
         self._wakeup.set()
