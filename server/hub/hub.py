@@ -97,6 +97,10 @@ class Hub:
         self.runner = runner
         self.settings = settings
         self.metrics = metrics
+        if metrics is not None:
+            # Read when /metrics is scraped, so they are right also after rounds that only (un)subscribed.
+            metrics.query_instances.set_function(lambda: self.instance_count)
+            metrics.subscriptions.set_function(lambda: self.subscription_count)
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self.feed = ChangeFeed(dsn, self._wake, reconnect_max_s=settings.listen_reconnect_max_s)
@@ -384,8 +388,6 @@ class Hub:
         if found is not None and found.settled:
             self.metrics.hub_settles.inc()
         self.metrics.hub_ts.set(self.processed_ts)
-        self.metrics.query_instances.set(self.instance_count)
-        self.metrics.subscriptions.set(self.subscription_count)
         if notified_at is not None:
             self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
         if found is not None and found.drawn_at is not None:
