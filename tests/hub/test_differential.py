@@ -106,6 +106,8 @@ class Run:
             value = (await self.ripple.http("query", "testing:count", {"twitchId": row})).json()["value"]
             assert value == count, f"seed {self.seed}: {row} was incremented {value} times by {count} requests"
         print(f"seed {self.seed}: {sorted(self.stats.items())}")
+        for move in ("drops and resends", "re-authentications with a mutation in flight", "plain SQL writes after SET"):
+            assert self.stats.get(move), f"seed {self.seed} made no {move}: pick another seed"
 
     # Clients.
 
@@ -216,12 +218,20 @@ class Run:
         message = {"type": "Mutation", "requestId": request_id, "udfPath": "testing:increment", "args": args}
         self.increments[row] += 1
         await client.send(message)
-        if r.random() < 0.5:
-            await asyncio.sleep(r.choice([0.0, 0.002, 0.02]))
-            client.drop()
-            self.note("drops and resends")
-            await client.reconnect([message], url=r.choice(self.urls))
-        return await self.covered(client, request_id)
+        if r.random() >= 0.5:
+            return await self.covered(client, request_id)
+        await asyncio.sleep(r.choice([0.0, 0.002, 0.02]))
+        client.drop()
+        self.note("drops and resends")
+        applied = (await self.ripple.http("query", "testing:count", {"twitchId": row})).json()["value"]
+        if applied == self.increments[row]:
+            self.note("resends of a mutation applied before the drop")
+        seen, url = ts_of(client.version["ts"]), client.url
+        await client.reconnect([message], url=r.choice(self.urls))
+        response = await self.covered(client, request_id)
+        if client.url == url:  # one hub's processed ts never goes back, across connections too
+            assert ts_of(client.version["ts"]) >= seen, (self.seed, seen, client.version)
+        return response
 
     async def covered(self, client: ResumableClient, request_id: int) -> dict[str, Any]:
         """The response to `request_id`, after a Transition at or past its ts (and past the current query set)."""

@@ -127,8 +127,6 @@ async def run_server(dsn: str, **overrides: Any) -> AsyncIterator[RippleServer]:
         await asyncio.wait_for(task, 15)
 
 
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
