@@ -4,15 +4,6 @@ also across a lost LISTEN connection, a huge transaction and a pruned log."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import random
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -20,10 +11,8 @@ import pytest
 
 from server.database.writers import ANNOUNCE_SQL
 from tests.support import testing_app  # registers the testing: functions
-from tests.support.server import ADMIN_KEY, JWT_SECRET, RippleServer
+from tests.support.server import RippleServer, second_process
 from tests.support.ws import SyncClient
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def sql(ripple: RippleServer, statement: str, *args: object) -> None:
@@ -253,47 +242,6 @@ async def test_hub_behind_the_pruned_horizon_reruns_everything(ripple: RippleSer
     await client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def second_process(ripple: RippleServer) -> AsyncIterator[str]:
-    """Another `ripple serve` process on the same database; yields its base URL once it is healthy."""
-    port = _free_port()
-    env = dict(
-        os.environ,
-        DATABASE_URL=ripple.settings.database_url,
-        RIPPLE_JWT_SECRET=JWT_SECRET,
-        RIPPLE_ADMIN_KEY=ADMIN_KEY,
-        RIPPLE_MODULES=json.dumps(["tests.support.testing_app"]),
-        PYTHONPATH=str(ROOT),
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url) as http:
-            for _ in range(100):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
 async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
     async with second_process(ripple) as other, httpx.AsyncClient(base_url=other) as http:
         here = await SyncClient.connect(ripple.ws_url)
@@ -314,49 +262,6 @@ async def test_two_processes_on_one_database(ripple: RippleServer) -> None:
         await here.expect(lambda m: m["type"] == "Transition" and here.results[q_here] == 3)
         await here.close()
         await there.close()
-
-
-async def test_differential_random_mutations_settle_on_fresh_results(ripple: RippleServer) -> None:
-    """Several clients of two processes mutate at random (rows some queries read and rows none does, through
-    either process or plain SQL) while others watch; once writes stop, every subscription's last value equals a
-    fresh run of its query."""
-    async with second_process(ripple) as other:
-        await _differential(ripple, [ripple.ws_url, other.replace("http", "ws") + "/api/sync"])
-
-
-async def _differential(ripple: RippleServer, urls: list[str]) -> None:
-    rng = random.Random(11)
-    ids = [f"d{i}" for i in range(6)]
-    statuses = ["Queued", "Failed", "Completed"]
-    watchers = [await SyncClient.connect(urls[n % len(urls)]) for n in range(4)]
-    subscriptions = []
-    for watcher in watchers:
-        for _ in range(4):
-            if rng.random() < 0.5:
-                path, args = "testing:count", {"twitchId": rng.choice(ids)}
-            else:
-                path, args = "testing:videosByStatus", {"status": rng.choice(statuses)}
-            subscriptions.append((watcher, await watcher.subscribe(path, args), path, args))
-
-    async def writer(seed: int) -> None:
-        r = random.Random(seed)
-        client = await SyncClient.connect(urls[seed % len(urls)])
-        for _ in range(25):
-            twitch_id = r.choice([*ids, "unwatched"])
-            if r.random() < 0.6:
-                await client.mutation("testing:setProgress", {"twitchId": twitch_id, "progress": r.randrange(100)})
-            else:
-                await sql(ripple, "UPDATE videos SET status = $1 WHERE twitch_id = $2", r.choice(statuses), twitch_id)
-        await client.close()
-
-    await asyncio.gather(*(writer(seed) for seed in range(4)))
-    for watcher in watchers:
-        await watcher.settle(0.5)
-    for watcher, qid, path, args in subscriptions:
-        fresh = (await ripple.http("query", path, args)).json()["value"]
-        assert watcher.results[qid] == fresh, (path, args)
-    for watcher in watchers:
-        await watcher.close()
 
 
 async def test_old_log_rows_are_pruned_on_a_schedule(fresh_dsn: str) -> None:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +27,7 @@ from server.functions.context import Caller
 JWT_SECRET = "ripple-test-secret-0123456789abcdef-0123"
 ADMIN_KEY = "ripple-test-admin-key"
 ISSUER = "https://ripple.test"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_settings(dsn: str, **overrides: Any) -> Settings:
@@ -119,4 +127,62 @@ async def run_server(dsn: str, **overrides: Any) -> AsyncIterator[RippleServer]:
         await asyncio.wait_for(task, 15)
 
 
-__all__ = ["ADMIN_KEY", "JWT_SECRET", "RippleError", "RippleServer", "run_server", "test_settings"]
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def second_process(ripple: RippleServer) -> AsyncIterator[str]:
+    """Another `ripple serve` process on the same database; yields its base URL once it is healthy. Its log goes to
+    a temporary file (a pipe nobody reads would stall it once full), printed when it ends, so pytest shows it
+    with a failure."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        DATABASE_URL=ripple.settings.database_url,
+        RIPPLE_JWT_SECRET=JWT_SECRET,
+        RIPPLE_JWT_ISSUER=ISSUER,
+        RIPPLE_ADMIN_KEY=ADMIN_KEY,
+        RIPPLE_MODULES=json.dumps(["tests.support.testing_app"]),
+        PYTHONPATH=str(ROOT),
+    )
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+        log.close()
+        if text:
+            print(f"second process log:\n{text}", file=sys.stderr)
+
+
+__all__ = [
+    "ADMIN_KEY",
+    "JWT_SECRET",
+    "RippleError",
+    "RippleServer",
+    "run_server",
+    "second_process",
+    "test_settings",
+]

@@ -164,3 +164,95 @@ class SyncClient:
                 or (m["type"] == "Transition" and m["endVersion"]["identity"] > m["startVersion"]["identity"])
             )
         )
+
+
+class ResumableClient(SyncClient):
+    """A SyncClient that can lose its socket and come back as the official clients do (`BaseConvexClient`'s
+    onOpen): the same sessionId with connectionCount + 1, then its token and its whole query set again, then the
+    requests it had in flight, with their requestIds. The server may have applied such a mutation already; it
+    must apply it exactly once."""
+
+    def __init__(self, ws: Any) -> None:
+        super().__init__(ws)
+        self.url = ""
+        self.connection_count = 0
+        self.token: str | None = None
+        self.queries: dict[int, dict[str, Any]] = {}  # queryId -> its Add
+
+    @classmethod
+    async def open(cls, url: str) -> ResumableClient:
+        client = await cls.connect(url)
+        assert isinstance(client, ResumableClient)
+        client.url = url
+        return client
+
+    async def modify(self, modifications: list[dict[str, Any]], *, wait: bool = True) -> None:
+        for mod in modifications:
+            if mod["type"] == "Add":
+                self.queries[mod["queryId"]] = mod
+            else:
+                self.queries.pop(mod["queryId"], None)
+        await super().modify(modifications, wait=wait)
+
+    async def authenticate(self, token: str | None, token_type: str = "User") -> dict[str, Any]:
+        """As SyncClient's, but the confirming Transition is one past the identity version it was sent at (an
+        unread identity Transition of an earlier Authenticate, e.g. the one `reconnect` sent, does not count)."""
+        self.token = token
+        base = self.version["identity"]
+        message: dict[str, Any] = {"type": "Authenticate", "tokenType": token_type if token else "None"}
+        message["baseVersion"] = base
+        if token:
+            message["value"] = token
+        await self.send(message)
+        return await self.expect(
+            lambda m: (
+                m["type"] in ("AuthError", "FatalError")
+                or (m["type"] == "Transition" and m["endVersion"]["identity"] > base)
+            )
+        )
+
+    async def read_for(self, seconds: float) -> None:
+        """Read (and check) whatever arrives for `seconds`, keeping it unread, so the socket never backs up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                self._unread.append(await self._receive(remaining))
+            except TimeoutError:
+                return
+
+    def drop(self) -> None:
+        """Lose the socket abruptly: the TCP connection is aborted, no close frame is sent."""
+        self.ws.transport.abort()
+
+    async def reconnect(self, resend: list[dict[str, Any]], *, url: str | None = None) -> None:
+        """A new socket for the same session (to `url`, else the same one), after `drop()`: Connect, then
+        Authenticate and the query set from version 0, then `resend` (requests in flight), without waiting."""
+        self.url = url or self.url
+        self.ws = await websockets.connect(self.url, max_size=None, max_queue=16, compression=None)
+        self.connection_count += 1
+        self.version = {"querySet": 0, "identity": 0, "ts": "AAAAAAAAAAA="}
+        self._unread = []
+        await self.send(
+            {
+                "type": "Connect",
+                "sessionId": self.session_id,
+                "connectionCount": self.connection_count,
+                "lastCloseReason": "WebSocket closed with code 1006",
+                "clientTs": 0,
+            }
+        )
+        if self.token is not None:
+            await self.send({"type": "Authenticate", "tokenType": "User", "value": self.token, "baseVersion": 0})
+        adds = []
+        for qid, add in self.queries.items():
+            add = dict(add)
+            if self.journals.get(qid) is not None:
+                add["journal"] = self.journals[qid]
+            adds.append(add)
+        self.query_set = 0
+        if adds:
+            self.query_set = 1
+            await self.send({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": adds})
+        for message in resend:
+            await self.send(message)
