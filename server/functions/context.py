@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import orjson
+
 from server.database.transaction import DatabaseReader, DatabaseWriter
 from server.errors import AuthRequired
 
@@ -25,15 +27,30 @@ class Identity(Protocol):
 class Caller:
     """Who is calling: a verified identity, an admin key holder, both, or neither."""
 
-    __slots__ = ("identity", "is_admin")
+    __slots__ = ("_cache_key", "identity", "is_admin")
 
     def __init__(self, identity: Identity | None = None, *, is_admin: bool = False) -> None:
         self.identity = identity
         self.is_admin = is_admin
+        self._cache_key: tuple[str | None, bool] | None = None
+
+    @property
+    def principal(self) -> tuple[str | None, bool]:
+        """Who this is, whatever token says so: a refreshed token of the same user is the same principal (a resent
+        mutation replays for it)."""
+        return (self.identity.token_identifier if self.identity else None, self.is_admin)
 
     @property
     def cache_key(self) -> tuple[str | None, bool]:
-        return (self.identity.token_identifier if self.identity else None, self.is_admin)
+        """What a query that reads `ctx.auth` can see of this caller: the whole identity its handler gets, so two
+        tokens of one user with other claims (a refresh with a new name, say) never share a result."""
+        if self._cache_key is None:
+            seen = self.identity.to_user_identity() if self.identity else None
+            self._cache_key = (
+                orjson.dumps(seen, option=orjson.OPT_SORT_KEYS).decode() if seen else None,
+                self.is_admin,
+            )
+        return self._cache_key
 
 
 class Auth:

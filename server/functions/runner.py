@@ -137,7 +137,7 @@ class Runner:
                 key = None
                 if dedupe is not None:
                     # A resend replays only for the same caller, function and arguments (database.py).
-                    who = orjson.dumps(list(caller.cache_key)).decode()
+                    who = orjson.dumps(list(caller.principal)).decode()
                     key = MutationKey(dedupe[0], dedupe[1], who, spec.path, args_digest(args))
                 return await self._mutation(spec, kwargs, caller, key, maybe_applied, outcome)
             return await self._action(spec, kwargs, caller, outcome)
