@@ -38,7 +38,8 @@ ISSUED_AT = int(time.time())
 
 def refreshed_token(user: str, n: int) -> str:
     """The `n`th token of `user`, as a refresh makes it: a later `iat` (a claim queries can see) and expiry."""
-    claims = {"sub": user, "iss": ISSUER, "iat": ISSUED_AT - 100_000 + n, "exp": ISSUED_AT + 3600 + n, "name": f"user {user}"}
+    claims = {"sub": user, "iss": ISSUER, "name": f"user {user}", "iat": ISSUED_AT - 100_000 + n}
+    claims["exp"] = ISSUED_AT + 3600 + n
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 

@@ -60,12 +60,12 @@ async def count(ctx: Any, twitch_id: str) -> float:
 async def counts(ctx: Any, twitch_ids: list[str]) -> list[float]:
     """`testing:count` of each id, one after the other (so a failing lookup comes after the reads before it). A
     "<nul>" in an id becomes NUL here, past argument validation, so PostgreSQL fails that lookup's statement."""
-    docs = [
-        await ctx.db.query("videos")
-        .with_index("by_twitch_id", lambda q, t=twitch_id.replace("<nul>", "\x00"): q.eq("twitchId", t))
-        .unique()
-        for twitch_id in twitch_ids
-    ]
+    docs = []
+    for twitch_id in twitch_ids:
+        key = twitch_id.replace("<nul>", "\x00")
+        docs.append(
+            await ctx.db.query("videos").with_index("by_twitch_id", lambda q, k=key: q.eq("twitchId", k)).unique()
+        )
     return [doc.get("progressPercentage", 0) if doc else -1 for doc in docs]
 
 
