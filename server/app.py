@@ -30,6 +30,7 @@ from server.database.transaction import Limits
 from server.database.writers import Writers
 from server.functions.runner import Runner, RunnerLimits
 from server.hub.hub import Hub
+from server.hub.supervise import Supervisor
 from server.metrics import Metrics
 from server.sync.socket import sync_endpoint, watch_sessions
 
@@ -135,14 +136,18 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             hub = Hub(dsn, database, runner, settings=settings, metrics=metrics)
             await hub.start()
             app.state.services = Services(settings, pool, database, runner, authenticator_for(settings), hub, metrics)
-            watcher = asyncio.create_task(
-                watch_sessions(app.state.services.sessions, settings.ping_interval_s, settings.slow_client_timeout_s)
+            watcher = Supervisor()
+            watcher.start(
+                "sync-watcher",
+                lambda: watch_sessions(
+                    app.state.services.sessions, settings.ping_interval_s, settings.slow_client_timeout_s
+                ),
             )
             log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
             try:
                 yield
             finally:
-                watcher.cancel()
+                await watcher.close()
                 for session in list(app.state.services.sessions):
                     session.shut(1012, "server shutting down; reconnect")
                 await hub.close("server shutting down")

@@ -55,9 +55,9 @@ class Supervisor:
                 if self._closing or not task.cancelled():
                     task.cancel()
                     raise  # the keeper itself was cancelled: close() or the loop ending
-                log.error("hub task %s was cancelled from outside; restarting it in %.2f s", name, delay)
+                log.error("task %s was cancelled from outside; restarting it in %.2f s", name, delay)
             except Exception:
-                log.exception("hub task %s died; restarting it in %.2f s", name, delay)
+                log.exception("task %s died; restarting it in %.2f s", name, delay)
             finally:
                 if self._running.get(name) is task:
                     del self._running[name]

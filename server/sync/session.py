@@ -83,8 +83,21 @@ class Session:
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A task of this session that died of a bug would leave its requests unanswered for good: log it and close
+        the socket (1011), so the client reconnects and resends them."""
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "a task of sync session %s died; closing its socket so the client reconnects",
+            self.session_id,
+            exc_info=task.exception(),
+        )
+        self.shut(1011, "internal error in this connection; reconnect")
 
     async def close(self) -> None:
         """The socket is gone: unsubscribe, stop every task and timer, and drop what refers back to this session."""

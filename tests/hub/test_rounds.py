@@ -184,7 +184,7 @@ async def test_a_hub_task_that_dies_is_restarted(ripple: RippleServer, caplog: p
         with caplog.at_level(logging.ERROR, logger="ripple.hub"):
             task.cancel()
             await until(lambda name=name, task=task: hub.tasks.task(name) not in (None, task))
-        assert hub.tasks.restarts[name] == 1 and f"hub task {name} was cancelled from outside" in caplog.text
+        assert hub.tasks.restarts[name] == 1 and f"task {name} was cancelled from outside" in caplog.text
     assert hub.healthy
     await sql(ripple, "INSERT INTO videos (twitch_id, title, status, progress_percentage) VALUES ('sv', 't', 'Q', 4)")
     await client.expect(lambda m: m["type"] == "Transition" and client.results[qid] == 4)
@@ -207,7 +207,7 @@ async def test_the_supervisor_restarts_a_task_that_raises(caplog: pytest.LogCapt
         tasks.start("flaky", flaky)
         await until(lambda: len(runs) == 2)
     assert restarted == ["flaky"] and tasks.restarts["flaky"] == 1 and tasks.healthy
-    assert "hub task flaky died" in caplog.text and "first run breaks" in caplog.text
+    assert "task flaky died" in caplog.text and "first run breaks" in caplog.text
     await tasks.close()
     assert tasks.task("flaky") is None or tasks.task("flaky").done()  # type: ignore[union-attr]
 

@@ -172,3 +172,23 @@ async def test_closed_session_is_freed_by_reference_counting(ripple: RippleServe
     finally:
         gc.enable()
     assert ripple.services.hub.subscription_count == 0
+
+
+async def test_a_session_task_that_dies_closes_its_socket_and_is_logged(
+    ripple: RippleServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a session's mutation worker (injected here) must not leave its requests unanswered for good: the
+    socket closes with 1011 so the client reconnects and resends, and the log says which session and why."""
+    client = await SyncClient.connect(ripple.ws_url)
+    await client.subscribe("testing:count", {"twitchId": "x"})
+    (session,) = ripple.services.sessions
+
+    async def broken() -> None:
+        raise RuntimeError("injected bug in the mutation worker")
+
+    session._run_mutations = broken  # type: ignore[method-assign]
+    await client.send({"type": "Mutation", "requestId": 0, "udfPath": "testing:increment", "args": [{"twitchId": "x"}]})
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.expect(lambda m: False, timeout_s=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    assert "injected bug in the mutation worker" in caplog.text and client.session_id in caplog.text
