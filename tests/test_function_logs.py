@@ -12,6 +12,7 @@ import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from server.functions.calllog import MAX_LINE_CHARS, MAX_LINES
+from server.log_tail import tail
 from tests.clients.driver import ClientDriver
 from tests.support.server import ADMIN_KEY, RippleServer
 from tests.support.ws import SyncClient
@@ -185,3 +186,18 @@ async def test_the_official_npm_client_prints_the_function_log_lines(ripple: Rip
         assert result["event"] == "result", result
         done = await client.expect(lambda e: e.get("event") == "log" and "npm done" in e["message"])
         assert "[CONVEX M(testing:chattySet)] [LOG]" in done["message"], done
+
+
+async def test_ripple_logs_follows_the_stream(ripple: RippleServer) -> None:
+    printed: list[str] = []
+    follower = asyncio.create_task(
+        asyncio.to_thread(tail, ripple.url, ADMIN_KEY, function="testing:buggy", count=2, out=printed.append)
+    )
+    while not ripple.services.log_stream.readers:
+        await asyncio.sleep(0.02)
+    body = (await ripple.http("mutation", "testing:buggy", {"key": "x"})).json()
+    request_id = UNCAUGHT.match(body["errorMessage"])[1]  # type: ignore[index]
+    assert await asyncio.wait_for(follower, 10) == 0
+    assert printed[0].endswith(f"LOG   testing:buggy [{request_id}] looking up x")
+    assert "testing:buggy mutation via http: uncaught in" in printed[1] and f"request {request_id}" in printed[1]
+    assert await asyncio.to_thread(tail, ripple.url, "wrong", count=1) == 1  # refused: HTTP 401
