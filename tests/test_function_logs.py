@@ -13,6 +13,7 @@ import pytest
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from server.functions.calllog import MAX_LINE_CHARS, MAX_LINES
 from server.log_tail import tail
+from server.logs import JsonFormatter
 from tests.clients.driver import ClientDriver
 from tests.support.server import ADMIN_KEY, RippleServer
 from tests.support.ws import SyncClient
@@ -51,6 +52,8 @@ async def test_uncaught_exception_is_logged_with_the_id_the_client_sees(
         "outcome": "uncaught",
     }
     assert record.duration_ms >= 0
+    entry = json.loads(JsonFormatter().format(record))  # RIPPLE_LOG_FORMAT=json: the same, as fields
+    assert entry["request_id"] == match[1] and entry["caller"] == "alice" and "KeyError" in entry["exception"]
     printed = [r.getMessage() for r in _records(caplog, match[1]) if "looking up x" in r.getMessage()]
     assert printed, "the printed line is in the server log, tagged with the request id"
 
