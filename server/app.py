@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import __version__, http_api
+from server import __version__, http_api, log_stream
 from server.auth import AuthConfig, Authenticator
 from server.config import Settings, shared_path
 from server.database.catalog import apply_schema, load_catalog
@@ -28,9 +28,11 @@ from server.database.database import Database
 from server.database.pool import create_pool
 from server.database.transaction import Limits
 from server.database.writers import Writers
-from server.functions.runner import Runner, RunnerLimits
+from server.functions.calllog import CallLog
+from server.functions.runner import CallRecord, Runner, RunnerLimits
 from server.hub.hub import Hub
 from server.hub.supervise import Supervisor
+from server.log_stream import LogStream
 from server.metrics import Metrics
 from server.sync.socket import sync_endpoint, watch_sessions
 
@@ -55,6 +57,22 @@ class Services:
     metrics: Metrics
     sessions: set[Any] = field(default_factory=set)
     version: str = __version__
+    log_stream: LogStream = field(default_factory=LogStream)
+
+
+class _Observers:
+    """Every call and captured line goes to the metrics and to the live log stream."""
+
+    def __init__(self, metrics: Metrics, stream: LogStream) -> None:
+        self.metrics = metrics
+        self.stream = stream
+
+    def call_finished(self, record: CallRecord) -> None:
+        self.metrics.call_finished(record)
+        self.stream.call_finished(record)
+
+    def line(self, call: CallLog, level: str, text: str) -> None:
+        self.stream.line(call, level, text)
 
 
 def load_modules(extra: list[str]) -> None:
@@ -106,6 +124,7 @@ class GracefulServer(uvicorn.Server):
 
 def create_app(settings: Settings, dsn: str) -> Starlette:
     metrics = Metrics()
+    stream = LogStream()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -132,10 +151,13 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                     settings.action_timeout_s,
                     settings.max_result_bytes,
                 ),
+                observer=_Observers(metrics, stream),
             )
             hub = Hub(dsn, database, runner, settings=settings, metrics=metrics)
             await hub.start()
-            app.state.services = Services(settings, pool, database, runner, authenticator_for(settings), hub, metrics)
+            app.state.services = Services(
+                settings, pool, database, runner, authenticator_for(settings), hub, metrics, log_stream=stream
+            )
             watcher = Supervisor()
             watcher.start(
                 "sync-watcher",
@@ -157,6 +179,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
 
     routes: list[Route | WebSocketRoute | Mount] = [
         *http_api.routes,
+        *log_stream.routes,
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         WebSocketRoute("/api/sync", sync_endpoint),
         WebSocketRoute("/api/{version}/sync", sync_endpoint),

@@ -1,4 +1,5 @@
-"""`ripple`: serve, mint a development token, call a function, watch a query live, run the benchmark."""
+"""`ripple`: serve, mint a development token, call a function, watch a query live, follow the function log, run the
+benchmark."""
 
 from __future__ import annotations
 
@@ -122,6 +123,20 @@ def _watch(args: argparse.Namespace) -> int:
     return watch(args.url, args.function, _parse_args_json(args.args), token=args.token)
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from server.log_tail import tail
+
+    return tail(
+        args.url,
+        args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY"),
+        function=args.function,
+        level=args.level,
+        request_id=args.request,
+        as_json=args.json,
+        count=args.count,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark parses its own options (argparse would eat leading ones)
@@ -156,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             p.add_argument("--admin-key", help="call with the admin key (trusted workers)")
         p.set_defaults(fn=fn)
+
+    logs = sub.add_parser("logs", help="follow the function log live (calls, printed and logged lines)")
+    logs.add_argument("--url", default="http://127.0.0.1:8000")
+    logs.add_argument("--admin-key", help="the server's admin key (default: RIPPLE_ADMIN_KEY)")
+    logs.add_argument("--function", help='only this function, like "videos:getJobById"')
+    logs.add_argument("--level", choices=["debug", "info", "warn", "error"], help="only this level and above")
+    logs.add_argument("--request", help="only this request id (as an error message names it)")
+    logs.add_argument("--json", action="store_true", help="print each record as JSON")
+    logs.add_argument("--count", type=int, help="stop after this many records")
+    logs.set_defaults(fn=_logs)
 
     sub.add_parser("bench", help="measure Ripple against floors measured in the same run (--quick, --help)")
 

@@ -101,12 +101,15 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
         caller = await caller_from_header(services, request.headers.get("authorization"))
     except RequestError as exc:
         return _error(exc)
-    outcome = await services.runner.call(path, args, caller, kind=kind)
-    services.metrics.function_calls.labels(kind=kind.value if kind else "function", ok=str(outcome.ok)).inc()
+    outcome = await services.runner.call(path, args, caller, kind=kind, transport="http")
     if outcome.ok:
         value = outcome.value if encoded else values.encode_clean_json(values.decode(outcome.value))
-        return _JSON({"status": "success", "value": value})
-    response: dict[str, Any] = {"status": "error", "errorMessage": outcome.error_message}
+        return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines})
+    response: dict[str, Any] = {
+        "status": "error",
+        "errorMessage": outcome.error_message,
+        "logLines": outcome.log_lines,
+    }
     has_data, data = outcome.error_data
     if has_data:
         response["errorData"] = data if encoded else values.encode_clean_json(values.decode(data))

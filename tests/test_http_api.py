@@ -75,7 +75,11 @@ async def test_argument_validation_and_unknown_functions(ripple: RippleServer) -
     assert "session" in await error({"videoId": vid, "session": {"kind": "coder", "code": "x"}})  # missing language
 
     body = (await ripple.http("query", "nowhere:fn", {})).json()
-    assert body == {"status": "error", "errorMessage": "Could not find public function for 'nowhere:fn'."}
+    assert body == {
+        "status": "error",
+        "errorMessage": "Could not find public function for 'nowhere:fn'.",
+        "logLines": [],
+    }
     body = (await ripple.http("query", "testing:insert", VIDEO)).json()
     assert "is a mutation, not a query" in body["errorMessage"]
 

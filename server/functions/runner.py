@@ -2,16 +2,21 @@
 with its limits, and encode the result as Convex JSON.
 
 Every caller goes through here: the HTTP API and sync sessions with `call`, the hub with `run_query` inside the
-snapshot it re-runs a round of queries in, and actions with `ctx.run_*`.
+snapshot it re-runs a round of queries in, and actions with `ctx.run_*`. So this is also where each call gets its
+request id, its captured log lines (calllog.py), its one record in the `ripple.functions` log and its report to
+the `CallObserver` (metrics, the live log stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import asyncpg
 import orjson
 from pydantic import BaseModel
 
@@ -20,12 +25,75 @@ from server.database.database import Database, MutationKey, Snapshot, args_diges
 from server.database.reads import ReadSet
 from server.database.transaction import DatabaseReader, DatabaseWriter, Transaction
 from server.errors import ConvexError, LimitExceeded, RippleError, describe
+from server.functions import calllog
+from server.functions.calllog import CallLog
 from server.functions.context import ActionCtx, Auth, Caller, MutationCtx, QueryCtx
 from server.functions.registry import FunctionKind, FunctionSpec, Registry
 from server.functions.registry import registry as default_registry
 from server.functions.validation import id_tables, validate_args
 
-__all__ = ["Outcome", "Runner", "RunnerLimits"]
+__all__ = ["CallObserver", "CallRecord", "Outcome", "Runner", "RunnerLimits", "Transport", "is_database_error"]
+
+# How a call arrived: "http" (the HTTP API), "websocket" (a sync socket's mutation or action), "hub" (a
+# subscription's run or re-run), "internal" (an action's ctx.run_*, in-process callers).
+Transport = str
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """The driver's errors carry SQL, parameter positions and server internals: never shown to a client."""
+    return isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError)) or type(exc).__module__.startswith(
+        "asyncpg"
+    )
+
+
+def error_kind(exc: BaseException | None) -> str:
+    """The outcome label of a call: "ok", a RippleError's code, "database" or "uncaught" (a bounded set)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, RippleError):
+        return exc.code
+    return "database" if is_database_error(exc) else "uncaught"
+
+
+def caller_name(caller: Caller) -> str:
+    identity = caller.identity
+    if identity is not None:
+        return str(getattr(identity, "subject", None) or identity.token_identifier)
+    return "admin" if caller.is_admin else "anonymous"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What the server log, the metrics and the live stream learn about one finished call."""
+
+    path: str
+    known: bool  # a registered function (metrics label only these, so a caller cannot grow their cardinality)
+    kind: str
+    transport: Transport
+    request_id: str
+    caller: str
+    duration_s: float
+    outcome: str
+    error: BaseException | None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "function": self.path,
+            "kind": self.kind,
+            "transport": self.transport,
+            "request_id": self.request_id,
+            "caller": self.caller,
+            "duration_ms": round(self.duration_s * 1000, 3),
+            "outcome": self.outcome,
+        }
+
+
+class CallObserver(Protocol):
+    """Told about every call (metrics) and every captured line (the live stream); must not raise or block."""
+
+    def call_finished(self, record: CallRecord) -> None: ...
+
+    def line(self, call: CallLog, level: str, text: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -49,6 +117,7 @@ class Outcome:
     journal: str | None = None
     log_lines: list[str] = field(default_factory=list)
     retries: int = 0
+    request_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -56,7 +125,22 @@ class Outcome:
 
     @property
     def error_message(self) -> str:
-        return describe(self.error) if self.error is not None else ""
+        """What the client sees: a RippleError's own message; for anything else, the request id that finds the
+        traceback in the server log, and never a database driver's internals."""
+        return self.describe_error(self.request_id)
+
+    def describe_error(self, request_id: str | None) -> str:
+        exc = self.error
+        if exc is None:
+            return ""
+        if isinstance(exc, RippleError):
+            return describe(exc)
+        where = f" (request {request_id})" if request_id else ""
+        if is_database_error(exc):
+            return f"Server error: the database refused this function's statement{where}"
+        if request_id:
+            return f"{describe(exc)} (request {request_id}; the server log has the traceback)"
+        return describe(exc)
 
     @property
     def error_data(self) -> tuple[bool, Any]:
@@ -84,10 +168,12 @@ class Runner:
         database: Database,
         registry: Registry | None = None,
         limits: RunnerLimits | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.database = database
         self.registry = registry or default_registry
         self.limits = limits or RunnerLimits()
+        self.observer = observer
         self._tables = {t.number: t.convex_name for t in database.catalog.tables.values()}
 
     def resolve(self, path: str, *, internal_ok: bool = False) -> FunctionSpec:
@@ -111,6 +197,56 @@ class Runner:
             )
         return encoded
 
+    def _begin(self, path: str) -> CallLog:
+        """A call's log; a call made inside another (an action's ctx.run_*) shares its request id."""
+        parent = calllog.current()
+        request_id = parent.request_id if parent is not None else calllog.new_request_id()
+        return CallLog(path, request_id, self._on_line)
+
+    def _on_line(self, call: CallLog, level: str, text: str, printed: bool) -> None:
+        if printed:
+            calllog.write_line(call, level, text)
+        if self.observer is not None:
+            self.observer.line(call, level, text)
+
+    def _finish(
+        self, call: CallLog, outcome: Outcome, known: bool, kind: str, transport: Transport, caller: Caller
+    ) -> None:
+        """The call's one record in the server log (with the traceback of an uncaught exception), then metrics."""
+        outcome.log_lines = call.lines
+        record = CallRecord(
+            call.path,
+            known,
+            kind,
+            transport,
+            call.request_id,
+            caller_name(caller),
+            time.perf_counter() - call.started,
+            error_kind(outcome.error),
+            outcome.error,
+        )
+        if record.outcome in ("uncaught", "database"):
+            level = logging.ERROR
+        elif transport == "hub" and outcome.error is None:
+            level = logging.DEBUG  # a commit can re-run thousands of instances: one INFO line each is noise
+        else:
+            level = logging.INFO
+        calllog.server_log(
+            level,
+            "%s %s via %s: %s in %.1f ms (request %s, caller %s)",
+            record.path,
+            kind,
+            transport,
+            record.outcome,
+            record.duration_s * 1000,
+            record.request_id,
+            record.caller,
+            extra=record.fields(),
+            exc_info=outcome.error if level == logging.ERROR else None,
+        )
+        if self.observer is not None:
+            self.observer.call_finished(record)
+
     async def call(
         self,
         path: str,
@@ -121,29 +257,38 @@ class Runner:
         kind: FunctionKind | None = None,
         dedupe: tuple[str, int] | None = None,
         maybe_applied: bool = True,
+        transport: Transport = "internal",
     ) -> Outcome:
         """Run any function by wire name; failures come back in the Outcome, never raised."""
-        outcome = Outcome(path)
+        call = self._begin(path)
+        outcome = Outcome(path, request_id=call.request_id)
+        known, kind_name = False, kind.value if kind is not None else "unknown"
+        token = call.enter()
         try:
             spec = self.resolve(path, internal_ok=internal_ok)
-            outcome.path = spec.path
+            outcome.path = call.path = spec.path
+            known, kind_name = True, spec.kind.value
             if kind is not None and spec.kind is not kind:
                 raise RippleError(f"{spec.path} is a {spec.kind.value}, not a {kind.value}; call it as one")
             kwargs = self.validate(spec, args)
             if spec.kind is FunctionKind.QUERY:
                 async with self.database.snapshot() as snap:
-                    return await self._query(spec, kwargs, caller, snap, None, outcome)
-            if spec.kind is FunctionKind.MUTATION:
+                    await self._query(spec, kwargs, caller, snap, None, outcome)
+            elif spec.kind is FunctionKind.MUTATION:
                 key = None
                 if dedupe is not None:
                     # A resend replays only for the same caller, function and arguments (database.py).
                     who = orjson.dumps(list(caller.principal)).decode()
                     key = MutationKey(dedupe[0], dedupe[1], who, spec.path, args_digest(args))
-                return await self._mutation(spec, kwargs, caller, key, maybe_applied, outcome)
-            return await self._action(spec, kwargs, caller, outcome)
+                await self._mutation(spec, kwargs, caller, key, maybe_applied, outcome)
+            else:
+                await self._action(spec, kwargs, caller, outcome)
         except Exception as exc:  # every failure is reported on its own request
             outcome.error = exc
-            return outcome
+        finally:
+            call.exit(token)
+        self._finish(call, outcome, known, kind_name, transport, caller)
+        return outcome
 
     async def run_query(
         self,
@@ -157,12 +302,17 @@ class Runner:
 
         The hub's rounds use this; failures come back in the Outcome.
         """
-        outcome = Outcome(spec.path)
+        call = self._begin(spec.path)
+        outcome = Outcome(spec.path, request_id=call.request_id)
+        token = call.enter()
         try:
-            return await self._query(spec, kwargs, caller, snapshot, journal, outcome)
+            await self._query(spec, kwargs, caller, snapshot, journal, outcome)
         except Exception as exc:
             outcome.error = exc
-            return outcome
+        finally:
+            call.exit(token)
+        self._finish(call, outcome, True, spec.kind.value, "hub", caller)
+        return outcome
 
     async def _query(
         self,
@@ -205,6 +355,9 @@ class Runner:
         deadline = asyncio.get_running_loop().time() + limit_s
 
         async def body(tx: Transaction) -> Any:
+            call = calllog.current()
+            if call is not None:  # a retried attempt's lines are not the committed run's
+                call.restart()
             timer = asyncio.timeout_at(deadline)
             try:
                 async with timer:
@@ -222,7 +375,7 @@ class Runner:
     async def _action(self, spec: FunctionSpec, kwargs: dict[str, Any], caller: Caller, outcome: Outcome) -> Outcome:
         async def run(kind: FunctionKind, fn: Any, args: dict[str, Any] | None) -> Any:
             path = fn.path if isinstance(fn, FunctionSpec) else fn
-            inner = await self.call(path, args or {}, caller, internal_ok=True, kind=kind)
+            inner = await self.call(path, args or {}, caller, internal_ok=True, kind=kind, transport="internal")
             if inner.error is not None:
                 raise inner.error
             return values.decode(inner.value)

@@ -326,7 +326,7 @@ class Hub:
         snap.failed = False
         outcome = await self.runner.run_query(inst.spec, inst.kwargs, inst.caller, snap, inst.journal)
         if self.metrics:
-            self.metrics.reruns.inc()
+            self.metrics.reruns.labels(inst.spec.path).inc()
         if snap.failed:
             await snap.conn.execute(RECOVER)
         return outcome
@@ -343,8 +343,10 @@ class Hub:
                 continue
             inst.journal = one.journal
             self.index.put(inst.id, one.ranges)
-            if inst.result is None or one.result.wire != inst.result.wire:
-                inst.result = one.result
+            changed = inst.result is None or not one.result.same_as(inst.result)
+            # The latest run's log lines go with the result (to later subscribers), but alone are no change.
+            inst.result = one.result
+            if changed:
                 for token, (session, _) in inst.subscribers.items():
                     deliveries[session].append((token, one.result))
                     sent.add(token)

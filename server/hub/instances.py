@@ -27,23 +27,36 @@ InstanceKey = tuple[str, str, str | None, tuple[Any, ...]]
 class QueryResult:
     """One run's result, serialised once however many subscribers receive it.
 
-    `wire` is the tail of a QueryUpdated/QueryFailed modification after its queryId, ready to splice in.
+    `wire` is the tail of a QueryUpdated/QueryFailed modification after its queryId, ready to splice in, with the
+    run's log lines; `key` is the same without them, what decides whether a re-run changed the result (a query
+    that logs is not resent for its log lines alone). Without log lines both are one string.
     """
 
     ok: bool
     wire: str
     journal: str | None
+    key: str = ""  # empty: the same as `wire`
+
+    def same_as(self, other: QueryResult) -> bool:
+        return (self.key or self.wire) == (other.key or other.wire)
 
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> QueryResult:
         journal = values.dumps(outcome.journal)
         if outcome.ok:
-            wire = f'"value":{values.dumps(outcome.value)},"logLines":[],"journal":{journal}}}'
-            return cls(True, wire, outcome.journal)
-        message = values.dumps(outcome.error_message)
-        has_data, data = outcome.error_data
-        extra = f',"errorData":{values.dumps(data)}' if has_data else ""
-        return cls(False, f'"errorMessage":{message},"logLines":[],"journal":{journal}{extra}}}', outcome.journal)
+            head = f'"value":{values.dumps(outcome.value)},"logLines":'
+            tail = f',"journal":{journal}}}'
+        else:
+            has_data, data = outcome.error_data
+            extra = f',"errorData":{values.dumps(data)}' if has_data else ""
+            tail = f',"journal":{journal}{extra}}}'
+            # Each run has its own request id: the same failure again is no change either.
+            key = f'"errorMessage":{values.dumps(outcome.describe_error(None))},"logLines":[]{tail}'
+            head = f'"errorMessage":{values.dumps(outcome.error_message)},"logLines":'
+            return cls(False, f"{head}{values.dumps(outcome.log_lines)}{tail}", outcome.journal, key)
+        key = f"{head}[]{tail}"
+        wire = f"{head}{values.dumps(outcome.log_lines)}{tail}" if outcome.log_lines else key
+        return cls(True, wire, outcome.journal, key)
 
     def modification(self, query_id: int) -> str:
         kind = "QueryUpdated" if self.ok else "QueryFailed"

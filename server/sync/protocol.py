@@ -180,8 +180,15 @@ def mutation_response(
     result: Any,
     ts: int | None = None,
     error_data: tuple[bool, Any] = (False, None),
+    log_lines: list[str] | None = None,
 ) -> str:
-    message: dict[str, Any] = {"type": kind, "requestId": request_id, "success": ok, "result": result, "logLines": []}
+    message: dict[str, Any] = {
+        "type": kind,
+        "requestId": request_id,
+        "success": ok,
+        "result": result,
+        "logLines": log_lines or [],
+    }
     if ok and ts is not None:
         message["ts"] = encode_ts(ts)
     if not ok and error_data[0]:

@@ -301,7 +301,13 @@ class Session:
                 continue
             dedupe = (self.session_id, request.requestId) if self.session_id else None
             outcome = await self.services.runner.call(
-                request.udfPath, args, run.caller, kind=FunctionKind.MUTATION, dedupe=dedupe, maybe_applied=self.resumed
+                request.udfPath,
+                args,
+                run.caller,
+                kind=FunctionKind.MUTATION,
+                dedupe=dedupe,
+                maybe_applied=self.resumed,
+                transport="websocket",
             )
             if outcome.retries:
                 self.services.metrics.mutation_retries.inc(outcome.retries)
@@ -312,7 +318,9 @@ class Session:
         request = run.request
         try:
             args = protocol.args_object(request.args)
-            outcome = await self.services.runner.call(request.udfPath, args, run.caller, kind=FunctionKind.ACTION)
+            outcome = await self.services.runner.call(
+                request.udfPath, args, run.caller, kind=FunctionKind.ACTION, transport="websocket"
+            )
         except ValueError as exc:
             response = protocol.mutation_response(
                 "ActionResponse", request.requestId, ok=False, result=f"{request.udfPath}: {exc}"
@@ -327,7 +335,14 @@ class Session:
 def _response(kind: Any, request_id: int, outcome: Outcome) -> str:
     if outcome.ok:
         ts = outcome.ts if kind == "MutationResponse" else None
-        return protocol.mutation_response(kind, request_id, ok=True, result=outcome.value, ts=ts)
+        return protocol.mutation_response(
+            kind, request_id, ok=True, result=outcome.value, ts=ts, log_lines=outcome.log_lines
+        )
     return protocol.mutation_response(
-        kind, request_id, ok=False, result=outcome.error_message, error_data=outcome.error_data
+        kind,
+        request_id,
+        ok=False,
+        result=outcome.error_message,
+        error_data=outcome.error_data,
+        log_lines=outcome.log_lines,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -199,3 +200,58 @@ async def via_whoami(ctx: Any) -> str | None:
     """The subject the action ran as."""
     identity = await ctx.auth.get_user_identity()
     return identity["subject"] if identity else None
+
+
+# Function logs (tests/test_function_logs.py). The logger has its own level, so its lines are captured whatever
+# level the test run's root logger has.
+app_log = logging.getLogger("tests.testing_app")
+app_log.setLevel(logging.INFO)
+
+
+@query(name="testing:chattyCount")
+async def chatty_count(ctx: Any, twitch_id: str, tag: str = "") -> float:
+    """`testing:count` that prints and logs what it read, tagged (so concurrent callers can tell lines apart)."""
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    value = doc.get("progressPercentage", 0) if doc else -1
+    print(f"{tag} read {twitch_id}:", value)
+    app_log.info("%s counted %s", tag, value)
+    return value  # type: ignore[no-any-return]
+
+
+@mutation(name="testing:chattySet")
+async def chatty_set(ctx: Any, twitch_id: str, progress: float, tag: str = "", delay_s: float = 0.0) -> None:
+    """Sets a row's progress, printing before and after a pause (so concurrent calls interleave their lines)."""
+    print(f"{tag} start")
+    await asyncio.sleep(delay_s)
+    app_log.warning("%s setting %s to %s", tag, twitch_id, progress)
+    doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    if doc is None:
+        await ctx.db.insert("videos", {"twitchId": twitch_id, "title": "t", "status": "Queued"})
+        doc = await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).unique()
+    await ctx.db.patch(doc["_id"], {"progressPercentage": progress})
+    print(f"{tag} done")
+
+
+@mutation(name="testing:buggy")
+async def buggy(ctx: Any, key: str) -> Any:
+    """An app bug: an uncaught KeyError, after a printed line."""
+    print("looking up", key)
+    return {}[key]
+
+
+@query(name="testing:buggyQuery")
+async def buggy_query(ctx: Any, key: str) -> Any:
+    return {}[key]
+
+
+@query(name="testing:badStatement")
+async def bad_statement(ctx: Any, text: str) -> Any:
+    """A NUL built past argument validation: PostgreSQL refuses the statement (the driver's error is internal)."""
+    return await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", text + "\x00")).unique()
+
+
+@query(name="testing:floodLog")
+async def flood_log(ctx: Any, lines: int, width: int = 10) -> int:
+    for n in range(lines):
+        print(str(n) * width)
+    return lines

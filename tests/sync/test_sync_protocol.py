@@ -49,13 +49,15 @@ async def test_identical_subscriptions_share_one_instance(ripple: RippleServer) 
         await client.subscribe("testing:videosByStatus", {"status": "Failed"})
     hub = ripple.services.hub
     assert hub.subscription_count == 10 and hub.instance_count == 2
-    runs = ripple.services.metrics.reruns._value.get()
+    runs = ripple.services.metrics.reruns.labels("testing:videosByStatus")._value.get()
     writer = await SyncClient.connect(ripple.ws_url)
     await writer.mutation("testing:insert", VIDEO)
     for client in clients:
         await client.expect(lambda m: m["type"] == "Transition" and m["modifications"])
         assert len(client.results[0]) == 1
-    assert ripple.services.metrics.reruns._value.get() - runs == 1  # one re-run served five sockets
+    assert (
+        ripple.services.metrics.reruns.labels("testing:videosByStatus")._value.get() - runs == 1
+    )  # one re-run served five sockets
     for client in clients:
         await client.close()
 
