@@ -315,7 +315,15 @@ class Database:
                         f"and its backend (pid {pid}) did not end, so whether it committed is unknown; send it "
                         "again with the same sessionId and requestId to learn its outcome"
                     )
-        return await self._applied(key)
+        stored = await self._applied(key)
+        if stored is None and writer.conn.is_closed() and writer.backend is None:
+            # Behind a transaction pooler the backend is not known: it may still be inside this COMMIT.
+            raise RippleError(
+                f"lost the connection during the COMMIT of mutation request {key.request_id} (through a connection "
+                "pooler, so its backend cannot be waited for) and whether it committed is unknown; send it again "
+                "with the same sessionId and requestId to learn its outcome"
+            )
+        return stored
 
     async def _backend_ended(self, pid: int, started: Any, wait_s: float) -> bool:
         loop = asyncio.get_running_loop()
