@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import __version__, http_api, log_stream
 from server.auth import AuthConfig, Authenticator
 from server.config import Settings, shared_path
-from server.database.catalog import apply_schema, load_catalog
+from server.database.catalog import Catalog, apply_schema, load_catalog
+from server.database.connect import connect, probe_listen
 from server.database.database import Database
 from server.database.pool import create_pool
 from server.database.transaction import Limits
@@ -122,6 +123,67 @@ class GracefulServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+@dataclass(frozen=True)
+class ConnectionPlan:
+    """Where each connection goes: `pooled` says DATABASE_URL is a transaction pooler; the hub's own
+    connection (LISTEN, snapshot) goes to `hub_dsn`, pooled too when no direct URL was given."""
+
+    pooled: bool
+    hub_dsn: str
+    hub_pooled: bool
+
+
+async def connection_plan(settings: Settings, dsn: str) -> ConnectionPlan:
+    """Find out whether `dsn` is behind a transaction pooler (unless RIPPLE_DATABASE_POOLED says) and say once,
+    at start, what a pooled deployment without a direct URL lacks and what to set."""
+    pooled = settings.database_pooled
+    if pooled is None:
+        pooled = not await probe_listen(dsn)
+        if pooled:
+            log.info("DATABASE_URL goes through a transaction pooler (a LISTEN there heard no NOTIFY within 1 s)")
+    direct = settings.listen_database_url
+    if direct:
+        return ConnectionPlan(pooled, direct, False)
+    if pooled:
+        log.warning(
+            "DATABASE_URL goes through a transaction pooler, where LISTEN cannot work: commits of other processes "
+            "and plain SQL reach subscribers only through the periodic log check, every %g s "
+            "(RIPPLE_LOG_CHECK_INTERVAL_S). Set RIPPLE_LISTEN_DATABASE_URL to a direct (session) connection to "
+            "the same database for immediate updates.",
+            settings.log_check_interval_s,
+        )
+    return ConnectionPlan(pooled, dsn, pooled)
+
+
+async def _apply_schema(pool: asyncpg.Pool, route: ConnectionPlan, settings: Settings) -> Catalog:
+    """Apply schema.sql under its session-level advisory lock. Behind a pooler, lock, schema and unlock must
+    reach one backend: on the direct connection when there is one, else inside one transaction."""
+    if route.pooled and not route.hub_pooled:
+        conn = await connect(route.hub_dsn)
+        try:
+            await apply_schema(conn, settings.schema_path)
+        finally:
+            await conn.close()
+        async with pool.acquire() as pooled_conn:
+            return await load_catalog(pooled_conn)
+    async with pool.acquire() as conn:
+        if route.pooled:
+            async with conn.transaction():
+                await apply_schema(conn, settings.schema_path)
+        else:
+            await apply_schema(conn, settings.schema_path)
+        return await load_catalog(conn)
+
+
+def _close_for_outage(sessions: set[Any]) -> None:
+    """The database has been unreachable for a while: results may be stale, so close every sync socket with a
+    reason; the official clients reconnect (with backoff) and resubscribe, and converge once it is back."""
+    if sessions:
+        log.warning("closing %d sync sockets: the database is unavailable", len(sessions))
+    for session in list(sessions):
+        session.shut(1013, "database unavailable; reconnecting")
+
+
 def create_app(settings: Settings, dsn: str) -> Starlette:
     metrics = Metrics()
     stream = LogStream()
@@ -129,12 +191,13 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         load_modules(settings.modules)
-        pool = await create_pool(dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size)
-        writers = Writers(dsn, settings.pool_max_size)
+        route = await connection_plan(settings, dsn)
+        pool = await create_pool(
+            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, pooled=route.pooled
+        )
+        writers = Writers(dsn, settings.pool_max_size, pooled=route.pooled)
         try:
-            async with pool.acquire() as conn:
-                await apply_schema(conn, settings.schema_path)
-                catalog = await load_catalog(conn)
+            catalog = await _apply_schema(pool, route, settings)
             database = Database(
                 pool,
                 writers,
@@ -153,11 +216,20 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                 ),
                 observer=_Observers(metrics, stream),
             )
-            hub = Hub(dsn, database, runner, settings=settings, metrics=metrics)
+            hub = Hub(
+                route.hub_dsn,
+                database,
+                runner,
+                settings=settings,
+                metrics=metrics,
+                pooled=route.hub_pooled,
+                listen=not route.hub_pooled,
+            )
             await hub.start()
             app.state.services = Services(
                 settings, pool, database, runner, authenticator_for(settings), hub, metrics, log_stream=stream
             )
+            hub.watch.on_outage.append(lambda: _close_for_outage(app.state.services.sessions))
             watcher = Supervisor()
             watcher.start(
                 "sync-watcher",

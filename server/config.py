@@ -30,6 +30,13 @@ class Settings(BaseSettings):
 
     # Where data lives. No DATABASE_URL means an embedded PostgreSQL under `data_dir`.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    # The hub's direct connection (LISTEN, and its snapshot, which may take a session-level advisory lock), for
+    # when DATABASE_URL goes through a transaction pooler such as PgBouncer (README: "Deploying behind a pooler").
+    # Unset: the hub uses DATABASE_URL.
+    listen_database_url: str | None = None
+    # Whether DATABASE_URL goes through a transaction pooler: no prepared-statement cache, no session state. Unset:
+    # found out at start (a LISTEN there that does not hear a NOTIFY within a second is behind one).
+    database_pooled: bool | None = None
     data_dir: Path = Path(".ripple")
     schema_path: Path = shared_path("schema.sql")
     pool_min_size: int = 2
@@ -79,6 +86,20 @@ class Settings(BaseSettings):
     log_retention_s: float = 3600.0
     prune_interval_s: float = 60.0
     listen_reconnect_max_s: float = 5.0
+    # The LISTEN connection answers `SELECT 1` this often, within the timeout, or is dropped and re-opened: a
+    # connection whose packets vanish (no close) would otherwise hear nothing while all looks well.
+    listen_probe_interval_s: float = 5.0
+    listen_probe_timeout_s: float = 3.0
+    # The hub's log read takes milliseconds (a settle waits up to 2 s); past this its connection is taken for lost.
+    hub_read_timeout_s: float = 15.0
+    # /health answers 503 when the oldest commit the hub has not processed is older than this.
+    hub_stale_after_s: float = 30.0
+    # How often the hub checks the database is reachable (and measures its lag), and how long a check may take.
+    database_check_interval_s: float = 1.0
+    database_check_timeout_s: float = 2.0
+    # Sync sockets are closed (1013, "database unavailable; reconnecting") once the database has been unreachable
+    # this long, so clients know their results may be stale and reconnect; they converge when it is back.
+    outage_close_after_s: float = 3.0
     # The hub reads the log head at least this often even without a NOTIFY: a lost one delays an update this much.
     log_check_interval_s: float = 1.0
     # A re-run round that finds more changes than this invalidates whole tables instead.

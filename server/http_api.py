@@ -17,6 +17,7 @@ from server.auth import AuthError, parse_authorization
 from server.errors import RequestError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
+from server.hub.health import judge
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -138,9 +139,24 @@ async def run_by_path(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """200 when the database answers, the hub is caught up within `hub_stale_after_s` and its tasks run; 503 with
+    the reasons otherwise, so a load balancer or orchestrator takes a stale server out instead of trusting it."""
     services: Services = request.app.state.services
-    ts = await services.database.latest_ts()
-    return _JSON({"status": "ok", "ts": ts, "version": services.version})
+    hub = services.hub
+    measured = await hub.watch.check()
+    problems = judge(measured, services.settings.hub_stale_after_s)
+    body: dict[str, Any] = {
+        "status": "unavailable" if problems else "ok",
+        "ts": measured.newest_ts,
+        "processedTs": measured.processed_ts,
+        "lagSeconds": round(measured.lag_s, 3),
+        "lagCommits": measured.lag_commits,
+        "listen": hub.listen_mode,
+        "version": services.version,
+    }
+    if problems:
+        body["problems"] = problems
+    return _JSON(body, status_code=503 if problems else 200)
 
 
 routes = [

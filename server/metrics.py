@@ -58,8 +58,14 @@ class Metrics:
             registry=r,
         )
         self.hub_lag = Gauge(
-            "ripple_hub_lag_seconds", "Age of the newest commit when the hub finished its round", registry=r
+            "ripple_hub_lag_seconds",
+            "Age of the oldest commit the hub has not processed (0 when caught up), measured every second",
+            registry=r,
         )
+        self.hub_lag_commits = Gauge(
+            "ripple_hub_lag_commits", "Commits made that the hub has not processed yet", registry=r
+        )
+        self.database_up = Gauge("ripple_database_up", "1 while the database answers the hub's check", registry=r)
         self.hub_settles = Counter(
             "ripple_hub_settles_total",
             "Rounds whose first snapshot could lack a commit, so the hub took the clock key and read again",

@@ -38,11 +38,19 @@ from server.database.transaction import Limits, Transaction
 from server.database.writers import WriterConnection, Writers
 from server.errors import RippleError
 
-__all__ = ["Database", "MutationKey", "MutationOutcome", "Snapshot", "args_digest"]
+__all__ = ["Database", "DatabaseUnavailable", "MutationKey", "MutationOutcome", "Snapshot", "args_digest"]
 
 T = TypeVar("T")
 
 _RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# What a database that is down or restarting looks like from here (refused, reset, or ended connections).
+_UNREACHABLE = (
+    OSError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 _MAX_RETRY_DELAY_S = 0.25
 # How long a lost writer's backend may go on (finishing its COMMIT) before it is terminated, and how long it may
 # then take to end before whether it committed is given up as unknown.
@@ -59,6 +67,21 @@ WHERE m.session_id = $1 AND m.request_id = $2
 _END_BACKEND_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2"
 _BACKEND_ALIVE_SQL = "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2)"
 _INTERNAL_SESSION = "ripple-internal:"
+
+
+class DatabaseUnavailable(RippleError):
+    """The database could not be reached: said as such, rather than as the socket error that showed it."""
+
+    code = "DatabaseUnavailable"
+
+    @classmethod
+    def because(cls, exc: BaseException, *, mutation: bool) -> DatabaseUnavailable:
+        retry = (
+            "send it again once the database is back (a resend with the same requestId is applied at most once)"
+            if mutation
+            else "try again once the database is back"
+        )
+        return cls(f"the database is unavailable ({type(exc).__name__}: {exc}); {retry}")
 
 
 def args_digest(args: Any) -> str:
@@ -152,9 +175,19 @@ class Database:
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Snapshot]:
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            ts = await conn.fetchval("SELECT _ripple_latest_ts()")
-            yield Snapshot(conn, int(ts))
+        try:
+            conn = await self.pool.acquire()
+        except _UNREACHABLE as exc:
+            raise DatabaseUnavailable.because(exc, mutation=False) from exc
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                try:
+                    ts = await conn.fetchval("SELECT _ripple_latest_ts()")
+                except _UNREACHABLE as exc:
+                    raise DatabaseUnavailable.because(exc, mutation=False) from exc
+                yield Snapshot(conn, int(ts))
+        finally:
+            await self.pool.release(conn)
 
     def reader(self, snapshot: Snapshot, journal: str | None = None) -> Transaction:
         return Transaction(
@@ -214,6 +247,8 @@ class Database:
                     raise
                 delay = min(self.retry_base_s * (2 ** min(attempt, 10)), _MAX_RETRY_DELAY_S)
                 await asyncio.sleep(delay * (0.5 + random.random()))
+            except _UNREACHABLE as exc:
+                raise DatabaseUnavailable.because(exc, mutation=True) from exc
             except asyncpg.UniqueViolationError as exc:
                 if exc.table_name != "_ripple_mutations":
                     raise
@@ -315,7 +350,15 @@ class Database:
                         f"and its backend (pid {pid}) did not end, so whether it committed is unknown; send it "
                         "again with the same sessionId and requestId to learn its outcome"
                     )
-        return await self._applied(key)
+        stored = await self._applied(key)
+        if stored is None and writer.conn.is_closed() and writer.backend is None:
+            # Behind a transaction pooler the backend is not known: it may still be inside this COMMIT.
+            raise RippleError(
+                f"lost the connection during the COMMIT of mutation request {key.request_id} (through a connection "
+                "pooler, so its backend cannot be waited for) and whether it committed is unknown; send it again "
+                "with the same sessionId and requestId to learn its outcome"
+            )
+        return stored
 
     async def _backend_ended(self, pid: int, started: Any, wait_s: float) -> bool:
         loop = asyncio.get_running_loop()

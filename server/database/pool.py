@@ -7,6 +7,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from server.database.connect import pooler_options
+
 __all__ = ["create_pool", "init_connection"]
 
 
@@ -28,9 +30,15 @@ class _Connection(asyncpg.Connection):  # type: ignore[misc]
         return ""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, pooled: bool = False) -> asyncpg.Pool:
+    """`pooled`: `dsn` goes through a transaction pooler (database/connect.py says what that changes)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, connection_class=_Connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        connection_class=_Connection,
+        **pooler_options(pooled),
     )
     assert pool is not None
     return pool

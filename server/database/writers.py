@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from server.database.announce import Announcement, parse_announcement
+from server.database.connect import connect
 from server.database.pool import init_connection
 
 __all__ = ["ANNOUNCE_SQL", "APPLICATION_NAME", "OPEN_SQL", "WriterConnection", "Writers"]
@@ -32,7 +33,12 @@ __all__ = ["ANNOUNCE_SQL", "APPLICATION_NAME", "OPEN_SQL", "WriterConnection", "
 # What pg_stat_activity shows for these connections (idle in transaction between mutations, by design).
 APPLICATION_NAME = "ripple writer"
 
-OPEN_SQL = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'"
+# client_min_messages is set here, per transaction, not as a startup parameter: transaction poolers (PgBouncer)
+# refuse that one, and the commit's ts comes back as a NOTICE, which a stricter server default would swallow.
+OPEN_SQL = (
+    "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ripple.notify = 'after_commit'; "
+    "SET LOCAL client_min_messages = notice"
+)
 # After a COMMIT that drew a ts: announce it to every hub (schema.sql leaves it in ripple.last_commit). The NOTIFY
 # runs in a transaction of its own, outside the writer's (see schema.sql); an explicit one, as a COMMIT ending an
 # implicit one costs a WARNING message per mutation. It commits asynchronously: it holds no data, and a database
@@ -98,8 +104,13 @@ class Writers:
     """Up to `size` writer connections, opened on demand. A connection whose state is unknown (cancelled
     mid-statement, broken) is closed rather than reused."""
 
-    def __init__(self, dsn: str, size: int = 10) -> None:
+    def __init__(self, dsn: str, size: int = 10, *, pooled: bool = False) -> None:
+        """`pooled`: `dsn` goes through a transaction pooler. Each message that commits also opens the next
+        transaction (or rests outside one), and `ripple.last_commit` is written and read within one message, so
+        writers work through one; only the backend pid means nothing there (another backend serves each
+        transaction), so a commit whose connection is lost is reported as of unknown outcome."""
         self._dsn = dsn
+        self._pooled = pooled
         self._size = size
         self._idle: list[WriterConnection] = []
         self._opened = 0
@@ -117,16 +128,14 @@ class Writers:
         return self._opened
 
     async def _connect(self) -> WriterConnection:
-        conn = await asyncpg.connect(
-            self._dsn, server_settings={"client_min_messages": "notice", "application_name": APPLICATION_NAME}
-        )
+        conn = await connect(self._dsn, pooled=self._pooled, server_settings={"application_name": APPLICATION_NAME})
         try:
             await init_connection(conn)
-            row = await conn.fetchrow(_BACKEND_SQL)
+            row = None if self._pooled else await conn.fetchrow(_BACKEND_SQL)
         except BaseException:
             conn.terminate()
             raise
-        return WriterConnection(conn, (row["pid"], row["backend_start"]))
+        return WriterConnection(conn, (row["pid"], row["backend_start"]) if row is not None else None)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[WriterConnection]:

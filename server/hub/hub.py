@@ -18,12 +18,14 @@ import bisect
 import logging
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
 from server.database.announce import Announcement, Change
 from server.database.catalog import Catalog
+from server.database.connect import connect
 from server.database.database import Database, Snapshot
 from server.database.pool import init_connection
 from server.database.reads import IndexRange
@@ -42,6 +44,7 @@ from server.hub.changelog import (
     settled_head,
 )
 from server.hub.changes import ChangeFeed
+from server.hub.health import DatabaseWatch
 from server.hub.index import ReadSetIndex
 from server.hub.instances import Instances, QueryInstance, QueryResult, Subscriber
 from server.hub.supervise import Supervisor
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["Hub"]
 
 log = logging.getLogger("ripple.hub")
+
+T = TypeVar("T")
 
 Deliveries = dict[Subscriber, list[tuple[int, QueryResult]]]
 
@@ -92,7 +97,12 @@ class Hub:
         *,
         settings: Settings,
         metrics: Metrics | None = None,
+        pooled: bool = False,
+        listen: bool = True,
     ) -> None:
+        """`dsn` is the hub's own connection (its snapshot, and LISTEN); `pooled` says it goes through a
+        transaction pooler, `listen=False` that LISTEN cannot work there (rounds then come from the periodic look
+        at the log, every `log_check_interval_s`)."""
         self.database = database
         self.runner = runner
         self.settings = settings
@@ -102,8 +112,25 @@ class Hub:
             metrics.query_instances.set_function(lambda: self.instance_count)
             metrics.subscriptions.set_function(lambda: self.subscription_count)
         self._dsn = dsn
+        self._pooled = pooled
+        self._listen = listen
         self._conn: asyncpg.Connection | None = None
-        self.feed = ChangeFeed(dsn, self._wake, reconnect_max_s=settings.listen_reconnect_max_s)
+        self.feed = ChangeFeed(
+            dsn,
+            self._wake,
+            reconnect_max_s=settings.listen_reconnect_max_s,
+            probe_interval_s=settings.listen_probe_interval_s,
+            probe_timeout_s=settings.listen_probe_timeout_s,
+        )
+        self.watch = DatabaseWatch(
+            database.pool,
+            lambda: self.processed_ts,
+            lambda: self.healthy,
+            interval_s=settings.database_check_interval_s,
+            timeout_s=settings.database_check_timeout_s,
+            outage_after_s=settings.outage_close_after_s,
+            metrics=metrics,
+        )
         database.on_commit.append(self._wake)
         self.index = ReadSetIndex()
         self.processed_ts = 0
@@ -137,10 +164,12 @@ class Hub:
         self.processed_ts = await settled_head(await self._connection())
         self._look = False
         self._looked_at = asyncio.get_running_loop().time()
-        await self.feed.start()
         self.tasks.start("ripple-hub", self._run)
         self.tasks.start("ripple-prune", self._prune_loop)
-        self.tasks.start("ripple-change-feed", self.feed.keep_alive)
+        self.tasks.start("ripple-database-watch", self.watch.run)
+        if self._listen:
+            await self.feed.start()
+            self.tasks.start("ripple-change-feed", self.feed.keep_alive)
 
     async def close(self, reason: str) -> None:
         await self.tasks.close()
@@ -150,6 +179,14 @@ class Hub:
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
         log.info("hub closed: %s", reason)
+
+    @property
+    def listen_mode(self) -> str:
+        """How commits reach this hub: "listen" (NOTIFY wake-ups), "lost" (LISTEN reconnecting) or "polling" (behind a
+        transaction pooler without RIPPLE_LISTEN_DATABASE_URL: the periodic log check only)."""
+        if not self._listen:
+            return "polling"
+        return "listen" if self.feed.connected else "lost"
 
     @property
     def healthy(self) -> bool:
@@ -244,7 +281,7 @@ class Hub:
         try:
             conn = await self._connection()
             self._looked_at = asyncio.get_running_loop().time()
-            found = await read_since(conn, self.processed_ts, self.settings.max_changes_per_round)
+            found = await self._bounded(read_since(conn, self.processed_ts, self.settings.max_changes_per_round))
             ran = await self._rerun_all(Snapshot(conn, found.upto), self._stale(found))
             # Publish, deliver (before COMMIT: the snapshot is read-only, its results are final once read), then
             # advance: a round that failed above published nothing, and one that gets here delivers all it has.
@@ -255,7 +292,7 @@ class Hub:
                 self.looks += 1
             else:
                 self._count_round(notified_at, quiet=False, found=found)
-            await conn.execute(NEXT_SNAPSHOT)
+            await self._bounded(conn.execute(NEXT_SNAPSHOT))
         except BaseException:
             self._look = True
             self._drop_connection()  # mid-statement or mid-transaction: start the next round afresh
@@ -328,7 +365,7 @@ class Hub:
         if self.metrics:
             self.metrics.reruns.labels(inst.spec.path).inc()
         if snap.failed:
-            await snap.conn.execute(RECOVER)
+            await self._bounded(snap.conn.execute(RECOVER))
         return outcome
 
     def _publish(self, ran: dict[int, _Ran]) -> Deliveries:
@@ -392,18 +429,31 @@ class Hub:
         self.metrics.hub_ts.set(self.processed_ts)
         if notified_at is not None:
             self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
-        if found is not None and found.drawn_at is not None:
-            self.metrics.hub_lag.set(max(0.0, time.time() - found.drawn_at))
 
     async def _connection(self) -> asyncpg.Connection:
         """The hub's own connection, inside a REPEATABLE READ, READ ONLY transaction whose snapshot the round's
         first query will take. No pool checkout or reset between rounds; a failed round drops the connection,
         and with it the clock key if the round held it."""
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn)
-            await init_connection(self._conn)
-            await self._conn.execute(BEGIN_SNAPSHOT)
+            connecting = connect(self._dsn, pooled=self._pooled)
+            conn: asyncpg.Connection = await asyncio.wait_for(connecting, self.settings.hub_read_timeout_s)
+            self._conn = conn
+            await self._bounded(init_connection(conn))
+            await self._bounded(conn.execute(BEGIN_SNAPSHOT))
         return self._conn
+
+    async def _bounded(self, step: Coroutine[Any, Any, T]) -> T:
+        """A statement of the hub's own (log read, snapshot, savepoint), which takes milliseconds (a settle waits
+        up to 2 s): past `hub_read_timeout_s` its connection is taken for lost (packets dropped without a close
+        would otherwise stall every subscriber) and the round fails, to be retried on a new connection."""
+        try:
+            async with asyncio.timeout(self.settings.hub_read_timeout_s):
+                return await step
+        except TimeoutError:
+            raise ConnectionError(
+                f"the hub's connection gave no answer within {self.settings.hub_read_timeout_s:g} s "
+                "(RIPPLE_HUB_READ_TIMEOUT_S); taking it for lost"
+            ) from None
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
