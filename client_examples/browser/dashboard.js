@@ -149,7 +149,8 @@ function renderAuth(state, detail) {
   }
 }
 
-const client = new RippleClient(params.get("server") || location.origin, {
+const serverBase = params.get("server") || location.origin;
+const client = new RippleClient(serverBase, {
   onConnectionChange: renderConnection,
   onAuthChange: renderAuth,
 });
@@ -179,6 +180,28 @@ const stallAfterS = (() => {
 const FINISHED = new Set(["Completed", "Failed"]);
 
 const jobViews = new Map();
+
+/**
+ * Server clock minus this browser's, in ms. updatedAt is the server's clock; a browser whose clock is minutes
+ * ahead would otherwise show every running job as stalled. Read from the HTTP Date header (1 s resolution, so
+ * offsets under 2 s are ignored); a server on another origin does not expose it to scripts, so there it stays 0.
+ */
+let clockOffsetMs = 0;
+async function measureClockOffset() {
+  if (new URL(serverBase, location.href).origin !== location.origin) return;
+  try {
+    const sent = Date.now();
+    const response = await fetch(location.pathname, { method: "HEAD", cache: "no-store" });
+    const received = Date.now();
+    const serverMs = Date.parse(response.headers.get("Date") ?? "") + 500; // the header truncates to the second
+    const offset = serverMs - (sent + received) / 2;
+    if (Number.isFinite(offset) && Math.abs(offset) > 2000) clockOffsetMs = offset;
+  } catch {
+    // No Date header or no network: ages use this browser's clock, as if it were right.
+  }
+  for (const view of jobViews.values()) renderJobAge(view);
+}
+measureClockOffset();
 
 function createJobView() {
   const root = fromTemplate(`
@@ -217,7 +240,7 @@ function renderJobAge(view) {
     view.stalledBadge.hidden = true;
     return;
   }
-  const ageS = Math.max(0, (Date.now() - view.updatedAt) / 1000);
+  const ageS = Math.max(0, (Date.now() + clockOffsetMs - view.updatedAt) / 1000);
   const stalled = !view.finished && ageS > stallAfterS;
   const text = ageS < 1 ? "updated just now" : `updated ${formatEta(Math.floor(ageS))} ago`;
   view.updated.textContent = stalled ? `Stalled: no report for ${formatEta(stallAfterS)}, ${text}` : text;

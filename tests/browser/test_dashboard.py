@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from playwright.async_api import expect
@@ -243,3 +244,16 @@ async def _low_contrast(page: Any) -> Any:
           return bad;
         }"""
     )
+
+
+async def test_job_age_uses_the_servers_clock_when_the_browsers_is_wrong(ripple: RippleServer) -> None:
+    await ripple.call("videos:create", {"twitchId": "skew1", "title": "Skewed clock"}, user="alice")
+    async with chromium_page() as page:
+        # This browser's clock is 10 minutes fast; the job was updated just now by the server's.
+        await page.clock.install()
+        await page.clock.set_system_time(time.time() + 600)
+        await page.goto(f"{ripple.url}/?stallAfter=60")
+        updated = page.get_by_test_id("updated-skew1")
+        await expect(updated).to_have_text(re.compile(r"^updated (just now|[0-9]s ago)$"))
+        await expect(page.get_by_test_id("job-skew1")).to_have_attribute("data-stalled", "false")
+        assert page.console_errors == []
