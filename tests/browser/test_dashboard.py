@@ -103,6 +103,7 @@ async def test_dashboard_shows_job_progress_project_and_chain_live(ripple: Rippl
 
         await page.wait_for_timeout(600)  # let the progress bars finish their CSS transition
         await page.screenshot(path=artifact("dashboard.png"), full_page=True)
+        assert await _low_contrast(page) == []
         assert page.console_errors == []
 
 
@@ -132,6 +133,7 @@ async def test_job_shows_updated_ago_and_is_marked_stalled_until_it_reports(ripp
         await expect(page.get_by_test_id("job-done1")).to_have_attribute("data-stalled", "false")
         await expect(page.get_by_test_id("stalled-done1")).to_be_hidden()
         await page.screenshot(path=artifact("dashboard-stalled.png"), full_page=True)
+        assert await _low_contrast(page) == []
 
         # A report made elsewhere clears it, live.
         await report(40)
