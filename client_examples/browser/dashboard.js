@@ -4,6 +4,7 @@
  * textContent, never innerHTML.
  *
  * URL shortcuts: ?token=<JWT>&project=<projectId>&generation=<generationId>&server=<base URL>
+ *   &stallAfter=<seconds> (how long an unfinished job may go without a report before it shows as stalled)
  */
 import { RippleClient } from "./ripple.js";
 
@@ -35,7 +36,7 @@ const num = (value) => (value === undefined || value === null ? null : Number(va
 /** 0–100, rounded: the text the tests and people read. */
 const percent = (value) => Math.round(Math.min(100, Math.max(0, num(value) ?? 0)));
 
-/** Seconds -> "45s", "1m 05s", "2h 03m 09s". */
+/** Seconds -> "45s", "1m 05s", "2h 03m 09s"; also how long ago a job was updated. */
 export function formatEta(seconds) {
   const total = num(seconds);
   if (total === null || !Number.isFinite(total)) return "—";
@@ -148,7 +149,8 @@ function renderAuth(state, detail) {
   }
 }
 
-const client = new RippleClient(params.get("server") || location.origin, {
+const serverBase = params.get("server") || location.origin;
+const client = new RippleClient(serverBase, {
   onConnectionChange: renderConnection,
   onAuthChange: renderAuth,
 });
@@ -169,14 +171,45 @@ $("sign-out").addEventListener("click", () => {
 
 // ---- Video jobs --------------------------------------------------------------------------------
 
+/** A worker reports several times a minute while it runs; two minutes of silence means it is likely stuck. */
+const DEFAULT_STALL_AFTER_S = 120;
+const stallAfterS = (() => {
+  const given = Number(params.get("stallAfter"));
+  return Number.isFinite(given) && given > 0 ? given : DEFAULT_STALL_AFTER_S;
+})();
+const FINISHED = new Set(["Completed", "Failed"]);
+
 const jobViews = new Map();
+
+/**
+ * Server clock minus this browser's, in ms. updatedAt is the server's clock; a browser whose clock is minutes
+ * ahead would otherwise show every running job as stalled. Read from the HTTP Date header (1 s resolution, so
+ * offsets under 2 s are ignored); a server on another origin does not expose it to scripts, so there it stays 0.
+ */
+let clockOffsetMs = 0;
+async function measureClockOffset() {
+  if (new URL(serverBase, location.href).origin !== location.origin) return;
+  try {
+    const sent = Date.now();
+    const response = await fetch(location.pathname, { method: "HEAD", cache: "no-store" });
+    const received = Date.now();
+    const serverMs = Date.parse(response.headers.get("Date") ?? "") + 500; // the header truncates to the second
+    const offset = serverMs - (sent + received) / 2;
+    if (Number.isFinite(offset) && Math.abs(offset) > 2000) clockOffsetMs = offset;
+  } catch {
+    // No Date header or no network: ages use this browser's clock, as if it were right.
+  }
+  for (const view of jobViews.values()) renderJobAge(view);
+}
+measureClockOffset();
 
 function createJobView() {
   const root = fromTemplate(`
     <li class="job">
       <div class="job-head">
-        <div><strong class="job-title"></strong> <span class="muted job-ids"></span></div>
-        <span class="badge job-status"></span>
+        <div class="job-name"><strong class="job-title"></strong> <span class="muted job-ids"></span></div>
+        <span class="job-badges"><span class="badge stalled-badge" data-tone="warn" hidden>Stalled</span>
+          <span class="badge job-status"></span></span>
       </div>
       <div class="job-progress">
         <div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"><span></span></div>
@@ -185,13 +218,40 @@ function createJobView() {
       <div class="job-meta">
         <span>Stage <b class="stage"></b></span>
         <span>ETA <b class="eta"></b></span>
+        <span class="updated"></span>
       </div>
       <p class="job-error" hidden></p>
     </li>`);
   const q = (selector) => root.querySelector(selector);
   return { root, title: q(".job-title"), ids: q(".job-ids"), status: q(".job-status"), bar: q(".bar"),
-    pct: q(".pct"), stage: q(".stage"), eta: q(".eta"), error: q(".job-error") };
+    pct: q(".pct"), stage: q(".stage"), eta: q(".eta"), error: q(".job-error"), updated: q(".updated"),
+    stalledBadge: q(".stalled-badge"), updatedAt: null, finished: false };
 }
+
+/**
+ * "updated 12s ago", and whether the job is stalled: unfinished and silent for longer than stallAfterS.
+ * Runs on every result and every second, so a stalled job shows as stalled without any new data arriving
+ * (which is exactly when it is stalled). Ages use this browser's clock against the server's updatedAt.
+ */
+function renderJobAge(view) {
+  if (view.updatedAt === null) {
+    view.updated.textContent = "";
+    view.root.dataset.stalled = "false";
+    view.stalledBadge.hidden = true;
+    return;
+  }
+  const ageS = Math.max(0, (Date.now() + clockOffsetMs - view.updatedAt) / 1000);
+  const stalled = !view.finished && ageS > stallAfterS;
+  const text = ageS < 1 ? "updated just now" : `updated ${formatEta(Math.floor(ageS))} ago`;
+  view.updated.textContent = stalled ? `Stalled: no report for ${formatEta(stallAfterS)}, ${text}` : text;
+  view.updated.title = new Date(view.updatedAt).toLocaleString();
+  view.root.dataset.stalled = String(stalled);
+  view.stalledBadge.hidden = !stalled;
+}
+
+setInterval(() => {
+  for (const view of jobViews.values()) renderJobAge(view);
+}, 1000);
 
 function statusTone(status) {
   if (status === "Completed" || status === "complete" || status === "success") return "ok";
@@ -208,6 +268,7 @@ function updateJobView(view, job) {
   view.status.textContent = job.status ?? "unknown";
   view.status.dataset.tone = statusTone(job.status);
   view.status.dataset.testid = `status-${id}`;
+  view.bar.setAttribute("aria-label", `Progress of ${job.title || id}`);
   const done = job.status === "Completed";
   const pct = percent(job.progressPercentage ?? (done ? 100 : 0));
   setBar(view.bar, pct);
@@ -225,6 +286,11 @@ function updateJobView(view, job) {
     const retry = job.isRetryable ? ` (retryable${job.retryCount ? `, ${num(job.retryCount)} retries` : ""})` : "";
     view.error.textContent = `${job.errorType ?? "error"}: ${job.errorMessage ?? "no message"}${retry}`;
   }
+  view.updatedAt = num(job.updatedAt ?? job.createdAt);
+  view.finished = FINISHED.has(job.status);
+  view.updated.dataset.testid = `updated-${id}`;
+  view.stalledBadge.dataset.testid = `stalled-${id}`;
+  renderJobAge(view);
 }
 
 client.subscribe("videos:listByStatus", {}, (jobs) => {
@@ -261,7 +327,8 @@ function renderProgress(progress) {
     return;
   }
   const p = progress;
-  $("project-summary").textContent = `${num(p.totalScenes) ?? 0} scenes · ${num(p.totalShots) ?? 0} shots`;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  $("project-summary").textContent = `${plural(num(p.totalScenes) ?? 0, "scene")} · ${plural(num(p.totalShots) ?? 0, "shot")}`;
   setMeter("selection", p.selectionProgress, p.shotsWithSelections, p.totalShots, p.isSelectionComplete);
   setMeter("animation", p.animationProgress, p.shotsWithAnimations, p.totalShots, p.isAnimationComplete);
 }
@@ -269,31 +336,56 @@ function renderProgress(progress) {
 function createStoryboardView() {
   const root = fromTemplate(`
     <li class="shot">
-      <div><strong class="where"></strong><div class="muted image"></div></div>
-      <div class="shot-side"><a class="video" target="_blank" rel="noopener" hidden>video</a>
+      <div class="shot-text"><strong class="where"></strong> <span class="muted scene-title"></span>
+        <div class="description"></div><div class="muted image"></div></div>
+      <div class="shot-side"><a class="image-link" target="_blank" rel="noopener" hidden>image</a>
+        <a class="video" target="_blank" rel="noopener" hidden>video</a>
         <span class="badge anim"></span></div>
     </li>`);
   const q = (selector) => root.querySelector(selector);
-  return { root, where: q(".where"), image: q(".image"), video: q(".video"), anim: q(".anim") };
+  return { root, where: q(".where"), sceneTitle: q(".scene-title"), description: q(".description"),
+    image: q(".image"), imageLink: q(".image-link"), video: q(".video"), anim: q(".anim") };
 }
 
-function updateStoryboardView(view, s) {
-  view.root.dataset.testid = `storyboard-${s._id}`;
-  view.where.textContent = `Scene ${s.sceneId ?? "?"} · Shot ${s.shotId ?? "?"}`;
-  view.image.textContent = s.selectedImageId ? `image ${s.selectedImageId}` : "no image selected";
-  view.anim.textContent = s.animationStatus ?? "pending";
-  view.anim.dataset.tone = statusTone(s.animationStatus ?? "pending");
-  const href = s.animatedVideoUrl ? safeHref(s.animatedVideoUrl) : null;
+/** Numbers as people write them: 2, not 2.0 (they arrive as floats). */
+const count = (value) => (num(value) === null ? "?" : String(num(value)));
+
+/** One row per shot (projectRedesign:getStoryboard): numbers, never ids, because ids mean nothing to a reader. */
+function updateStoryboardView(view, row) {
+  const where = `Scene ${count(row.sceneNumber)} · Shot ${count(row.shotNumber)}`;
+  view.root.dataset.testid = `shot-${count(row.sceneNumber)}-${count(row.shotNumber)}`;
+  view.where.textContent = where;
+  view.sceneTitle.textContent = row.sceneTitle ? `· ${row.sceneTitle}` : "";
+  view.description.textContent = row.description ?? "";
+  const image = row.selectedImage;
+  view.image.textContent = image
+    ? `selected: iteration ${count(image.iterationNumber)}, variant ${count(image.variantNumber)}`
+    : "no image selected";
+  const imageHref = image?.imageUrl ? safeHref(image.imageUrl) : null;
+  view.imageLink.hidden = !imageHref;
+  if (imageHref) {
+    view.imageLink.href = imageHref;
+    view.imageLink.setAttribute("aria-label", `Selected image of ${where}`);
+  }
+  const selection = row.selection;
+  const status = selection ? selection.animationStatus ?? "pending" : "not selected";
+  view.anim.textContent = status;
+  view.anim.dataset.tone = selection ? statusTone(status) : "idle";
+  view.anim.title = selection ? "animation status" : "no storyboard selection for this shot yet";
+  const href = selection?.animatedVideoUrl ? safeHref(selection.animatedVideoUrl) : null;
   view.video.hidden = !href;
-  if (href) view.video.href = href;
+  if (href) {
+    view.video.href = href;
+    view.video.setAttribute("aria-label", `Animated video of ${where}`);
+  }
 }
 
-function renderStoryboard(selections) {
+function renderStoryboard(rows) {
   hideError($("storyboard-error"));
-  const list = Array.isArray(selections) ? selections : [];
+  const list = Array.isArray(rows) ? rows : [];
   $("storyboard-empty").hidden = list.length > 0;
-  $("storyboard-empty").textContent = "No storyboard selections yet.";
-  reconcile($("storyboard-list"), storyboardViews, list, (s, i) => s._id ?? i,
+  $("storyboard-empty").textContent = "No shots in this project yet.";
+  reconcile($("storyboard-list"), storyboardViews, list, (row, i) => row.shotId ?? i,
     createStoryboardView, updateStoryboardView);
 }
 
@@ -320,7 +412,7 @@ function watchProject() {
   projectWatch = [
     client.subscribe("projectRedesign:getProjectProgress", { projectId }, renderProgress,
       (error) => showError($("project-error"), error)),
-    client.subscribe("projectRedesign:getStoryboardSelections", { projectId }, renderStoryboard,
+    client.subscribe("projectRedesign:getStoryboard", { projectId }, renderStoryboard,
       (error) => { $("storyboard-empty").hidden = true; showError($("storyboard-error"), error); }),
   ];
 }

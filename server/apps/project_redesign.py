@@ -546,6 +546,55 @@ async def get_storyboard_selections(ctx: Any, project_id: Id("videoProjects")) -
 
 
 @query
+async def get_storyboard(ctx: Any, project_id: Id("videoProjects")) -> list[dict[str, Any]]:
+    """Every shot of the project in scene then shot order, each with its scene's number and title and its
+    storyboard selection (or None): what a storyboard view shows, where ids alone mean nothing to a reader.
+
+    Not in the seed: one subscription here replaces getProjectScenes + getSceneShots per scene +
+    getStoryboardSelections, so the rows can never show a shot whose scene has not arrived yet."""
+    token = await token_of(ctx, "read a project")
+    if await owned_project(ctx, project_id, token) is None:
+        return []
+
+    def by_project(q: Any) -> Any:
+        return q.eq("projectId", project_id)
+
+    scenes = await ctx.db.query("projectScenes").with_index("by_project", by_project).collect()
+    shots = await ctx.db.query("sceneShots").with_index("by_project", by_project).collect()
+    selections = await ctx.db.query("storyboardSelections").with_index("by_project", by_project).collect()
+    scene_of = {scene["_id"]: scene for scene in scenes}
+    selection_for = {s["shotId"]: s for s in selections}
+    rows = []
+    for shot in shots:
+        scene = scene_of.get(shot["sceneId"])
+        if scene is None:
+            continue  # a cascade keeps this from happening; a row without its scene has nothing to show
+        selection = selection_for.get(shot["_id"])
+        image = await ctx.db.get(selection["selectedImageId"]) if selection else None
+        rows.append(
+            {
+                "sceneId": scene["_id"],
+                "sceneNumber": scene["sceneNumber"],
+                "sceneTitle": scene["title"],
+                "shotId": shot["_id"],
+                "shotNumber": shot["shotNumber"],
+                "description": shot["description"],
+                "selection": selection,
+                "selectedImage": None
+                if image is None
+                else {
+                    "_id": image["_id"],
+                    "iterationNumber": image["iterationNumber"],
+                    "variantNumber": image["variantNumber"],
+                    "imageUrl": image["imageUrl"],
+                },
+            }
+        )
+    rows.sort(key=lambda r: (r["sceneNumber"], r["shotNumber"]))
+    return rows
+
+
+@query
 async def get_scene_storyboard_complete(ctx: Any, scene_id: Id("projectScenes")) -> bool | None:
     """True when the scene has shots and every one has a storyboard selection; None for an unknown scene."""
     token = await token_of(ctx, "read a project")

@@ -460,6 +460,7 @@ async def test_only_the_owner_reads_or_writes_a_project(ripple: RippleServer) ->
         "getLatestIterationNumber": ({"shotId": shot}, -1),
         "getGroupedShotImages": ({"shotId": shot}, []),
         "getStoryboardSelections": ({"projectId": p.id}, []),
+        "getStoryboard": ({"projectId": p.id}, []),
         "getSceneStoryboardComplete": ({"sceneId": scene}, None),
         "getProjectProgress": ({"projectId": p.id}, None),
     }
@@ -588,3 +589,29 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
     with pytest.raises(ConvexError, match="not found"):
         await p.call("deleteRedesignProject", {"projectId": p.id})
     assert (await keep.progress())["isSelectionComplete"] is True
+
+
+async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple: RippleServer) -> None:
+    p = await Project(ripple, "alice").create()
+    s2, (s2_shot1,) = await p.scene(2, 1)  # made first, listed second
+    s1, (s1_shot1, s1_shot2) = await p.scene(1, 2)
+    images = await p.images(s1, s1_shot2, 0, n=3)
+    selection = await p.call(
+        "selectMasterShot", {"projectId": p.id, "sceneId": s1, "shotId": s1_shot2, "selectedImageId": images[2]}
+    )
+    rows = await p.call("getStoryboard", {"projectId": p.id})
+    assert [(r["sceneNumber"], r["shotNumber"], r["shotId"]) for r in rows] == [
+        (1, 1, s1_shot1),
+        (1, 2, s1_shot2),
+        (2, 1, s2_shot1),
+    ]
+    assert rows[0]["sceneTitle"] == "Scene 1" and rows[0]["description"] == "shot 1"
+    assert rows[0]["selection"] is None and rows[0]["selectedImage"] is None
+    assert rows[1]["selection"]["_id"] == selection
+    assert rows[1]["selectedImage"] == {
+        "_id": images[2],
+        "iterationNumber": 0,
+        "variantNumber": 2,
+        "imageUrl": "https://img/2.png",
+    }
+    assert rows[2]["sceneId"] == s2
