@@ -175,3 +175,64 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _try_it_lines() -> list[str]:
+    """The README's "Try it" block, line by line."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- try-it", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+class _Shell:
+    """One README line in bash, in a fresh directory, with `ripple` being this checkout's CLI."""
+
+    def __init__(self, line: str, cwd: Path, env: dict[str, str]) -> None:
+        prelude = f'ripple() {{ exec "{sys.executable}" -m server "$@"; }}\n'
+        self.proc = subprocess.Popen(
+            ["bash", "-c", prelude + line],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        threading.Thread(target=lambda: self.lines.extend(iter(stdout.readline, "")), daemon=True).start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output:
+            assert self.proc.poll() is None and time.monotonic() < deadline, f"no {text!r} in:\n{self.output}"
+            time.sleep(0.05)
+
+    def finish(self, timeout_s: float = 30) -> str:
+        assert self.proc.wait(timeout_s) == 0, self.output
+        time.sleep(0.1)  # the reader thread's last lines
+        return self.output
+
+
+def test_the_readme_try_it_works_as_written(tmp_path: Path) -> None:
+    env = _env(tmp_path / "unused", RIPPLE_PORT=str(_closed_port()), RIPPLE_WATCH_MAX_UPDATES="2")
+    env = {k: v for k, v in env.items() if k not in ("RIPPLE_DATA_DIR", "RIPPLE_MODULES")}  # as a user has it
+    env["PYTHONPATH"] = str(ROOT)
+    setup, serve_line, create, watch_line, report = _try_it_lines()
+    _Shell(setup, tmp_path, env).finish()
+    serve = _Shell(serve_line, tmp_path, env)
+    try:
+        serve.wait_for("ripple ready")
+        assert "development auth" in serve.output
+        _Shell(create, tmp_path, env).finish()
+        watch = _Shell(watch_line, tmp_path, env)
+        watch.wait_for("Demo")
+        _Shell(report, tmp_path, env).finish()
+        assert "40%" in watch.finish().split("update 2", 1)[1]  # the worker's report redrew the watch
+    finally:
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.proc.wait(30)
