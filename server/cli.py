@@ -46,7 +46,6 @@ def _bind(host: str, port: int) -> socket.socket:
     except BaseException:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
 
 
@@ -257,16 +256,19 @@ class _HelpFormatter(argparse.HelpFormatter):
 def _load_settings() -> Settings:
     from pydantic import ValidationError
 
-    from server.config import get_settings
+    from server.config import Settings, get_settings
 
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"RIPPLE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors()
-        )
-        raise SystemExit(f"ripple: a setting is invalid (environment or .env): {problems}") from None
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            info = Settings.model_fields.get(name)
+            alias = info.validation_alias if info is not None else None
+            variable = alias if isinstance(alias, str) else f"RIPPLE_{name.upper()}"
+            problems.append(f"{variable}: {error['msg']}" if name else str(error["msg"]))
+        raise SystemExit(f"ripple: a setting is invalid (environment or .env): {'; '.join(problems)}") from None
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:

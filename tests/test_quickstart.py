@@ -152,6 +152,12 @@ def test_production_refuses_to_start_without_real_auth(tmp_path: Path) -> None:
     assert token.returncode == 2 and "RIPPLE_JWT_SECRET" in token.stderr
 
 
+def test_an_invalid_setting_names_its_variable(tmp_path: Path) -> None:
+    refused = _ripple("serve", env=_env(tmp_path, RIPPLE_ENV="prod"))
+    assert refused.returncode == 1 and "RIPPLE_ENV" in refused.stderr and "production" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_token_before_any_serve_says_what_to_do(tmp_path: Path) -> None:
     token = _ripple("token", "--sub", "alice", env=_env(tmp_path))
     assert token.returncode == 2 and not token.stdout
