@@ -73,14 +73,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import GracefulServer, create_app, load_modules
     from server.database.embedded import EmbeddedPostgres
-    from server.dev_auth import ProductionAuthError, dev_secret_path, ensure_dev_secret, plan_auth
+    from server.dev_auth import AuthSetupError, dev_secret_path, ensure_dev_secret, plan_auth
 
     settings = args.settings
     settings.host, settings.port = args.host, args.port
     production = args.production or settings.env == "production"
     try:
         plan = plan_auth(settings, production)
-    except ProductionAuthError as exc:
+    except AuthSetupError as exc:
         print(f"ripple serve: refusing to start: {exc}", file=sys.stderr)
         return 2
     bound = _bind_or_explain(settings.host, settings.port)
@@ -92,7 +92,12 @@ def _serve(args: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(f"ripple: warning: {warning}", flush=True)
     if plan.mode == "development":
-        settings.jwt_secret = ensure_dev_secret(settings)
+        try:
+            settings.jwt_secret = ensure_dev_secret(settings)
+        except (AuthSetupError, OSError) as exc:
+            sock.close()
+            print(f"ripple serve: cannot set up development auth: {exc}", file=sys.stderr)
+            return 2
         print(
             "ripple: development auth: tokens from `ripple token` are accepted (secret in "
             f"{dev_secret_path(settings)}); set RIPPLE_JWT_SECRET or RIPPLE_JWKS for production",
@@ -144,7 +149,7 @@ def _listen_url(settings: Settings) -> str:
 
 def _token(args: argparse.Namespace) -> int:
     from server.auth import make_dev_token
-    from server.dev_auth import ProductionAuthError, dev_secret_path, read_dev_secret
+    from server.dev_auth import AuthSetupError, dev_secret_path, read_dev_secret
 
     settings = args.settings
     secret = settings.jwt_secret
@@ -165,7 +170,7 @@ def _token(args: argparse.Namespace) -> int:
             return 2
         try:
             secret = read_dev_secret(settings)
-        except ProductionAuthError as exc:
+        except AuthSetupError as exc:
             print(f"ripple token: {exc}", file=sys.stderr)
             return 2
         if secret is None:

@@ -16,15 +16,16 @@ from typing import Literal
 
 from server.config import Settings
 
-__all__ = ["AuthPlan", "ProductionAuthError", "dev_secret_path", "ensure_dev_secret", "plan_auth", "read_dev_secret"]
+__all__ = ["AuthPlan", "AuthSetupError", "dev_secret_path", "ensure_dev_secret", "plan_auth", "read_dev_secret"]
 
 DEV_SECRET_FILE = "dev-jwt-secret"
 # HS256 keys shorter than the hash are brute-forceable offline from any one token (RFC 7518 §3.2).
 MIN_PRODUCTION_SECRET_BYTES = 32
 
 
-class ProductionAuthError(Exception):
-    """Production mode was asked for without what production needs; the message says what to set."""
+class AuthSetupError(Exception):
+    """Auth cannot be set up as asked (production without real auth, an unusable development secret file); the
+    message says what to set or do."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,13 @@ def plan_auth(settings: Settings, production: bool) -> AuthPlan:
     """Decide (without I/O) how the server will verify tokens; raise when production lacks real auth."""
     if production:
         if not (settings.jwt_secret or settings.jwks):
-            raise ProductionAuthError(
+            raise AuthSetupError(
                 "production mode (RIPPLE_ENV=production or --production) needs real auth and never uses the "
                 "development secret: set RIPPLE_JWKS to your identity provider's JWKS URL (RS256/ES256), or "
                 f"RIPPLE_JWT_SECRET to an HS256 secret of at least {MIN_PRODUCTION_SECRET_BYTES} random bytes"
             )
         if settings.jwt_secret and len(settings.jwt_secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
-            raise ProductionAuthError(
+            raise AuthSetupError(
                 f"RIPPLE_JWT_SECRET is {len(settings.jwt_secret.encode())} bytes; production mode needs at least "
                 f"{MIN_PRODUCTION_SECRET_BYTES} random bytes (e.g. python -c 'import secrets; "
                 "print(secrets.token_urlsafe(48))')"
@@ -72,7 +73,7 @@ def read_dev_secret(settings: Settings) -> str | None:
     except FileNotFoundError:
         return None
     if not secret:
-        raise ProductionAuthError(f"{path} is empty: delete it and start `ripple serve` again to make a new one")
+        raise AuthSetupError(f"{path} is empty: delete it and start `ripple serve` again to make a new one")
     return secret
 
 
@@ -90,7 +91,7 @@ def ensure_dev_secret(settings: Settings) -> str:
     except FileExistsError:  # another server made it in between: use theirs
         theirs = read_dev_secret(settings)
         if theirs is None:
-            raise ProductionAuthError(f"{path} vanished while being read: start `ripple serve` again") from None
+            raise AuthSetupError(f"{path} vanished while being read: start `ripple serve` again") from None
         return theirs
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
