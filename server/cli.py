@@ -4,13 +4,17 @@ benchmark."""
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import json
-import os
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.config import Settings
 
 __all__ = ["main"]
 
@@ -29,36 +33,94 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """Listen before anything starts, so a busy port fails at once, before the database, the lifespan and its
+    "ready" line; uvicorn then serves on this socket. SO_REUSEADDR (as uvicorn sets it) lets a restart reuse a
+    port in TIME_WAIT, but never one another process listens on."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_or_explain(host: str, port: int) -> socket.socket | str:
+    try:
+        return _bind(host, port)
+    except socket.gaierror as exc:
+        return f"cannot listen on host {host!r}: {exc.strerror}; set RIPPLE_HOST or --host"
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"port {port} is in use: another process (maybe another `ripple serve`) listens on {host}:{port}; "
+                "stop it, or set RIPPLE_PORT or --port"
+            )
+        if exc.errno == errno.EACCES:
+            return (
+                f"cannot listen on port {port}: permission denied (ports below 1024 need root); "
+                "set RIPPLE_PORT or --port"
+            )
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}; set RIPPLE_HOST/RIPPLE_PORT or --host/--port"
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import GracefulServer, create_app, load_modules
-    from server.config import get_settings
     from server.database.embedded import EmbeddedPostgres
+    from server.dev_auth import AuthSetupError, dev_secret_path, ensure_dev_secret, plan_auth
 
-    settings = get_settings()
-    if args.port is not None:
-        settings.port = args.port
-    if args.host is not None:
-        settings.host = args.host
+    settings = args.settings
+    settings.host, settings.port = args.host, args.port
+    production = args.production or settings.env == "production"
+    try:
+        plan = plan_auth(settings, production)
+    except AuthSetupError as exc:
+        print(f"ripple serve: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    bound = _bind_or_explain(settings.host, settings.port)
+    if isinstance(bound, str):
+        print(f"ripple serve: {bound}", file=sys.stderr)
+        return 1
+    sock = bound
+    settings.port = int(sock.getsockname()[1])  # the port chosen, when asked for port 0
+    for warning in plan.warnings:
+        print(f"ripple: warning: {warning}", flush=True)
+    if plan.mode == "development":
+        try:
+            settings.jwt_secret = ensure_dev_secret(settings)
+        except (AuthSetupError, OSError) as exc:
+            sock.close()
+            print(f"ripple serve: cannot set up development auth: {exc}", file=sys.stderr)
+            return 2
+        print(
+            "ripple: development auth: tokens from `ripple token` are accepted (secret in "
+            f"{dev_secret_path(settings)}); set RIPPLE_JWT_SECRET or RIPPLE_JWKS for production",
+            flush=True,
+        )
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url
-    if not dsn:
-        data_dir = Path(settings.data_dir).resolve()
-        embedded = EmbeddedPostgres()
-        dsn = embedded.start(data_dir / "pgdata")
-        print(f"ripple: embedded PostgreSQL, data in {data_dir / 'pgdata'}", flush=True)
-        print(f"ripple: connect with: psql '{dsn}'", flush=True)
-    else:
-        print("ripple: using DATABASE_URL", flush=True)
-    print(f"ripple: serving on http://{settings.host}:{settings.port}", flush=True)
-    app = create_app(settings, dsn)
-    load_modules(settings.modules)
-    _tune_gc(settings.gc_gen0_threshold)
-    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turned into KeyboardInterrupt here, that
-    # re-raise unwinds to the `finally` below, so the embedded PostgreSQL is stopped too.
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if not dsn:
+            data_dir = Path(settings.data_dir).resolve()
+            embedded = EmbeddedPostgres()
+            dsn = embedded.start(data_dir / "pgdata")
+            print(f"ripple: embedded PostgreSQL, data in {data_dir / 'pgdata'}", flush=True)
+            print(f"ripple: connect with: psql '{dsn}'", flush=True)
+        else:
+            print("ripple: using DATABASE_URL", flush=True)
+        print(f"ripple: serving on {_listen_url(settings)}", flush=True)
+        app = create_app(settings, dsn)
+        load_modules(settings.modules)
+        _tune_gc(settings.gc_gen0_threshold)
+        # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turned into KeyboardInterrupt here, that
+        # re-raise unwinds to the `finally` below, so the embedded PostgreSQL is stopped too.
+        signal.signal(signal.SIGTERM, _interrupt)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -70,26 +132,58 @@ def _serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=settings.ws_ping_timeout_s,
             timeout_graceful_shutdown=5,
         )
-        GracefulServer(config).run()
+        GracefulServer(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
+        sock.close()
         if embedded is not None:
             embedded.stop()
     return 0
 
 
+def _listen_url(settings: Settings) -> str:
+    """Where this server listens, whatever RIPPLE_URL (the CLI's target) says."""
+    return settings.model_copy(update={"url": None}).client_url()
+
+
 def _token(args: argparse.Namespace) -> int:
     from server.auth import make_dev_token
-    from server.config import get_settings
+    from server.dev_auth import AuthSetupError, dev_secret_path, read_dev_secret
 
-    settings = get_settings()
-    if not settings.jwt_secret:
-        print("ripple token: set RIPPLE_JWT_SECRET (the HS256 secret the server verifies with)", file=sys.stderr)
-        return 2
+    settings = args.settings
+    secret = settings.jwt_secret
+    if not secret:
+        if settings.jwks:
+            print(
+                "ripple token: this server verifies tokens with RIPPLE_JWKS (your identity provider signs them); "
+                "get a token there, or also set RIPPLE_JWT_SECRET to accept tokens signed with it",
+                file=sys.stderr,
+            )
+            return 2
+        if settings.env == "production":
+            print(
+                "ripple token: RIPPLE_ENV=production never uses the development secret; set RIPPLE_JWT_SECRET to "
+                "the server's HS256 secret",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            secret = read_dev_secret(settings)
+        except AuthSetupError as exc:
+            print(f"ripple token: {exc}", file=sys.stderr)
+            return 2
+        if secret is None:
+            print(
+                f"ripple token: no development secret at {dev_secret_path(settings)} yet: start `ripple serve` once "
+                "with the same settings (same directory or RIPPLE_DATA_DIR; it makes the secret), or set "
+                "RIPPLE_JWT_SECRET to the server's secret",
+                file=sys.stderr,
+            )
+            return 2
     print(
         make_dev_token(
-            settings.jwt_secret,
+            secret,
             args.sub,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
@@ -111,16 +205,29 @@ def _parse_args_json(text: str) -> dict[str, Any]:
     return value
 
 
+def _admin_key(args: argparse.Namespace) -> str | None:
+    """--admin-key, else RIPPLE_ADMIN_KEY unless --token says to call as a user: a flag overrides the
+    environment, so a worker's shell with the admin key set can still try a call as alice."""
+    if args.admin_key and args.token:
+        raise SystemExit(f"ripple {args.command}: give --token (call as a user) or --admin-key, not both")
+    if args.admin_key or args.token:
+        return str(args.admin_key) if args.admin_key else None
+    admin_key: str | None = args.settings.admin_key
+    return admin_key
+
+
 def _run(args: argparse.Namespace) -> int:
     from server.watch import run_once
 
-    return run_once(args.url, args.function, _parse_args_json(args.args), token=args.token, admin_key=args.admin_key)
+    args_json = _parse_args_json(args.args)
+    return run_once(args.url, args.function, args_json, token=args.token, admin_key=_admin_key(args))
 
 
 def _watch(args: argparse.Namespace) -> int:
     from server.watch import watch
 
-    return watch(args.url, args.function, _parse_args_json(args.args), token=args.token)
+    args_json = _parse_args_json(args.args)
+    return watch(args.url, args.function, args_json, token=args.token, admin_key=_admin_key(args))
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -128,7 +235,7 @@ def _logs(args: argparse.Namespace) -> int:
 
     return tail(
         args.url,
-        args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY"),
+        args.admin_key or args.settings.admin_key,
         function=args.function,
         level=args.level,
         request_id=args.request,
@@ -137,25 +244,101 @@ def _logs(args: argparse.Namespace) -> int:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # the benchmark parses its own options (argparse would eat leading ones)
-        from bench.__main__ import main as bench_main
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, as it stands with this environment and `.env`: `ripple serve
+    --help` run where the server runs says which port it takes. Options without a value (unset) say in their own
+    words what happens then; secrets are never shown."""
 
-        return bench_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="ripple", description="Convex's reactive backend, on PostgreSQL.")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    from server.config import Settings, get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            info = Settings.model_fields.get(name)
+            alias = info.validation_alias if info is not None else None
+            variable = alias if isinstance(alias, str) else f"RIPPLE_{name.upper()}"
+            problems.append(f"{variable}: {error['msg']}" if name else str(error["msg"]))
+        raise SystemExit(f"ripple: a setting is invalid (environment or .env): {'; '.join(problems)}") from None
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    admin_key_state = "set" if settings.admin_key else "unset"
+    client_url = settings.client_url()
+
+    def command(name: str, helptext: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=helptext, description=description or helptext, formatter_class=_HelpFormatter)
+
+    def client_options(p: argparse.ArgumentParser, admin_help: str) -> None:
+        p.add_argument(
+            "--url",
+            default=client_url,
+            help="the server to call (default: %(default)s, from RIPPLE_URL, else http://RIPPLE_HOST:RIPPLE_PORT)",
+        )
+        p.add_argument(
+            "--admin-key",
+            help=f"{admin_help} (default: RIPPLE_ADMIN_KEY, now {admin_key_state})",
+        )
+
+    parser = argparse.ArgumentParser(
+        prog="ripple",
+        description="Convex's reactive backend, on PostgreSQL. Settings come from RIPPLE_* variables and .env; "
+        "every command reads the same ones, and flags override them.",
+        formatter_class=_HelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server (embedded PostgreSQL unless DATABASE_URL is set)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--log-level", default="info")
+    serve = command(
+        "serve",
+        "run the server (embedded PostgreSQL unless DATABASE_URL is set)",
+        "Run the server. Without DATABASE_URL it starts an embedded PostgreSQL in RIPPLE_DATA_DIR; without "
+        "RIPPLE_JWT_SECRET or RIPPLE_JWKS it accepts development tokens (`ripple token`), signed with a secret it "
+        "keeps in RIPPLE_DATA_DIR.",
+    )
+    serve.add_argument(
+        "--host", default=settings.host, help="interface to listen on (default: %(default)s, from RIPPLE_HOST)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=settings.port,
+        help="port to listen on; 0 picks a free one (default: %(default)s, from RIPPLE_PORT)",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
+    )
+    serve.add_argument(
+        "--production",
+        action="store_true",
+        default=settings.env == "production",
+        help="refuse to start without real auth (RIPPLE_JWT_SECRET or RIPPLE_JWKS); same as RIPPLE_ENV=production "
+        f"(now {settings.env})",
+    )
     serve.set_defaults(fn=_serve)
 
-    token = sub.add_parser("token", help="print a development JWT signed with RIPPLE_JWT_SECRET")
+    token = command(
+        "token",
+        "print a development JWT the server accepts",
+        "Print an HS256 JWT for a user, signed with RIPPLE_JWT_SECRET or, when that is unset, the development "
+        "secret `ripple serve` keeps in RIPPLE_DATA_DIR (outside production).",
+    )
     token.add_argument("--sub", required=True, help="the user's subject (id)")
-    token.add_argument("--name")
-    token.add_argument("--email")
+    token.add_argument("--name", help="the user's name claim (unset: none)")
+    token.add_argument("--email", help="the user's email claim (unset: none)")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
     token.set_defaults(fn=_token)
 
@@ -163,31 +346,42 @@ def main(argv: list[str] | None = None) -> int:
         ("run", _run, "call a function once and print its result"),
         ("watch", _watch, "subscribe to a query and redraw its result live"),
     ):
-        p = sub.add_parser(name, help=helptext)
+        p = command(name, helptext)
         p.add_argument("function", help='wire name, like "videos:getJobById"')
         p.add_argument("args", nargs="?", default="{}", help="arguments as a JSON object")
-        p.add_argument("--url", default="http://127.0.0.1:8000")
-        p.add_argument("--token", help="a JWT to call as a signed-in user")
-        if name == "run":
-            p.add_argument("--admin-key", help="call with the admin key (trusted workers)")
+        client_options(
+            p, "call with the admin key, as trusted workers do; RIPPLE_ADMIN_KEY is not used when --token is given"
+        )
+        p.add_argument("--token", help="a JWT to call as a signed-in user, e.g. from `ripple token` (unset: anonymous)")
         p.set_defaults(fn=fn)
 
-    logs = sub.add_parser("logs", help="follow the function log live (calls, printed and logged lines)")
-    logs.add_argument("--url", default="http://127.0.0.1:8000")
-    logs.add_argument("--admin-key", help="the server's admin key (default: RIPPLE_ADMIN_KEY)")
-    logs.add_argument("--function", help='only this function, like "videos:getJobById"')
-    logs.add_argument("--level", choices=["debug", "info", "warn", "error"], help="only this level and above")
-    logs.add_argument("--request", help="only this request id (as an error message names it)")
+    logs = command("logs", "follow the function log live (calls, printed and logged lines)")
+    client_options(logs, "the server's admin key, which the log stream needs")
+    logs.add_argument("--function", help='only this function, like "videos:getJobById" (unset: all)')
+    logs.add_argument(
+        "--level", choices=["debug", "info", "warn", "error"], help="only this level and above (unset: all)"
+    )
+    logs.add_argument("--request", help="only this request id, as an error message names it (unset: all)")
     logs.add_argument("--json", action="store_true", help="print each record as JSON")
-    logs.add_argument("--count", type=int, help="stop after this many records")
+    logs.add_argument("--count", type=int, help="stop after this many records (unset: follow until Ctrl-C)")
     logs.set_defaults(fn=_logs)
 
     sub.add_parser("bench", help="measure Ripple against floors measured in the same run (--quick, --help)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark parses its own options (argparse would eat leading ones)
+        from bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
+    settings = _load_settings()
+    args = _parser(settings).parse_args(argv)
+    args.settings = settings
     from server.logs import configure_logging
 
-    configure_logging(getattr(args, "log_level", "info"), os.environ.get("RIPPLE_LOG_FORMAT", "text"))
+    configure_logging(getattr(args, "log_level", "info"), settings.log_format)
     return int(args.fn(args))
 
 

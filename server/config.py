@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,8 +45,13 @@ class Settings(BaseSettings):
 
     # `RIPPLE_LOG_FORMAT=json` writes one JSON object per log line (read by the CLI before settings load).
     log_format: str = "text"
+    # `production` refuses to start without real auth (RIPPLE_JWT_SECRET or RIPPLE_JWKS); `development` (the
+    # default) signs with a secret generated into `data_dir`, so `ripple token` works on a fresh checkout.
+    env: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = 8000
+    # Where `ripple run/watch/logs` reach the server. Unset: this machine's server, http://RIPPLE_HOST:RIPPLE_PORT.
+    url: str | None = None
     # Browsers on these origins may call the HTTP API (JSON list, e.g. '["https://app.example.com"]'). Any origin by
     # default, as Convex's deployments allow: the official clients send tokens in headers, not cookies, so no
     # credentials are allowed unless `cors_allow_credentials`, which needs explicit origins.
@@ -111,6 +117,14 @@ class Settings(BaseSettings):
     anthropic_model: str = "claude-sonnet-4-5"
     anthropic_timeout_s: float = 120.0
     stream_patch_interval_s: float = 0.1
+
+    def client_url(self) -> str:
+        """The URL the CLI calls: RIPPLE_URL, else the one `ripple serve` with these settings listens on (a
+        wildcard host is reached through loopback)."""
+        if self.url:
+            return self.url
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     @model_validator(mode="after")
     def _credentials_need_origins(self) -> Settings:

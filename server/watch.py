@@ -90,7 +90,13 @@ def _fail(message: str, data: Any = None) -> int:
 
 
 def watch(
-    url: str, function: str, args: dict[str, Any], *, token: str | None = None, max_updates: int | None = None
+    url: str,
+    function: str,
+    args: dict[str, Any],
+    *,
+    token: str | None = None,
+    admin_key: str | None = None,
+    max_updates: int | None = None,
 ) -> int:
     """Subscribe to the query `function(args)` and redraw its result on every change until Ctrl-C (exit 0).
 
@@ -102,7 +108,8 @@ def watch(
         max_updates = int(os.environ.get(MAX_UPDATES_ENV) or 0)
     view = _View(function, Console())
     try:
-        return asyncio.run(_follow(_sync_url(url), function, args, token, view, max_updates))
+        credential = ("Admin", admin_key) if admin_key else ("User", token) if token else None
+        return asyncio.run(_follow(_sync_url(url), function, args, credential, view, max_updates))
     except KeyboardInterrupt:
         return 0
     finally:
@@ -119,7 +126,12 @@ def _sync_url(url: str) -> str:
 
 
 async def _follow(
-    ws_url: str, function: str, args: dict[str, Any], token: str | None, view: _View, max_updates: int
+    ws_url: str,
+    function: str,
+    args: dict[str, Any],
+    credential: tuple[str, str] | None,
+    view: _View,
+    max_updates: int,
 ) -> int:
     """Run sockets one after another until the watch ends; each new one re-sends the whole subscription."""
     updates, attempt, reason, backoff_s = 0, 0, "InitialConnect", BACKOFF_FIRST_S
@@ -127,7 +139,7 @@ async def _follow(
         try:
             async with connect(ws_url, additional_headers={"Convex-Client": CLIENT_NAME}, open_timeout=10) as ws:
                 view.set_status("connected")
-                for message in _hello(function, args, token, attempt, reason):
+                for message in _hello(function, args, credential, attempt, reason):
                     await ws.send(json.dumps(message))
                 version: dict[str, Any] = dict(_ZERO_VERSION)  # versions restart on every socket
                 async for raw in ws:
@@ -160,10 +172,15 @@ async def _follow(
         backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
 
-def _hello(function: str, args: dict[str, Any], token: str | None, attempt: int, reason: str) -> list[dict[str, Any]]:
-    """What a new socket sends first: Connect, Authenticate when signed in, then the whole query set (0 → 1)."""
+def _hello(
+    function: str, args: dict[str, Any], credential: tuple[str, str] | None, attempt: int, reason: str
+) -> list[dict[str, Any]]:
+    """What a new socket sends first: Connect, Authenticate when signed in (a user's token, or the admin key as
+    the official clients' `setAdminAuth` sends it), then the whole query set (0 → 1)."""
     session = {"sessionId": str(uuid.uuid4()), "connectionCount": attempt, "lastCloseReason": reason}
-    auth = [{"type": "Authenticate", "tokenType": "User", "value": token, "baseVersion": 0}] if token else []
+    auth = []
+    if credential is not None:
+        auth = [{"type": "Authenticate", "tokenType": credential[0], "value": credential[1], "baseVersion": 0}]
     add = {"type": "Add", "queryId": 0, "udfPath": function, "args": [args]}
     return [
         {"type": "Connect", **session, "clientTs": int(time.time() * 1000)},
