@@ -197,6 +197,8 @@ def _tree(specs: Iterable[FunctionSpec], tables: Iterable[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if isinstance(node, str):
                 raise CodegenError(f"{spec.path}: its module path collides with a function of the same name")
+        if export in node:
+            raise CodegenError(f"{spec.path}: its name collides with a module of the same name")
         node[export] = function_type(spec, tables)
     return tree
 

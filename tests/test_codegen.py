@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from server import Id
-from server.codegen import CodegenError, Doc, function_type
+from server.codegen import CodegenError, Doc, api_dts, function_type
+from server.database.catalog import Catalog
 from server.functions.registry import FunctionKind, FunctionSpec, Visibility
 from server.functions.validation import args_model
 from tests.clients.driver import npm_ci
@@ -81,6 +82,17 @@ def test_pagination_and_empty_arguments() -> None:
     )
 
 
+def test_module_paths_nest_and_internal_functions_stay_out_of_api() -> None:
+    text = api_dts([spec(no_args, "projectRedesign:getStoryboard"), spec(no_args, "admin/jobs:retry")], Catalog())
+    assert '  projectRedesign: {\n    getStoryboard: FunctionReference<"query", "public", {}, null>;' in text
+    assert '  admin: {\n    jobs: {\n      retry: FunctionReference<"query", "public", {}, null>;' in text
+    text = api_dts([spec(no_args, "jobs:retry", Visibility.INTERNAL)], Catalog())
+    assert "export declare const api: {\n};" in text
+    assert "export declare const internal: {\n  jobs: {\n    retry:" in text
+    with pytest.raises(CodegenError, match="a:b: its name collides with a module of the same name"):
+        api_dts([spec(no_args, "a:b"), spec(no_args, "a/b:c")], Catalog())
+
+
 async def unknown_table(ctx: Any, x: Id("nosuch")) -> None:  # type: ignore[valid-type]
     return None
 
@@ -131,6 +143,30 @@ async def test_generated_files_are_up_to_date(fresh_dsn: str, tmp_path: Path) ->
         )
     code, output = await run(sys.executable, "-m", "server.cli", "codegen", "--out", str(tmp_path), cwd=ROOT, env=env)
     assert code == 0 and "nothing changed" in output, output
+
+
+BAD_MODULE = """
+from server import query
+
+
+@query
+async def when(ctx, at: complex) -> None:
+    return None
+"""
+
+
+async def test_cli_names_the_function_it_cannot_translate(fresh_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "bad_codegen_module.py").write_text(BAD_MODULE)
+    env = {
+        "DATABASE_URL": fresh_dsn,
+        "RIPPLE_MODULES": '["bad_codegen_module"]',
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    out = tmp_path / "out"
+    code, output = await run(sys.executable, "-m", "server.cli", "codegen", "--out", str(out), cwd=ROOT, env=env)
+    assert code == 1, output
+    assert "ripple codegen: badCodegenModule:when: no TypeScript type for complex" in output, output
+    assert "Traceback" not in output and not out.exists(), output
 
 
 async def test_tsc_accepts_the_example() -> None:
