@@ -1,5 +1,5 @@
-"""`ripple`: serve, mint a development token, call a function, watch a query live, follow the function log, run the
-benchmark."""
+"""`ripple`: serve, mint a development token, call a function, watch a query live, follow the function log, generate
+typed client code, run the benchmark."""
 
 from __future__ import annotations
 
@@ -244,6 +244,29 @@ def _logs(args: argparse.Namespace) -> int:
     )
 
 
+def _codegen(args: argparse.Namespace) -> int:
+    from server.codegen import CodegenError, run
+    from server.database.embedded import EmbeddedPostgres
+
+    settings = args.settings
+    out = Path(args.out)
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database_url
+    try:
+        if not dsn:  # the tables come from PostgreSQL, as `serve` reads them: the same embedded server and data
+            embedded = EmbeddedPostgres()
+            dsn = embedded.start(Path(settings.data_dir).resolve() / "pgdata")
+        changed = run(dsn, Path(settings.schema_path), settings.modules, out)
+    except CodegenError as exc:
+        print(f"ripple codegen: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(f"ripple codegen: {', '.join(changed) if changed else 'nothing changed'} in {out}")
+    return 0
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default, as it stands with this environment and `.env`: `ripple serve
     --help` run where the server runs says which port it takes. Options without a value (unset) say in their own
@@ -365,6 +388,16 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     logs.add_argument("--json", action="store_true", help="print each record as JSON")
     logs.add_argument("--count", type=int, help="stop after this many records (unset: follow until Ctrl-C)")
     logs.set_defaults(fn=_logs)
+
+    codegen = command(
+        "codegen",
+        "write typed TypeScript client code (Convex's _generated/api.d.ts, api.js, dataModel.d.ts)",
+        "Write Convex's _generated/ files from the Python functions and schema.sql, so that `api.module.fn` is "
+        "typed for the npm client. Reads the tables from DATABASE_URL, else from the embedded PostgreSQL in "
+        "RIPPLE_DATA_DIR (applying schema.sql first, as `serve` does).",
+    )
+    codegen.add_argument("--out", default="convex/_generated", help="the folder to write the files into")
+    codegen.set_defaults(fn=_codegen)
 
     sub.add_parser("bench", help="measure Ripple against floors measured in the same run (--quick, --help)")
     return parser

@@ -1,9 +1,10 @@
 // A React page on the official hooks: useQuery keeps a job list live, usePaginatedQuery pages through the signed-in
 // user's workflows, useMutation creates one. Open it as index.html?url=<deployment>&token=<JWT, optional>.
-import { Component, StrictMode, useState } from "react";
+// `api` comes from `ripple codegen` (../convex/_generated): `tsc --noEmit` checks every call's arguments and result.
+import { Component, StrictMode, useState, type ReactNode } from "react";
 import { createRoot } from "react-dom/client";
 import { ConvexProvider, ConvexReactClient, useMutation, usePaginatedQuery, useQuery } from "convex/react";
-import { anyApi as api } from "convex/server";
+import { api } from "../convex/_generated/api";
 
 const params = new URLSearchParams(window.location.search);
 const deploymentUrl = params.get("url") ?? "http://127.0.0.1:8000";
@@ -11,7 +12,7 @@ const token = params.get("token");
 const client = new ConvexReactClient(deploymentUrl);
 if (token) client.setAuth(async () => token);
 
-function eta(seconds) {
+function eta(seconds: number | null | undefined): string {
   if (seconds == null) return "";
   return seconds >= 60 ? `${Math.floor(seconds / 60)}m ${Math.round(seconds % 60)}s` : `${Math.round(seconds)}s`;
 }
@@ -78,9 +79,9 @@ function Workflows() {
   );
 }
 
-class ErrorBoundary extends Component {
-  state = { error: null };
-  static getDerivedStateFromError(error) {
+class ErrorBoundary extends Component<{ children: ReactNode }, { error: Error | null }> {
+  state: { error: Error | null } = { error: null };
+  static getDerivedStateFromError(error: Error) {
     return { error };
   }
   render() {
@@ -104,7 +105,7 @@ function App() {
   );
 }
 
-createRoot(document.getElementById("root")).render(
+createRoot(document.getElementById("root")!).render(
   <StrictMode>
     <ConvexProvider client={client}>
       <App />
