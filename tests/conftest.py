@@ -1,20 +1,18 @@
 """Shared fixtures: one PostgreSQL server per test session, one brand-new database per test.
 
-* `pg_server` (session): admin DSN (to the `postgres` database) of the server every test uses: the server named
-  by `RIPPLE_TEST_DATABASE_URL` when set (e.g. Debian's PostgreSQL 15 in CI), otherwise an embedded pgserver
-  (PostgreSQL 16) in a fresh temporary directory, stopped and deleted at the end of the session.
+* `pg_server` (session): admin DSN (to the `postgres` database) of the server every test uses, the plugin's
+  `ripple_postgres` (server/pytest_plugin.py): the server named by `RIPPLE_TEST_DATABASE_URL` when set (e.g.
+  Debian's PostgreSQL 15 in CI), otherwise an embedded pgserver (PostgreSQL 16) in a fresh temporary directory,
+  stopped and deleted at the end of the session.
 * `fresh_dsn` (function): DSN of a new, empty database on that server; dropped after the test.
 * `schema_dsn` (function): like `fresh_dsn`, with `schema.sql` applied (one `conn.execute` of the whole file).
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import tempfile
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -24,26 +22,21 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
 
-from server.database.embedded import EmbeddedPostgres, create_database, drop_database  # noqa: E402
+from server.database.embedded import create_database, drop_database  # noqa: E402
 from tests.support.server import RippleServer, run_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = ROOT / "schema.sql"
 
 
+# The plugin app authors get (its entry point is registered under the module's name, so an installed Ripple and
+# this line load it once). Its session PostgreSQL is this suite's too.
+pytest_plugins = ["server.pytest_plugin"]
+
+
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    url = os.environ.get("RIPPLE_TEST_DATABASE_URL")
-    if url:
-        yield url
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="ripple-test-pg-"))
-    embedded = EmbeddedPostgres()
-    try:
-        yield embedded.start(tmp / "pgdata")
-    finally:
-        embedded.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+def pg_server(ripple_postgres: str) -> str:
+    return ripple_postgres
 
 
 @pytest.fixture

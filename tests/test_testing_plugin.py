@@ -1,0 +1,202 @@
+"""The app authors' test helpers (server/testing.py, server/pytest_plugin.py): clients as users, admin and
+anonymous; subscriptions over the real sync protocol; and the plugin loaded by its entry point in a project of
+its own, outside this repository."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from server import ConvexError
+from server.errors import AuthRequired, RippleError
+from server.testing import QueryFailed, RippleApp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def test_subscription_follows_changes_in_order(ripple_app: RippleApp) -> None:
+    alice, admin = ripple_app.as_user("alice"), ripple_app.as_admin()
+    sub = await alice.subscribe("videos:listByStatus", {"status": "Queued"})
+    assert await sub.next() == [] and sub.value == []
+    with pytest.raises(TimeoutError, match=r"videos:listByStatus sent no a new result within 0\.2 s"):
+        await sub.next(timeout_s=0.2)
+
+    vid = await alice.mutation("videos:create", {"twitchId": "v1", "title": "One"})
+    assert [v["_id"] for v in await sub.next()] == [vid]
+    # A change its query does not read sends it nothing; one it reads does.
+    await admin.mutation("videos:updateJobProgress", {"twitchId": "v1", "jobId": "j", "status": "Analyzing"})
+    assert await sub.next() == []
+
+    watched = await alice.subscribe("videos:getByTwitchId", {"twitchId": "v1"})
+    for pct in (10, 20, 30):
+        await admin.mutation("videos:updateJobProgress", {"twitchId": "v1", "jobId": "j", "progressPercentage": pct})
+    video = await watched.wait_until(lambda v: v["progressPercentage"] == 30)
+    assert video["status"] == "Analyzing" and watched.value["progressPercentage"] == 30
+
+    await watched.unsubscribe()
+    await admin.mutation("videos:updateJobProgress", {"twitchId": "v1", "jobId": "j", "progressPercentage": 40})
+    with pytest.raises(TimeoutError):
+        await watched.next(timeout_s=0.3)
+    await alice.close()
+    with pytest.raises(ConnectionError, match="closed by the test"):
+        await sub.next(timeout_s=1)
+
+
+async def test_identity_reaches_functions_over_both_paths(ripple_app: RippleApp) -> None:
+    alice, bob, anon = ripple_app.as_user("alice"), ripple_app.as_user("bob"), ripple_app.anonymous()
+    wf = await alice.mutation("workflows:createWorkflow", {"task": "t"})
+    assert (await alice.query("workflows:getWorkflow", {"workflowId": wf}))["userId"] == "https://ripple.test|alice"
+    assert await bob.query("workflows:getWorkflow", {"workflowId": wf}) is None
+
+    mine = await alice.subscribe("workflows:getWorkflow", {"workflowId": wf})
+    theirs = await bob.subscribe("workflows:getWorkflow", {"workflowId": wf})
+    nobody = await anon.subscribe("workflows:getWorkflow", {"workflowId": wf})
+    assert (await mine.next())["task"] == "t" and await theirs.next() is None
+    with pytest.raises(QueryFailed, match="workflows:getWorkflow failed: .*signed in") as failed:
+        await nobody.next()
+    assert failed.value.data is None
+    await alice.mutation("workflows:updateWorkflowStatus", {"workflowId": wf, "status": "completed"})
+    assert (await mine.next())["status"] == "completed"
+
+    # The server's own errors, typed; a ConvexError keeps its data.
+    with pytest.raises(AuthRequired):
+        await anon.mutation("workflows:createWorkflow", {"task": "t"})
+    with pytest.raises(ConvexError) as exc:
+        await bob.mutation("workflows:updateWorkflowStatus", {"workflowId": wf, "status": "failed"})
+    assert exc.value.data["code"] == "NOT_FOUND"
+    with pytest.raises(RippleError, match="workflows:createWorkflow is a mutation, not a query"):
+        await alice.query("workflows:createWorkflow", {"task": "t"})
+
+    # The HTTP API with the same credentials; the admin over the sync socket.
+    body = (await alice.http("query", "workflows:getWorkflow", {"workflowId": wf})).json()
+    assert body["status"] == "success" and body["value"]["status"] == "completed"
+    assert (await anon.http("query", "workflows:getWorkflow", {"workflowId": wf})).json()["status"] == "error"
+    await alice.mutation("videos:create", {"twitchId": "v", "title": "V"})
+    progress = await ripple_app.as_admin().subscribe("videos:getByTwitchId", {"twitchId": "v"})
+    assert (await progress.next())["status"] == "Queued"
+
+
+async def test_each_test_has_a_database_of_its_own(ripple_app: RippleApp) -> None:
+    conn = await asyncpg.connect(ripple_app.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM videos") == 0
+    finally:
+        await conn.close()
+    await ripple_app.as_user("alice").mutation("videos:create", {"twitchId": "only-here", "title": "t"})
+
+
+async def test_calls_run_concurrently(ripple_app: RippleApp) -> None:
+    alice = ripple_app.as_user("alice")
+    ids = await asyncio.gather(
+        *(alice.mutation("videos:create", {"twitchId": f"c{i}", "title": "t"}) for i in range(8))
+    )
+    assert len(set(ids)) == 8
+
+
+@pytest.mark.parametrize("ripple_settings", [{"max_documents_read": 2}])
+async def test_settings_fixture_overrides_the_server(ripple_app: RippleApp) -> None:
+    alice = ripple_app.as_user("alice")
+    for i in range(3):
+        await alice.mutation("videos:create", {"twitchId": f"s{i}", "title": "t"})
+    with pytest.raises(RippleError, match="read"):
+        await alice.query("videos:listByStatus", {})
+
+
+# A project of its own: one app module, its schema (a copy of Ripple's schema.sql, whose system part every schema
+# carries, and one table of its own), its pytest configuration; nothing of this repository's tests.
+_APP = """
+from server import mutation, query
+
+
+@mutation(name="notes:add")
+async def add(ctx, text: str) -> str:
+    identity = await ctx.auth.require_user("add a note")
+    return await ctx.db.insert("notes", {"text": text, "author": identity["subject"]})
+
+
+@query(name="notes:list")
+async def list_notes(ctx) -> list:
+    return await ctx.db.query("notes").order("asc").collect()
+"""
+
+_TABLE = """
+CREATE TABLE IF NOT EXISTS notes (
+    _id            text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('notes'),
+    _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(),
+    text           text COLLATE "C" NOT NULL,
+    author         text COLLATE "C" NOT NULL
+);
+CREATE INDEX IF NOT EXISTS "notes__by_author" ON notes (author NULLS FIRST, _creation_time, _id);
+SELECT _ripple_on_start();
+"""
+
+_TESTS = """
+import pytest
+
+from server.errors import AuthRequired
+
+
+@pytest.mark.asyncio
+async def test_notes_live(ripple_app):
+    alice = ripple_app.as_user("alice")
+    notes = await alice.subscribe("notes:list")
+    assert await notes.next() == []
+    await alice.mutation("notes:add", {"text": "hello"})
+    assert [(n["text"], n["author"]) for n in await notes.next()] == [("hello", "alice")]
+    with pytest.raises(AuthRequired):
+        await ripple_app.anonymous().mutation("notes:add", {"text": "nope"})
+
+
+@pytest.mark.asyncio
+async def test_fresh_database(ripple_app):
+    assert await ripple_app.anonymous().query("notes:list") == []
+"""
+
+
+def _entry_point_dist(site: Path) -> None:
+    """A distribution on the path whose only content is this repository's `pytest11` entry point, as pip would
+    record it: pytest then loads the plugin as it would for a project that pip-installed Ripple."""
+    entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"]
+    dist = site / "ripple_plugin_probe-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ripple-plugin-probe\nVersion: 0\n")
+    lines = "".join(f"{name} = {value}\n" for name, value in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[pytest11]\n{lines}")
+
+
+def test_plugin_serves_a_project_of_its_own(tmp_path: Path, pg_server: str) -> None:
+    project = tmp_path / "notes_project"
+    project.mkdir()
+    (project / "notes_app.py").write_text(_APP)
+    (project / "schema.sql").write_text((ROOT / "schema.sql").read_text() + _TABLE)
+    (project / "test_notes.py").write_text(_TESTS)
+    (project / "pytest.ini").write_text(
+        textwrap.dedent("""
+        [pytest]
+        pythonpath = .
+        ripple_modules = notes_app
+        ripple_schema = schema.sql
+        asyncio_default_fixture_loop_scope = function
+        """)
+    )
+    site = tmp_path / "site"
+    _entry_point_dist(site)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL", "PYTEST_"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), RIPPLE_TEST_DATABASE_URL=pg_server)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
