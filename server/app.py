@@ -83,7 +83,11 @@ def load_modules(extra: list[str]) -> None:
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
-    """The process's authenticator. Raises ValueError (naming the setting) for an unreadable JWKS or auth config."""
+    """The process's authenticator: RIPPLE_JWT_SECRET, RIPPLE_JWKS and the auth providers together.
+
+    Raises:
+        ValueError: RIPPLE_JWKS names an unreadable file (the auth config file was read with the settings).
+    """
     providers = tuple(AuthProvider(p.domain, p.application_id) for p in settings.all_auth_providers())
     return Authenticator(
         AuthConfig(

@@ -358,11 +358,11 @@ class Authenticator:
         assert self._jwks_client is not None
         cache = self._jwks_client.jwk_set_cache
         cached = cache.get() if cache is not None else None
-        return _match_key(cached.keys, header) if cached is not None else None
+        return match_key(cached.keys, header) if cached is not None else None
 
     def _key_from_jwks(self, header: Mapping[str, Any]) -> PyJWK:
         if self._jwks_set is not None:
-            key = _match_key(self._jwks_set.keys, header)
+            key = match_key(self._jwks_set.keys, header)
         else:
             key = self._fetch_key(header)
         if key is None:
@@ -376,9 +376,9 @@ class Authenticator:
         client = self._jwks_client
         assert client is not None
         try:
-            key = _match_key(client.get_jwk_set().keys, header)
+            key = match_key(client.get_jwk_set().keys, header)
             if key is None and isinstance(header.get("kid"), str):
-                key = _match_key([client.get_signing_key(header["kid"])], header)
+                key = match_key([client.get_signing_key(header["kid"])], header)
         except jwt.PyJWKClientConnectionError as error:
             raise AuthError(f"Could not fetch the JWKS from {client.uri}: {error}", "JwksUnavailable") from None
         except jwt.PyJWKClientError:
@@ -413,9 +413,6 @@ class Authenticator:
         except jwt.InvalidTokenError as error:
             raise _explain(error, token, issuer, audience, self._providers) from None
         return Identity.from_claims(claims)
-
-
-_match_key = match_key
 
 
 def _load_jwks(source: str) -> PyJWKSet:

@@ -11,7 +11,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["AuthProviderSetting", "Settings", "get_settings", "shared_path"]
@@ -63,10 +72,15 @@ def read_auth_config(path: Path) -> list[AuthProviderSetting]:
     try:
         return _PROVIDER_LIST.validate_python(providers)
     except ValidationError as error:
+        problems = "; ".join(f"providers{_location(e['loc'])}: {e['msg']}" for e in error.errors())
         raise ValueError(
             f'The auth config {str(path)!r} (RIPPLE_AUTH_CONFIG) must hold {{"providers": [{{"domain": ..., '
-            f'"applicationID": ...}}]}}: {error}'
+            f'"applicationID": ...}}]}}: {problems}'
         ) from None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
 class Settings(BaseSettings):
@@ -113,8 +127,9 @@ class Settings(BaseSettings):
     # "applicationID": "convex"}]'. Keys come from each domain's OIDC discovery, refetched when a token names a
     # key not yet seen (at most every `auth_key_refetch_interval_s`, so made-up kids cannot flood the issuer).
     auth_providers: list[AuthProviderSetting] = []
-    # A JSON file with more providers ({"providers": [...]}), read at start.
+    # A JSON file with more providers ({"providers": [...]}), read when settings load (so a bad one stops the start).
     auth_config: Path | None = None
+    _auth_config_providers: list[AuthProviderSetting] = PrivateAttr(default_factory=list)
     auth_key_refetch_interval_s: float = 30.0
     auth_keys_cache_s: float = 300.0
 
@@ -170,13 +185,14 @@ class Settings(BaseSettings):
     stream_patch_interval_s: float = 0.1
 
     def all_auth_providers(self) -> list[AuthProviderSetting]:
-        """`auth_providers` and those of the `auth_config` file, in that order.
+        """`auth_providers` and those of the `auth_config` file, in that order."""
+        return [*self.auth_providers, *self._auth_config_providers]
 
-        Raises:
-            ValueError: the auth config file is unreadable or malformed.
-        """
-        from_file = read_auth_config(self.auth_config) if self.auth_config else []
-        return [*self.auth_providers, *from_file]
+    @model_validator(mode="after")
+    def _read_auth_config(self) -> Settings:
+        if self.auth_config is not None:
+            self._auth_config_providers = read_auth_config(self.auth_config)
+        return self
 
     def client_url(self) -> str:
         """The URL the CLI calls: RIPPLE_URL, else the one `ripple serve` with these settings listens on (a

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from server.auth import AuthConfig, Authenticator, AuthError, AuthProvider
 from server.config import Settings
 from server.dev_auth import plan_auth
 from tests.support.oidc_issuer import Issuer, SigningKey, running_issuer
-from tests.support.server import run_server
+from tests.support.server import ROOT, run_server
 from tests.support.ws import SyncClient
 
 REFETCH_S = 0.3
@@ -279,10 +282,10 @@ def test_bad_auth_config_says_what_is_wrong(tmp_path: Path) -> None:
     config = tmp_path / "auth_config.json"
     config.write_text(json.dumps({"providers": [{"domain": "clerk.example.com", "applicationID": "convex"}]}))
     with pytest.raises(ValueError, match="(?s)auth_config.json.*is not an http\\(s\\) URL"):
-        Settings(auth_config=config).all_auth_providers()
+        Settings(auth_config=config)
     config.write_text("{not json")
     with pytest.raises(ValueError, match="Cannot read the auth config"):
-        Settings(auth_config=config).all_auth_providers()
+        Settings(auth_config=config)
     with pytest.raises(ValueError, match="applicationID"):
         Settings(auth_providers=[{"domain": "https://x.example"}])  # type: ignore[list-item]
 
@@ -337,3 +340,20 @@ async def test_server_accepts_provider_tokens_over_http_and_sync(
             assert refusal["type"] == "AuthError" and "kid 'rsa-0'" in refusal["error"], refusal
         finally:
             await client.close()
+
+
+def test_serve_with_a_bad_auth_config_names_the_setting(tmp_path: Path) -> None:
+    config = tmp_path / "auth_config.json"
+    config.write_text('{"providers": [{"domain": "https://x.example"}]}')
+    env = {**os.environ, "RIPPLE_AUTH_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--port", "0"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "RIPPLE_AUTH_CONFIG" in done.stderr and "applicationID" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
