@@ -315,6 +315,8 @@ class Authenticator:
     def _provider_for(self, token: str, algorithm: str) -> tuple[str, ProviderKeys | None]:
         """The token's (unverified) `iss` and the provider whose domain it names, if any: that provider's keys,
         and only they, may verify it. An asymmetric token naming no provider goes to the JWKS, if one is set."""
+        if not self._providers:
+            return "", None
         issuer = _unverified_claims(token).get("iss")
         if not isinstance(issuer, str):
             issuer = ""

@@ -88,7 +88,6 @@ class ProviderKeys:
         self._fetched_at = 0.0  # when the cached keys were fetched
         self._attempted_at: float | None = None  # the last fetch, successful or not
         self._last_error: KeyFetchError | None = None
-        self.fetches = 0
 
     def cached_key(self, header: Mapping[str, Any]) -> PyJWK | None:
         """The key from an unexpired cache, or None when `key` must be asked (it may fetch)."""
@@ -123,7 +122,6 @@ class ProviderKeys:
 
     def _refresh(self, now: float) -> None:
         self._attempted_at = now
-        self.fetches += 1
         try:
             keys = self._fetch()
         except KeyFetchError as error:
