@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, http_api, log_stream
-from server.auth import AuthConfig, Authenticator
+from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
 from server.database.catalog import Catalog, apply_schema, load_catalog
 from server.database.connect import connect, probe_listen
@@ -83,6 +83,12 @@ def load_modules(extra: list[str]) -> None:
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
+    """The process's authenticator: RIPPLE_JWT_SECRET, RIPPLE_JWKS and the auth providers together.
+
+    Raises:
+        ValueError: RIPPLE_JWKS names an unreadable file (the auth config file was read with the settings).
+    """
+    providers = tuple(AuthProvider(p.domain, p.application_id) for p in settings.all_auth_providers())
     return Authenticator(
         AuthConfig(
             jwt_secret=settings.jwt_secret,
@@ -90,6 +96,9 @@ def authenticator_for(settings: Settings) -> Authenticator:
             issuer=settings.jwt_issuer if (settings.jwt_secret or settings.jwks) else None,
             audience=settings.jwt_audience,
             admin_key=settings.admin_key,
+            jwks_cache_s=settings.auth_keys_cache_s,
+            providers=providers,
+            key_refetch_interval_s=settings.auth_key_refetch_interval_s,
         )
     )
 

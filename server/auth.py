@@ -1,8 +1,11 @@
 """JWT → `Identity`, and admin keys: who is calling, decided once at the edge (HTTP header or Authenticate message).
 
 A token is accepted only with a key configured for its algorithm: HS256 with `jwt_secret` (development, made by
-`ripple token`), RS256/ES256 with a JWKS (file, inline JSON or http(s) URL). Nothing else, never `alg: none`, so
-a public key can never be used as an HMAC secret. Claims map to Convex's `UserIdentity` (protocol §6).
+`ripple token`), RS256/ES256 with a JWKS (file, inline JSON or http(s) URL) or with the keys of an auth provider
+(Convex's `auth.config.ts` `{domain, applicationID}`, keys by OIDC discovery: server/oidc.py). A token whose `iss`
+is a provider's domain is verified only by that provider's keys and must name its applicationID in `aud`. Nothing
+else, never `alg: none`, so a public key can never be used as an HMAC secret. Claims map to Convex's
+`UserIdentity` (protocol §6).
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from typing import Any, Literal
 import jwt
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 
+from server.oidc import AuthProvider, KeyFetchError, ProviderKeys, match_key, normalise_issuer
+
 __all__ = [
     "AuthConfig",
+    "AuthProvider",
     "AuthError",
     "Authenticator",
     "Identity",
@@ -182,7 +188,10 @@ def _standard_claim(claim: str, value: Any) -> str | bool | None:
 class AuthConfig:
     """What tokens and keys to accept. Built by config.py from settings.
 
-    `jwks` is a file path, inline JWKS JSON, or an http(s) URL (fetched lazily, cached `jwks_cache_s`).
+    `jwks` is a file path, inline JWKS JSON, or an http(s) URL (fetched lazily, cached `jwks_cache_s`); `issuer`
+    and `audience` apply to tokens verified by it or by `jwt_secret`. `providers` carry their own issuer and
+    audience; their keys are cached `jwks_cache_s`, refetched for an unknown kid at most every
+    `key_refetch_interval_s`.
     """
 
     jwt_secret: str | None = None
@@ -193,6 +202,8 @@ class AuthConfig:
     leeway_s: float = 5
     jwks_cache_s: float = 300
     jwks_timeout_s: float = 10
+    providers: tuple[AuthProvider, ...] = ()
+    key_refetch_interval_s: float = 30
 
 
 class Authenticator:
@@ -205,6 +216,18 @@ class Authenticator:
             ValueError: the JWKS file or inline JSON cannot be read as a key set.
         """
         self.config = config
+        self._providers: dict[str, ProviderKeys] = {}
+        self._audiences: dict[str, list[str]] = {}
+        for provider in config.providers:
+            issuer = normalise_issuer(provider.domain)
+            if issuer not in self._providers:
+                self._providers[issuer] = ProviderKeys(
+                    provider,
+                    cache_s=config.jwks_cache_s,
+                    refetch_interval_s=config.key_refetch_interval_s,
+                    timeout_s=config.jwks_timeout_s,
+                )
+            self._audiences.setdefault(issuer, []).append(provider.application_id)
         self._jwks_client: PyJWKClient | None = None
         self._jwks_set: PyJWKSet | None = None
         if config.jwks and config.jwks.startswith(("http://", "https://")):
@@ -216,8 +239,8 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        """Whether any token can be accepted (a secret or a JWKS is configured)."""
-        return bool(self.config.jwt_secret or self.config.jwks)
+        """Whether any token can be accepted (a secret, a JWKS or an auth provider is configured)."""
+        return bool(self.config.jwt_secret or self.config.jwks or self.config.providers)
 
     def verify(self, token: str) -> Identity:
         """Verify a JWT and return its identity. May block on a JWKS URL fetch: in async code use `verify_async`.
@@ -227,6 +250,9 @@ class Authenticator:
         """
         header = self._header(token)
         algorithm = header["alg"]
+        issuer, provider = self._provider_for(token, algorithm)
+        if provider is not None:
+            return self._decode_for_provider(token, issuer, provider, self._provider_key(provider, header))
         if algorithm == _SECRET_ALGORITHM:
             return self._decode(token, self.config.jwt_secret or "", algorithm)
         key = self._cached_key(header) if self._jwks_client else None
@@ -239,6 +265,12 @@ class Authenticator:
             AuthError: as `verify`.
         """
         header = self._header(token)
+        issuer, provider = self._provider_for(token, header["alg"])
+        if provider is not None:
+            cached = provider.cached_key(header)
+            if cached is None:
+                return await asyncio.to_thread(self.verify, token)
+            return self._decode_for_provider(token, issuer, provider, cached)
         if header["alg"] == _SECRET_ALGORITHM or self._jwks_client is None:
             return self.verify(token)
         key = self._cached_key(header)
@@ -258,7 +290,10 @@ class Authenticator:
         if not isinstance(token, str) or not token:
             raise AuthError("No token was provided")
         if not self.enabled:
-            raise AuthError("Authentication is not configured on this server: no JWT secret or JWKS", "NoAuthProvider")
+            raise AuthError(
+                "Authentication is not configured on this server: no JWT secret, JWKS or auth provider",
+                "NoAuthProvider",
+            )
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as error:
@@ -275,18 +310,61 @@ class Authenticator:
 
     def _allowed_algorithms(self) -> tuple[str, ...]:
         secret = (_SECRET_ALGORITHM,) if self.config.jwt_secret else ()
-        return secret + (_JWKS_ALGORITHMS if self.config.jwks else ())
+        return secret + (_JWKS_ALGORITHMS if self.config.jwks or self.config.providers else ())
+
+    def _provider_for(self, token: str, algorithm: str) -> tuple[str, ProviderKeys | None]:
+        """The token's (unverified) `iss` and the provider whose domain it names, if any: that provider's keys,
+        and only they, may verify it. An asymmetric token naming no provider goes to the JWKS, if one is set."""
+        if not self._providers:
+            return "", None
+        issuer = _unverified_claims(token).get("iss")
+        if not isinstance(issuer, str):
+            issuer = ""
+        provider = self._providers.get(normalise_issuer(issuer)) if issuer else None
+        if provider is not None and algorithm == _SECRET_ALGORITHM:
+            raise AuthError(
+                f"Token issuer {issuer!r} is the auth provider {provider.provider.domain}, whose tokens are signed "
+                "with RS256 or ES256; an HS256 token claiming it is refused"
+            )
+        if provider is None and algorithm != _SECRET_ALGORITHM and not self.config.jwks:
+            raise AuthError(self._unknown_issuer(issuer), "NoAuthProvider")
+        return issuer, provider
+
+    def _unknown_issuer(self, issuer: str) -> str:
+        domains = ", ".join(keys.provider.domain for keys in self._providers.values())
+        return (
+            f"Token issuer {issuer!r} is not one of this server's auth providers ({domains}): add its domain and "
+            "applicationID to RIPPLE_AUTH_PROVIDERS (or the auth config file), or use a token of a listed provider"
+        )
+
+    def _provider_key(self, provider: ProviderKeys, header: Mapping[str, Any]) -> PyJWK:
+        """Blocking: the provider's key for this token, refetching its keys for a kid not yet seen (rotation)."""
+        try:
+            key = provider.key(header)
+        except KeyFetchError as error:
+            raise AuthError(str(error), "JwksUnavailable") from None
+        if key is None:
+            raise AuthError(
+                f"No key of auth provider {provider.provider.domain} matches this token (kid {header.get('kid')!r}, "
+                f"alg {header['alg']}; its keys are refetched for an unknown kid at most every "
+                f"{self.config.key_refetch_interval_s:g} s): the key may be retired, or the token forged"
+            )
+        return key
+
+    def _decode_for_provider(self, token: str, issuer: str, provider: ProviderKeys, key: PyJWK) -> Identity:
+        audiences = self._audiences[normalise_issuer(issuer)]
+        return self._decode(token, key, key.algorithm_name, issuer=issuer, audience=audiences)
 
     def _cached_key(self, header: Mapping[str, Any]) -> PyJWK | None:
         """The signing key from the URL client's unexpired cache, or None if a fetch is needed."""
         assert self._jwks_client is not None
         cache = self._jwks_client.jwk_set_cache
         cached = cache.get() if cache is not None else None
-        return _match_key(cached.keys, header) if cached is not None else None
+        return match_key(cached.keys, header) if cached is not None else None
 
     def _key_from_jwks(self, header: Mapping[str, Any]) -> PyJWK:
         if self._jwks_set is not None:
-            key = _match_key(self._jwks_set.keys, header)
+            key = match_key(self._jwks_set.keys, header)
         else:
             key = self._fetch_key(header)
         if key is None:
@@ -300,9 +378,9 @@ class Authenticator:
         client = self._jwks_client
         assert client is not None
         try:
-            key = _match_key(client.get_jwk_set().keys, header)
+            key = match_key(client.get_jwk_set().keys, header)
             if key is None and isinstance(header.get("kid"), str):
-                key = _match_key([client.get_signing_key(header["kid"])], header)
+                key = match_key([client.get_signing_key(header["kid"])], header)
         except jwt.PyJWKClientConnectionError as error:
             raise AuthError(f"Could not fetch the JWKS from {client.uri}: {error}", "JwksUnavailable") from None
         except jwt.PyJWKClientError:
@@ -311,37 +389,32 @@ class Authenticator:
             raise AuthError(f"The JWKS at {client.uri} is not a usable key set: {error}", "JwksUnavailable") from None
         return key
 
-    def _decode(self, token: str, key: PyJWK | str, algorithm: str) -> Identity:
+    def _decode(
+        self,
+        token: str,
+        key: PyJWK | str,
+        algorithm: str,
+        *,
+        issuer: str | None = None,
+        audience: str | list[str] | None = None,
+    ) -> Identity:
+        """Verify signature and claims; `issuer`/`audience` are a provider's, else the configured ones."""
         config = self.config
+        if issuer is None:
+            issuer, audience = config.issuer, config.audience
         try:
             claims = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
-                audience=config.audience,
-                issuer=config.issuer,
+                audience=audience,
+                issuer=issuer,
                 leeway=config.leeway_s,
-                options={"require": ["exp", "iss", "sub"], "verify_aud": config.audience is not None},
+                options={"require": ["exp", "iss", "sub"], "verify_aud": audience is not None},
             )
         except jwt.InvalidTokenError as error:
-            raise _explain(error, token, config) from None
+            raise _explain(error, token, issuer, audience, self._providers) from None
         return Identity.from_claims(claims)
-
-
-def _match_key(keys: list[PyJWK], header: Mapping[str, Any]) -> PyJWK | None:
-    """The signing key for this token: same `kid` (or the only candidate when the token has none) and algorithm.
-
-    Matching the algorithm too means an RSA key never verifies an ES256 token, nor the reverse.
-    """
-    algorithm, kid = header["alg"], header.get("kid")
-    candidates = [
-        key
-        for key in keys
-        if key.algorithm_name == algorithm
-        and key.public_key_use in ("sig", None)
-        and (kid is None or key.key_id == kid)
-    ]
-    return candidates[0] if len(candidates) == 1 or (kid is not None and candidates) else None
 
 
 def _load_jwks(source: str) -> PyJWKSet:
@@ -353,7 +426,13 @@ def _load_jwks(source: str) -> PyJWKSet:
         raise ValueError(f"Cannot load the JWKS from {source[:80]!r}: {error}") from None
 
 
-def _explain(error: jwt.InvalidTokenError, token: str, config: AuthConfig) -> AuthError:
+def _explain(
+    error: jwt.InvalidTokenError,
+    token: str,
+    issuer: str | None,
+    audience: str | list[str] | None,
+    providers: Mapping[str, ProviderKeys],
+) -> AuthError:
     """Turn a PyJWT failure into a message that says what to fix."""
     if isinstance(error, jwt.ExpiredSignatureError):
         return AuthError("Token expired", "TokenExpired")
@@ -363,10 +442,15 @@ def _explain(error: jwt.InvalidTokenError, token: str, config: AuthConfig) -> Au
         return AuthError(f"Token is missing the required claim '{error.claim}'")
     claims = _unverified_claims(token)
     if isinstance(error, jwt.InvalidIssuerError):
-        return AuthError(f"Token issuer {claims.get('iss')!r} is not the configured issuer {config.issuer!r}")
+        domains = ", ".join(keys.provider.domain for keys in providers.values())
+        also = f" nor an auth provider's domain ({domains})" if domains else ""
+        return AuthError(f"Token issuer {claims.get('iss')!r} is not the configured issuer {issuer!r}{also}")
     if isinstance(error, jwt.InvalidAudienceError):
-        audience = claims.get("aud")
-        return AuthError(f"Token audience {audience!r} does not include the configured audience {config.audience!r}")
+        accepted = [audience] if isinstance(audience, str) else list(audience or [])
+        return AuthError(
+            f"Token audience {claims.get('aud')!r} does not include the configured audience "
+            f"{' or '.join(repr(name) for name in accepted)}"
+        )
     if isinstance(error, jwt.ImmatureSignatureError):
         return AuthError("Token is not valid yet (nbf or iat is in the future); check the clocks")
     return AuthError(f"Invalid token: {error}")

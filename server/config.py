@@ -5,15 +5,25 @@ Each default says why it is what it is; limits mirror Convex's where Convex has 
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "shared_path"]
+__all__ = ["AuthProviderSetting", "Settings", "get_settings", "shared_path"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 # Where `pip install .` (not editable) puts schema.sql and the dashboard: see [tool.setuptools.data-files].
@@ -24,6 +34,53 @@ def shared_path(name: str) -> Path:
     """A file shipped beside the package: in the source tree, else where a wheel installed it."""
     source = _REPO_ROOT / name
     return source if source.exists() or not (_INSTALLED_SHARE / name).exists() else _INSTALLED_SHARE / name
+
+
+class AuthProviderSetting(BaseModel):
+    """One provider as Convex's `auth.config.ts` writes it: `{"domain": issuer URL, "applicationID": audience}`."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+    domain: str
+    application_id: str = Field(alias="applicationID", min_length=1)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_is_a_url(cls, domain: str) -> str:
+        if not domain.startswith(("https://", "http://")):
+            raise ValueError(
+                f"auth provider domain {domain!r} is not an http(s) URL: write the issuer URL your provider puts in "
+                "its tokens' 'iss', e.g. 'https://your-app.clerk.accounts.dev'"
+            )
+        return domain
+
+
+_PROVIDER_LIST = TypeAdapter(list[AuthProviderSetting])
+
+
+def read_auth_config(path: Path) -> list[AuthProviderSetting]:
+    """The providers of an auth config file: `{"providers": [...]}`, as `auth.config.ts` exports, or a bare list.
+
+    Raises:
+        ValueError: the file cannot be read, is not JSON, or a provider is malformed (the message names the file).
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read the auth config {str(path)!r} (RIPPLE_AUTH_CONFIG): {error}") from None
+    providers = document.get("providers") if isinstance(document, dict) else document
+    try:
+        return _PROVIDER_LIST.validate_python(providers)
+    except ValidationError as error:
+        problems = "; ".join(f"providers{_location(e['loc'])}: {e['msg']}" for e in error.errors())
+        raise ValueError(
+            f'The auth config {str(path)!r} (RIPPLE_AUTH_CONFIG) must hold {{"providers": [{{"domain": ..., '
+            f'"applicationID": ...}}]}}: {problems}'
+        ) from None
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
 
 
 class Settings(BaseSettings):
@@ -66,6 +123,15 @@ class Settings(BaseSettings):
     jwt_issuer: str = "https://ripple.local"
     jwt_audience: str | None = None
     admin_key: str | None = None
+    # Auth providers as Convex's auth.config.ts lists them, JSON: '[{"domain": "https://x.clerk.accounts.dev",
+    # "applicationID": "convex"}]'. Keys come from each domain's OIDC discovery, refetched when a token names a
+    # key not yet seen (at most every `auth_key_refetch_interval_s`, so made-up kids cannot flood the issuer).
+    auth_providers: list[AuthProviderSetting] = []
+    # A JSON file with more providers ({"providers": [...]}), read when settings load (so a bad one stops the start).
+    auth_config: Path | None = None
+    _auth_config_providers: list[AuthProviderSetting] = PrivateAttr(default_factory=list)
+    auth_key_refetch_interval_s: float = 30.0
+    auth_keys_cache_s: float = 300.0
 
     # Limits (Convex: 16384 documents scanned... we count documents read per function).
     max_documents_read: int = 16_384
@@ -117,6 +183,16 @@ class Settings(BaseSettings):
     anthropic_model: str = "claude-sonnet-4-5"
     anthropic_timeout_s: float = 120.0
     stream_patch_interval_s: float = 0.1
+
+    def all_auth_providers(self) -> list[AuthProviderSetting]:
+        """`auth_providers` and those of the `auth_config` file, in that order."""
+        return [*self.auth_providers, *self._auth_config_providers]
+
+    @model_validator(mode="after")
+    def _read_auth_config(self) -> Settings:
+        if self.auth_config is not None:
+            self._auth_config_providers = read_auth_config(self.auth_config)
+        return self
 
     def client_url(self) -> str:
         """The URL the CLI calls: RIPPLE_URL, else the one `ripple serve` with these settings listens on (a

@@ -43,10 +43,12 @@ def dev_secret_path(settings: Settings) -> Path:
 def plan_auth(settings: Settings, production: bool) -> AuthPlan:
     """Decide (without I/O) how the server will verify tokens; raise when production lacks real auth."""
     if production:
-        if not (settings.jwt_secret or settings.jwks):
+        if not (settings.jwt_secret or settings.jwks or settings.auth_providers or settings.auth_config):
             raise AuthSetupError(
                 "production mode (RIPPLE_ENV=production or --production) needs real auth and never uses the "
-                "development secret: set RIPPLE_JWKS to your identity provider's JWKS URL (RS256/ES256), or "
+                "development secret: set RIPPLE_AUTH_PROVIDERS to your identity provider, as Convex's auth.config.ts "
+                'lists it (\'[{"domain": "https://issuer", "applicationID": "convex"}]\'), RIPPLE_JWKS to '
+                "its JWKS URL, or "
                 f"RIPPLE_JWT_SECRET to an HS256 secret of at least {MIN_PRODUCTION_SECRET_BYTES} random bytes"
             )
         if settings.jwt_secret and len(settings.jwt_secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
@@ -60,7 +62,7 @@ def plan_auth(settings: Settings, production: bool) -> AuthPlan:
         warnings = ("no RIPPLE_ADMIN_KEY: trusted workers, `ripple logs` and admin calls will be refused",)
     if settings.jwt_secret:
         return AuthPlan("secret", warnings)
-    if settings.jwks:
+    if settings.jwks or settings.auth_providers or settings.auth_config:
         return AuthPlan("jwks", warnings)
     return AuthPlan("development", warnings)
 
