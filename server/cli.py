@@ -154,10 +154,11 @@ def _token(args: argparse.Namespace) -> int:
     settings = args.settings
     secret = settings.jwt_secret
     if not secret:
-        if settings.jwks:
+        if settings.jwks or settings.all_auth_providers():
             print(
-                "ripple token: this server verifies tokens with RIPPLE_JWKS (your identity provider signs them); "
-                "get a token there, or also set RIPPLE_JWT_SECRET to accept tokens signed with it",
+                "ripple token: this server verifies tokens of your identity provider (RIPPLE_JWKS, "
+                "RIPPLE_AUTH_PROVIDERS or RIPPLE_AUTH_CONFIG); get a token there, or also set RIPPLE_JWT_SECRET to "
+                "accept tokens signed with it",
                 file=sys.stderr,
             )
             return 2
