@@ -170,7 +170,7 @@ async def _apply_schema(pool: asyncpg.Pool, route: ConnectionPlan, settings: Set
     if route.pooled and not route.hub_pooled:
         conn = await connect(route.hub_dsn)
         try:
-            await apply_schema(conn, settings.schema_path)
+            await apply_schema(conn, settings.schema_path, allow_destructive=settings.schema_allow_destructive)
         finally:
             await conn.close()
         async with pool.acquire() as pooled_conn:
@@ -178,9 +178,9 @@ async def _apply_schema(pool: asyncpg.Pool, route: ConnectionPlan, settings: Set
     async with pool.acquire() as conn:
         if route.pooled:
             async with conn.transaction():
-                await apply_schema(conn, settings.schema_path)
+                await apply_schema(conn, settings.schema_path, allow_destructive=settings.schema_allow_destructive)
         else:
-            await apply_schema(conn, settings.schema_path)
+            await apply_schema(conn, settings.schema_path, allow_destructive=settings.schema_allow_destructive)
         return await load_catalog(conn)
 
 

@@ -77,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = args.settings
     settings.host, settings.port = args.host, args.port
+    settings.schema_allow_destructive = args.allow_destructive_schema
     production = args.production or settings.env == "production"
     try:
         plan = plan_auth(settings, production)
@@ -351,6 +352,13 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         default=settings.env == "production",
         help="refuse to start without real auth (RIPPLE_JWT_SECRET or RIPPLE_JWKS); same as RIPPLE_ENV=production "
         f"(now {settings.env})",
+    )
+    serve.add_argument(
+        "--allow-destructive-schema",
+        action="store_true",
+        default=settings.schema_allow_destructive,
+        help="apply a changed schema.sql even where it drops or retypes data (listed when a start refuses it); "
+        "same as RIPPLE_SCHEMA_ALLOW_DESTRUCTIVE=1",
     )
     serve.set_defaults(fn=_serve)
 

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     database_pooled: bool | None = None
     data_dir: Path = Path(".ripple")
     schema_path: Path = shared_path("schema.sql")
+    # A changed schema.sql that would drop or retype data, or add a NOT NULL existing rows may break, stops the start
+    # (naming the statements); set for the one start that should run them (`ripple serve --allow-destructive-schema`).
+    # A migration file (migrations/NNN_name.sql beside schema.sql) is the other way to approve a change.
+    schema_allow_destructive: bool = False
     pool_min_size: int = 2
     pool_max_size: int = 10
 

@@ -5,7 +5,7 @@
   Debian's PostgreSQL 15 in CI), otherwise an embedded pgserver (PostgreSQL 16) in a fresh temporary directory,
   stopped and deleted at the end of the session.
 * `fresh_dsn` (function): DSN of a new, empty database on that server; dropped after the test.
-* `schema_dsn` (function): like `fresh_dsn`, with `schema.sql` applied (one `conn.execute` of the whole file).
+* `schema_dsn` (function): like `fresh_dsn`, with Ripple's SQL and `schema.sql` applied (one `conn.execute`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 import asyncpg  # noqa: E402
 import pytest  # noqa: E402
 
+from server.database.catalog import schema_script  # noqa: E402
 from server.database.embedded import create_database, drop_database  # noqa: E402
 from tests.support.server import RippleServer, run_server  # noqa: E402
 
@@ -52,7 +53,7 @@ async def fresh_dsn(pg_server: str) -> AsyncIterator[str]:
 async def schema_dsn(fresh_dsn: str) -> str:
     conn = await asyncpg.connect(fresh_dsn)
     try:
-        await conn.execute(SCHEMA_SQL.read_text())
+        await conn.execute(schema_script(SCHEMA_SQL.read_text()))
     finally:
         await conn.close()
     return fresh_dsn

@@ -1,4 +1,5 @@
-"""The shape of the data, read back from PostgreSQL after `schema.sql` is applied: tables, columns, indexes.
+"""Applying Ripple's SQL and the app's schema.sql, and the shape of the data read back from PostgreSQL after:
+tables, columns, indexes.
 
 Nothing here repeats the schema: a table is any public table with an `_id` column, a Convex index `by_x` on
 table `t` is the PostgreSQL index `t__by_x`, and every table also has Convex's implicit `by_id` and
@@ -9,15 +10,32 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 
+from server.database.migrations import Migration, apply_migrations, find_migrations
+from server.database.schema_diff import Plan, plan_changes, wanted_and_live
 from server.errors import SchemaError
 from server.values import to_camel, to_snake
 
-__all__ = ["Catalog", "Column", "ColumnType", "Index", "Table", "apply_schema", "load_catalog"]
+__all__ = [
+    "SYSTEM_SQL",
+    "Catalog",
+    "Column",
+    "ColumnType",
+    "Index",
+    "SchemaChangeRefused",
+    "Table",
+    "apply_schema",
+    "load_catalog",
+    "schema_digest",
+    "schema_script",
+]
+
+log = logging.getLogger("ripple")
 
 # Serialises schema application across processes that start together on one database.
 _SCHEMA_LOCK_KEY = 0x5249_5050  # "RIPP"
@@ -102,14 +120,67 @@ class Catalog:
         return table
 
 
-async def apply_schema(conn: asyncpg.Connection, path: Path) -> None:
-    """Apply schema.sql, idempotently; an advisory lock keeps concurrent starters from interleaving.
+SYSTEM_SQL = Path(__file__).resolve().parent.parent / "system.sql"
 
-    A file already applied (same SHA-256, recorded in `_ripple_schema`) is not run again, only its per-start
-    part: re-running it would lock every table, which holds up the writers of other running processes.
+_APP_TABLE_NAMES_SQL = r"""
+SELECT c.relname::text AS relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '\_ripple\_%'
+ ORDER BY 1
+"""
+_APP_TABLES_SQL = f"SELECT EXISTS ({_APP_TABLE_NAMES_SQL})"
+
+
+def schema_script(app_sql: str) -> str:
+    """Ripple's SQL, the app's and the per-start part as one script, for one `execute` on a new database (tests,
+    tools). A server applies them through `apply_schema`, which also checks changes and runs migrations."""
+    return f"{SYSTEM_SQL.read_text()}\n{app_sql}\n;\nSELECT _ripple_on_start();\n"
+
+
+def _digest(system: str, app: str, migrations: list[Migration]) -> str:
+    hashed = hashlib.sha256()
+    for part in (system, app, *(f"{m.name}\0{m.sql}" for m in migrations)):
+        hashed.update(part.encode())
+        hashed.update(b"\0")
+    return hashed.hexdigest()
+
+
+def schema_digest(path: Path) -> str:
+    """What `_ripple_schema.digest` holds once Ripple's SQL, the app's schema.sql at `path` and its migrations
+    are applied."""
+    return _digest(SYSTEM_SQL.read_text(), path.read_text(), find_migrations(path))
+
+
+class SchemaChangeRefused(SchemaError):
+    """schema.sql asks for a change that could lose data or fail on existing rows; nothing was changed."""
+
+
+def _refusal(path: Path, plan: Plan) -> SchemaChangeRefused:
+    lines = "\n".join(f"    {line};" if "--" not in line else f"    {line}" for line in plan.destructive)
+    return SchemaChangeRefused(
+        f"{path} differs from the database in ways that could lose data or fail on existing rows, so the start "
+        f"stopped and nothing was changed. Applying it would run:\n{lines}\n"
+        "To approve, start once with RIPPLE_SCHEMA_ALLOW_DESTRUCTIVE=1 (or `ripple serve --allow-destructive-schema`);"
+        f" or say what you mean in a migration file, {path.parent / 'migrations'}/NNN_name.sql (e.g. ALTER TABLE ... "
+        "RENAME COLUMN ...), which runs once, before the comparison; or change schema.sql back."
+    )
+
+
+async def apply_schema(conn: asyncpg.Connection, path: Path, *, allow_destructive: bool = False) -> None:
+    """Apply Ripple's SQL, the app's schema.sql at `path` and its migrations, in one transaction (a failure
+    leaves the database as it was, never half changed) under an advisory lock that keeps concurrent starters from
+    interleaving.
+
+    The per-start part (`_ripple_on_start()`: number new tables, attach capture) runs after the app's SQL, so a
+    table added to schema.sql is usable at the first start. Files already applied (same SHA-256, recorded in
+    `_ripple_schema`) are not run again, only the per-start part: re-running them would lock every table, which
+    holds up the writers of other running processes. On a database that has app tables, a changed schema.sql is
+    first compared with them (server/database/schema_diff.py): additive changes apply, destructive ones raise
+    `SchemaChangeRefused` unless `allow_destructive`.
     """
-    sql = path.read_text()
-    digest = hashlib.sha256(sql.encode()).hexdigest()
+    system = SYSTEM_SQL.read_text()
+    app = path.read_text()
+    migrations = find_migrations(path)
+    digest = _digest(system, app, migrations)
     await conn.execute("SELECT pg_advisory_lock($1)", _SCHEMA_LOCK_KEY)
     try:
         applied = None
@@ -118,12 +189,38 @@ async def apply_schema(conn: asyncpg.Connection, path: Path) -> None:
         if applied == digest:
             await conn.execute("SELECT _ripple_on_start()")
             return
-        await conn.execute(sql)
-        await conn.execute(
-            "INSERT INTO _ripple_schema (id, digest) VALUES (1, $1)"
-            " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, applied_at = now()",
-            digest,
-        )
+        async with conn.transaction():
+            fresh = not await conn.fetchval(_APP_TABLES_SQL)
+            await conn.execute(system)
+            ran = await apply_migrations(conn, migrations, fresh=fresh)
+            if ran:
+                log.warning("applied migrations %s", ", ".join(ran))
+            if fresh:
+                tables = None
+            else:
+                wanted, live = await wanted_and_live(conn, app)
+                tables = sorted(wanted)
+                declared = await conn.fetchval("SELECT tables FROM _ripple_schema WHERE id = 1")
+                plan = plan_changes(live, wanted, None if declared is None else set(declared))
+                if plan.destructive and not allow_destructive:
+                    raise _refusal(path, plan)
+                for statement in plan.statements:
+                    await conn.execute(statement)
+                for change in plan.destructive:
+                    log.warning("schema change approved by RIPPLE_SCHEMA_ALLOW_DESTRUCTIVE: %s", change)
+                for change in plan.additive:
+                    log.info("schema change: %s", change)
+            await conn.execute(app)
+            await conn.execute("SELECT _ripple_on_start()")
+            if tables is None:  # fresh: every app table there now came from schema.sql
+                tables = [r["relname"] for r in await conn.fetch(_APP_TABLE_NAMES_SQL)]
+            await conn.execute(
+                "INSERT INTO _ripple_schema (id, digest, tables) VALUES (1, $1, $2)"
+                " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, tables = excluded.tables,"
+                " applied_at = now()",
+                digest,
+                tables,
+            )
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _SCHEMA_LOCK_KEY)
 
@@ -184,7 +281,7 @@ async def load_catalog(conn: asyncpg.Connection) -> Catalog:
         if "_id" not in cols or "_creation_time" not in cols:
             continue
         if name not in numbers:
-            raise SchemaError(f'table "{name}" is not registered; run _ripple_register_tables() (schema.sql does)')
+            raise SchemaError(f'table "{name}" is not registered; run _ripple_register_tables() (every start does)')
         table_indexes = {"by_id": Index("by_id", ()), "by_creation_time": Index("by_creation_time", ())}
         table_indexes.update(indexes.get(name, {}))
         table = Table(name, numbers[name], cols, table_indexes)

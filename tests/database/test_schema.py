@@ -1,4 +1,5 @@
-"""schema.sql against a real PostgreSQL: applying it, the tables and indexes it makes, and ids."""
+"""Ripple's SQL (server/system.sql) and the seed apps' schema.sql against a real PostgreSQL: applying them, the
+tables and indexes they make, and ids."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tests.support.sql import (
     changes_of,
     connect,
 )
+
+APP_SCHEMA = (Path(__file__).resolve().parents[2] / "schema.sql").read_text()
 
 SEED_TABLES = [
     "agent_sessions",
@@ -87,10 +90,10 @@ async def test_an_unchanged_schema_is_not_applied_again_so_writers_are_not_held_
 ) -> None:
     """Re-running the file locks every table (CREATE INDEX IF NOT EXISTS takes its lock before looking), which
     would hold up the writers of another running process at each start; only the per-start part runs then."""
-    from server.database.catalog import apply_schema
+    from server.database.catalog import apply_schema, schema_digest
 
     path = tmp_path / "schema.sql"
-    path.write_text(SCHEMA)
+    path.write_text(APP_SCHEMA)
     async with connect(fresh_dsn) as conn, connect(fresh_dsn) as writer:
         await apply_schema(conn, path)
         await writer.execute("BEGIN; LOCK TABLE videos IN ROW EXCLUSIVE MODE")  # what any writer holds
@@ -99,12 +102,12 @@ async def test_an_unchanged_schema_is_not_applied_again_so_writers_are_not_held_
         await conn.execute("CREATE TABLE by_hand (_id text PRIMARY KEY, n int)")  # the per-start part still runs
         await apply_schema(conn, path)
         assert await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'by_hand'::regclass") == 2
-        path.write_text(SCHEMA + "\n-- changed\n")  # changed: applied, and so it waits for the writer
+        path.write_text(APP_SCHEMA + "\n-- changed\n")  # changed: applied, and so it waits for the writer
         with pytest.raises(asyncpg.LockNotAvailableError):
             await apply_schema(conn, path)
         await writer.execute("COMMIT")
         await apply_schema(conn, path)
-        assert await conn.fetchval("SELECT digest FROM _ripple_schema") == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert await conn.fetchval("SELECT digest FROM _ripple_schema") == schema_digest(path)
 
 
 async def test_schema_applies_concurrently(fresh_dsn: str) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 
 import asyncpg
 
+from server.database.catalog import schema_script
+
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = (ROOT / "schema.sql").read_text()
+SCHEMA = schema_script((ROOT / "schema.sql").read_text())  # Ripple's SQL, the seed apps' tables, the per-start part
 
 GEN_KEYS = ["batch_id", "parent_generation_id", "status", "created_at", "user_id", "_creation_time"]
 
