@@ -18,6 +18,7 @@ import asyncpg
 
 from server.database.migrations import Migration, apply_migrations, find_migrations
 from server.database.schema_diff import Plan, plan_changes, wanted_and_live
+from server.database.sql import quote_ident
 from server.errors import SchemaError
 from server.values import to_camel, to_snake
 
@@ -93,6 +94,13 @@ class Table:
     number: int
     columns: dict[str, Column]
     indexes: dict[str, Index]
+    # What reads select: the columns this catalog knows, by name, never `*`. A column added online by another
+    # process's start would otherwise change the result type of this process's prepared statements, which
+    # PostgreSQL refuses inside a transaction (InvalidCachedStatementError), failing every read of the table.
+    select_list: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "select_list", ", ".join(quote_ident(c) for c in self.columns))
 
     @property
     def convex_name(self) -> str:
@@ -155,7 +163,7 @@ class SchemaChangeRefused(SchemaError):
 
 
 def _refusal(path: Path, plan: Plan) -> SchemaChangeRefused:
-    lines = "\n".join(f"    {line};" if "--" not in line else f"    {line}" for line in plan.destructive)
+    lines = "\n".join("    " + line.replace("  -- ", ";  -- ", 1) for line in plan.destructive)
     return SchemaChangeRefused(
         f"{path} differs from the database in ways that could lose data or fail on existing rows, so the start "
         f"stopped and nothing was changed. Applying it would run:\n{lines}\n"

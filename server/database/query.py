@@ -330,7 +330,7 @@ class Query:
                 raise ArgumentError("filter must return an expression built from q (q.eq, q.and_, ...)")
             where.append(f"COALESCE({expr.sql}, FALSE)")
         direction = "DESC NULLS LAST" if descending else "ASC NULLS FIRST"
-        sql = f"SELECT * FROM {quote_ident(table.name)}"
+        sql = f"SELECT {table.select_list} FROM {quote_ident(table.name)}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY " + ", ".join(f"{c} {direction}" for c in columns)

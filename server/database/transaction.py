@@ -179,7 +179,7 @@ class DatabaseReader:
         tx = self._tx
         table = tx.table_of(doc_id)
         tx.record_read(IndexRange(table.name, "by_id", ("_id",), (doc_id,)))
-        rows = await tx.fetch(f"SELECT * FROM {quote_ident(table.name)} WHERE _id = $1", [doc_id])
+        rows = await tx.fetch(f"SELECT {table.select_list} FROM {quote_ident(table.name)} WHERE _id = $1", [doc_id])
         tx.count_read(table, len(rows))
         return tx.to_document(table, rows[0]) if rows else None
 
