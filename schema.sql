@@ -106,6 +106,34 @@ END
 $$;
 CREATE INDEX IF NOT EXISTS _ripple_mutations__created_at ON _ripple_mutations (created_at);
 
+-- >>> scheduler: begin (server/scheduler.py, server/functions/scheduling.py) >>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>
+-- Convex's `_scheduled_functions` system table: one row per `ctx.scheduler.run_after/run_at`. A normal table
+-- (`_id`, `_creation_time`, numbered and captured like app tables), so queries read it through `ctx.db.system`
+-- and clients watch a job's state live. Its document is Convex's: name, args (an array holding the encoded
+-- arguments object), scheduledTime (epoch ms), state ({"kind": "pending" | "inProgress" | "success" | "failed"
+-- | "canceled"}, failed with "error"), completedTime. Ids come from the server (server/database/ids.py).
+CREATE TABLE IF NOT EXISTS _scheduled_functions (
+    _id            text COLLATE "C" PRIMARY KEY,
+    _creation_time double precision NOT NULL,
+    name           text COLLATE "C" NOT NULL,
+    args           jsonb NOT NULL,
+    scheduled_time double precision NOT NULL,
+    state          jsonb NOT NULL,
+    completed_time double precision
+);
+-- Due work in scheduled order. No `__` in the name: not a Convex index (the catalog and capture ignore it).
+CREATE INDEX IF NOT EXISTS _scheduled_functions_due ON _scheduled_functions (scheduled_time, _creation_time)
+    WHERE (state ->> 'kind') = 'pending';
+-- Which executor runs an action (inProgress), and when that executor last said it was alive: an action whose
+-- executor went quiet (a crash) is marked failed, never run again (actions run at most once).
+CREATE TABLE IF NOT EXISTS _ripple_scheduled_claims (
+    job_id   text COLLATE "C" PRIMARY KEY,
+    executor text COLLATE "C" NOT NULL,
+    seen_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS _ripple_scheduled_claims_executor ON _ripple_scheduled_claims (executor);
+-- <<< scheduler: end <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<
+
 -- ---------------------------------------------------------------------------------------------------------
 -- Functions used by column defaults
 -- ---------------------------------------------------------------------------------------------------------
