@@ -611,7 +611,8 @@ BEGIN
 END
 $$;
 
--- Numbers every public table that has an `_id` column and is not numbered yet (in name order, after the
+-- Numbers every public table that has an `_id` column and is not numbered yet (app tables in name order, then
+-- system tables such as `_scheduled_functions`, so adding one leaves the numbers of app tables as they were; after the
 -- highest number ever given). Numbers are stored, so they are stable across runs.
 CREATE OR REPLACE FUNCTION _ripple_register_tables() RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -628,7 +629,7 @@ BEGIN
           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = '_id' AND a.attnum > 0 AND NOT a.attisdropped
          WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p') AND left(c.relname, 8) <> '_ripple_'
            AND NOT EXISTS (SELECT 1 FROM _ripple_tables t WHERE t.table_name = c.relname::text)
-         ORDER BY c.relname::text COLLATE "C"
+         ORDER BY left(c.relname, 1) = '_', c.relname::text COLLATE "C"  -- system tables (`_x`) after app tables
     LOOP
         IF next > 65535 THEN
             RAISE EXCEPTION 'Ripple: no table numbers left for table "%"', r.name;
