@@ -35,6 +35,7 @@ from server.hub.hub import Hub
 from server.hub.supervise import Supervisor
 from server.log_stream import LogStream
 from server.metrics import Metrics
+from server.scheduler import ScheduleExecutor
 from server.sync.socket import sync_endpoint, watch_sessions
 
 __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
@@ -246,11 +247,20 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                     app.state.services.sessions, settings.ping_interval_s, settings.slow_client_timeout_s
                 ),
             )
+            scheduler = ScheduleExecutor(
+                database,
+                runner,
+                check_interval_s=settings.scheduler_check_interval_s,
+                abandoned_after_s=settings.scheduler_abandoned_after_s,
+            )
+            scheduler.start()
+            app.state.scheduler = scheduler
             log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
             try:
                 yield
             finally:
                 await watcher.close()
+                await scheduler.close()
                 for session in list(app.state.services.sessions):
                     session.shut(1012, "server shutting down; reconnect")
                 await hub.close("server shutting down")

@@ -258,6 +258,8 @@ def data_model_dts(catalog: Catalog) -> str:
         "export type DataModel = {",
     ]
     for table in sorted(catalog.tables.values(), key=lambda t: t.convex_name):
+        if table.name.startswith("_"):
+            continue  # a system table (`_scheduled_functions`): Convex's own types describe it, not the DataModel
         document, paths = _document(table)
         lines.append(f"  {_key(table.convex_name)}: {{")
         lines.append(f"    document: {document};")

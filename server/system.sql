@@ -100,6 +100,33 @@ END
 $$;
 CREATE INDEX IF NOT EXISTS _ripple_mutations__created_at ON _ripple_mutations (created_at);
 
+-- The scheduler (server/scheduler.py, server/functions/scheduling.py).
+-- Convex's `_scheduled_functions` system table: one row per `ctx.scheduler.run_after/run_at`. A normal table
+-- (`_id`, `_creation_time`, numbered and captured like app tables), so queries read it through `ctx.db.system`
+-- and clients watch a job's state live. Its document is Convex's: name, args (an array holding the encoded
+-- arguments object), scheduledTime (epoch ms), state ({"kind": "pending" | "inProgress" | "success" | "failed"
+-- | "canceled"}, failed with "error"), completedTime. Ids come from the server (server/database/ids.py).
+CREATE TABLE IF NOT EXISTS _scheduled_functions (
+    _id            text COLLATE "C" PRIMARY KEY,
+    _creation_time double precision NOT NULL,
+    name           text COLLATE "C" NOT NULL,
+    args           jsonb NOT NULL,
+    scheduled_time double precision NOT NULL,
+    state          jsonb NOT NULL,
+    completed_time double precision
+);
+-- Due work in scheduled order. No `__` in the name: not a Convex index (the catalog and capture ignore it).
+CREATE INDEX IF NOT EXISTS _scheduled_functions_due ON _scheduled_functions (scheduled_time, _creation_time)
+    WHERE (state ->> 'kind') = 'pending';
+-- Which executor runs an action (inProgress), and when that executor last said it was alive: an action whose
+-- executor went quiet (a crash) is marked failed, never run again (actions run at most once).
+CREATE TABLE IF NOT EXISTS _ripple_scheduled_claims (
+    job_id   text COLLATE "C" PRIMARY KEY,
+    executor text COLLATE "C" NOT NULL,
+    seen_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS _ripple_scheduled_claims_executor ON _ripple_scheduled_claims (executor);
+
 -- ---------------------------------------------------------------------------------------------------------
 -- Functions used by column defaults
 -- ---------------------------------------------------------------------------------------------------------
@@ -362,8 +389,9 @@ BEGIN
 END
 $$;
 
--- Numbers every public table that has an `_id` column and is not numbered yet (in name order, after the
--- highest number ever given). Numbers are stored, so they are stable across runs.
+-- Numbers every public table that has an `_id` column and is not numbered yet (app tables in name order, then
+-- system tables such as `_scheduled_functions`, so adding one leaves the numbers of app tables as they were; after
+-- the highest number ever given). Numbers are stored, so they are stable across runs.
 CREATE OR REPLACE FUNCTION _ripple_register_tables() RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -379,7 +407,7 @@ BEGIN
           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = '_id' AND a.attnum > 0 AND NOT a.attisdropped
          WHERE s.nspname = 'public' AND c.relkind IN ('r', 'p') AND left(c.relname, 8) <> '_ripple_'
            AND NOT EXISTS (SELECT 1 FROM _ripple_tables t WHERE t.table_name = c.relname::text)
-         ORDER BY c.relname::text COLLATE "C"
+         ORDER BY left(c.relname, 1) = '_', c.relname::text COLLATE "C"  -- system tables (`_x`) after app tables
     LOOP
         IF next > 65535 THEN
             RAISE EXCEPTION 'Ripple: no table numbers left for table "%"', r.name;
@@ -577,7 +605,8 @@ CREATE TABLE IF NOT EXISTS _ripple_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
-SELECT _ripple_on_start();
+-- `_ripple_on_start()` runs after the app's SQL (server/database/catalog.py), so app tables are numbered before
+-- system tables such as `_scheduled_functions`.
 
 -- The generic capture function of earlier versions: every trigger now calls its table's own (one still made by
 -- hand on it keeps it).

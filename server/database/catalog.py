@@ -132,7 +132,7 @@ SYSTEM_SQL = Path(__file__).resolve().parent.parent / "system.sql"
 
 _APP_TABLE_NAMES_SQL = r"""
 SELECT c.relname::text AS relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '\_ripple\_%'
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND left(c.relname, 1) <> '_'  -- system tables start with _
  ORDER BY 1
 """
 _APP_TABLES_SQL = f"SELECT EXISTS ({_APP_TABLE_NAMES_SQL})"

@@ -48,7 +48,7 @@ class Plan:
 _TABLES_SQL = r"""
 SELECT c.oid, c.relname::text AS name
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '\_ripple\_%'
+ WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND left(c.relname, 1) <> '_'  -- system tables start with _
 """
 
 _COLUMNS_SQL = """

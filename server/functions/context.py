@@ -1,7 +1,9 @@
 """The `ctx` a handler receives: `QueryCtx`, `MutationCtx` or `ActionCtx`, as in Convex.
 
 Queries and mutations get `ctx.db`; actions get none and call other functions through `ctx.run_query`,
-`ctx.run_mutation` and `ctx.run_action`, each in its own transaction.
+`ctx.run_mutation` and `ctx.run_action`, each in its own transaction. Mutations and actions get `ctx.scheduler`
+(scheduling.py). System tables (`_scheduled_functions`) are read through `ctx.db.system`, as in Convex, and are
+never written by functions.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from typing import Any, Protocol
 
 import orjson
 
-from server.database.transaction import DatabaseReader, DatabaseWriter
-from server.errors import AuthRequired
+from server.database.query import Query
+from server.database.transaction import DatabaseReader, DatabaseWriter, Transaction
+from server.errors import ArgumentError, AuthRequired
+from server.functions.scheduling import Scheduler
 
-__all__ = ["ActionCtx", "Auth", "Caller", "MutationCtx", "QueryCtx"]
+__all__ = ["ActionCtx", "Auth", "Caller", "MutationCtx", "QueryCtx", "QueryDb", "MutationDb", "SystemReader"]
 
 
 class Identity(Protocol):
@@ -82,6 +86,99 @@ class Auth:
             raise AuthRequired(f"Only a trusted worker with the admin key may {action} (Authorization: Convex <key>).")
 
 
+def _is_system(table_name: str) -> bool:
+    return table_name.startswith("_")
+
+
+class SystemReader:
+    """`ctx.db.system`: reads of system tables only (Convex keeps them out of `ctx.db.get/query`)."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._reader = DatabaseReader(tx)
+        self._tx = tx
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        table = self._tx.table_of(doc_id)
+        if not _is_system(table.name):
+            raise ArgumentError(f'ctx.db.system.get: "{doc_id}" is a document of "{table.convex_name}"; use ctx.db.get')
+        return await self._reader.get(doc_id)
+
+    def query(self, table: str) -> Query:
+        found = self._tx.catalog.table(table)
+        if not _is_system(found.name):
+            raise ArgumentError(f'ctx.db.system.query: "{table}" is not a system table; use ctx.db.query')
+        return self._reader.query(table)
+
+
+def _refuse_system(tx: Transaction, table_name: str, what: str) -> None:
+    if _is_system(tx.catalog.table(table_name).name):
+        raise ArgumentError(f'{what}: "{table_name}" is a system table; read it through ctx.db.system.{what}')
+
+
+class QueryDb(DatabaseReader):
+    """`ctx.db` of a query: app tables, and `system` for system tables."""
+
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
+        self.system = SystemReader(tx)
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        table = self._tx.table_of(doc_id)
+        if _is_system(table.name):
+            raise ArgumentError(f'get: "{doc_id}" is a document of system table "{table.name}"; use ctx.db.system.get')
+        return await super().get(doc_id)
+
+    def query(self, table: str) -> Query:
+        _refuse_system(self._tx, table, "query")
+        return super().query(table)
+
+
+class MutationDb(DatabaseWriter):
+    """`ctx.db` of a mutation: as `QueryDb`, plus writes, which system tables refuse (the server keeps them)."""
+
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
+        self.system = SystemReader(tx)
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        table = self._tx.table_of(doc_id)
+        if _is_system(table.name):
+            raise ArgumentError(f'get: "{doc_id}" is a document of system table "{table.name}"; use ctx.db.system.get')
+        return await super().get(doc_id)
+
+    def query(self, table: str) -> Query:
+        _refuse_system(self._tx, table, "query")
+        return super().query(table)
+
+    def _writable(self, doc_id: str, verb: str) -> None:
+        table = self._tx.table_of(doc_id)
+        if _is_system(table.name):
+            raise ArgumentError(
+                f'{verb}: "{doc_id}" is a document of system table "{table.name}", which only the '
+                "server writes (cancel a scheduled function with ctx.scheduler.cancel)"
+            )
+
+    async def insert(self, table_name: str, document: Any) -> str:
+        if _is_system(self._tx.catalog.table(table_name).name):
+            raise ArgumentError(
+                f'insert: "{table_name}" is a system table, which only the server writes '
+                "(schedule a function with ctx.scheduler.run_after or run_at)"
+            )
+        return await super().insert(table_name, document)
+
+    async def patch(self, doc_id: str, fields: Any) -> None:
+        self._writable(doc_id, "patch")
+        await super().patch(doc_id, fields)
+
+    async def replace(self, doc_id: str, document: Any) -> None:
+        self._writable(doc_id, "replace")
+        await super().replace(doc_id, document)
+
+    async def delete(self, doc_id: str) -> None:
+        self._writable(doc_id, "delete")
+        await super().delete(doc_id)
+
+
 class QueryCtx:
     def __init__(self, db: DatabaseReader, auth: Auth) -> None:
         self.db = db
@@ -89,17 +186,21 @@ class QueryCtx:
 
 
 class MutationCtx:
-    def __init__(self, db: DatabaseWriter, auth: Auth) -> None:
+    def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: Scheduler | None = None) -> None:
         self.db = db
         self.auth = auth
+        self.scheduler = scheduler
 
 
 RunFn = Callable[[Any, dict[str, Any] | None], Awaitable[Any]]
 
 
 class ActionCtx:
-    def __init__(self, auth: Auth, run_query: RunFn, run_mutation: RunFn, run_action: RunFn) -> None:
+    def __init__(
+        self, auth: Auth, run_query: RunFn, run_mutation: RunFn, run_action: RunFn, scheduler: Scheduler | None = None
+    ) -> None:
         self.auth = auth
+        self.scheduler = scheduler
         self._run_query = run_query
         self._run_mutation = run_mutation
         self._run_action = run_action

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,19 +24,30 @@ from pydantic import BaseModel
 from server import values
 from server.database.database import Database, MutationKey, Snapshot, args_digest
 from server.database.reads import ReadSet
-from server.database.transaction import DatabaseReader, DatabaseWriter, Transaction
+from server.database.transaction import Transaction
 from server.errors import ConvexError, LimitExceeded, RippleError, describe
 from server.functions import calllog
 from server.functions.calllog import CallLog
-from server.functions.context import ActionCtx, Auth, Caller, MutationCtx, QueryCtx
+from server.functions.context import ActionCtx, Auth, Caller, MutationCtx, MutationDb, QueryCtx, QueryDb
 from server.functions.registry import FunctionKind, FunctionSpec, Registry
 from server.functions.registry import registry as default_registry
+from server.functions.scheduling import Scheduler
 from server.functions.validation import id_tables, validate_args
 
-__all__ = ["CallObserver", "CallRecord", "Outcome", "Runner", "RunnerLimits", "Transport", "is_database_error"]
+__all__ = [
+    "CallObserver",
+    "CallRecord",
+    "Claim",
+    "Outcome",
+    "Runner",
+    "RunnerLimits",
+    "Transport",
+    "is_database_error",
+]
 
 # How a call arrived: "http" (the HTTP API), "websocket" (a sync socket's mutation or action), "hub" (a
-# subscription's run or re-run), "internal" (an action's ctx.run_*, in-process callers).
+# subscription's run or re-run), "internal" (an action's ctx.run_*, in-process callers), "scheduled" (the
+# scheduler's executor, server/scheduler.py).
 Transport = str
 
 
@@ -96,6 +108,20 @@ class CallObserver(Protocol):
     def line(self, call: CallLog, level: str, text: str) -> None: ...
 
 
+class Claim(Protocol):
+    """What a scheduled mutation does in its own transaction around its handler (server/scheduler.py): `take` claims
+    the job first (False: another process has it, or it was canceled; nothing runs), `done` marks it succeeded, so
+    the job's effects and its success commit together, once."""
+
+    async def take(self, tx: Transaction) -> bool: ...
+
+    async def done(self, tx: Transaction) -> None: ...
+
+
+class _NotClaimed(Exception):
+    """A scheduled mutation's claim found the job taken: its transaction rolls back with nothing written."""
+
+
 @dataclass(slots=True)
 class RunnerLimits:
     query_timeout_s: float = 10.0
@@ -118,6 +144,8 @@ class Outcome:
     log_lines: list[str] = field(default_factory=list)
     retries: int = 0
     request_id: str | None = None
+    # False when a scheduled mutation did not run because its job was already taken (Claim.take).
+    claimed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -175,6 +203,9 @@ class Runner:
         self.limits = limits or RunnerLimits()
         self.observer = observer
         self._tables = {t.number: t.convex_name for t in database.catalog.tables.values()}
+        # Told, after the commit that scheduled it, when the earliest newly scheduled function is due (epoch ms):
+        # the executor (server/scheduler.py) sets it to wake for it.
+        self.on_scheduled: Callable[[float], None] | None = None
 
     def resolve(self, path: str, *, internal_ok: bool = False) -> FunctionSpec:
         return self.registry.resolve(path, internal_ok=internal_ok)
@@ -258,6 +289,7 @@ class Runner:
         dedupe: tuple[str, int] | None = None,
         maybe_applied: bool = True,
         transport: Transport = "internal",
+        claim: Claim | None = None,
     ) -> Outcome:
         """Run any function by wire name; failures come back in the Outcome, never raised."""
         call = self._begin(path)
@@ -280,9 +312,12 @@ class Runner:
                     # A resend replays only for the same caller, function and arguments (database.py).
                     who = orjson.dumps(list(caller.principal)).decode()
                     key = MutationKey(dedupe[0], dedupe[1], who, spec.path, args_digest(args))
-                await self._mutation(spec, kwargs, caller, key, maybe_applied, outcome)
+                await self._mutation(spec, kwargs, caller, key, maybe_applied, outcome, claim)
             else:
                 await self._action(spec, kwargs, caller, outcome)
+        except _NotClaimed:
+            outcome.claimed = False
+            return outcome  # not a call: another process runs it (or it was canceled)
         except Exception as exc:  # every failure is reported on its own request
             outcome.error = exc
         finally:
@@ -329,7 +364,7 @@ class Runner:
         try:
             # asyncio.timeout rather than wait_for: no task per run, which the hub's re-runs would pay for.
             async with asyncio.timeout(self.limits.query_timeout_s):
-                value = await spec.handler(QueryCtx(DatabaseReader(tx), auth), **kwargs)
+                value = await spec.handler(QueryCtx(QueryDb(tx), auth), **kwargs)
             outcome.value = self._encode(value)
         except TimeoutError:
             outcome.error = LimitExceeded(f"{spec.path} ran longer than {self.limits.query_timeout_s} s")
@@ -348,29 +383,45 @@ class Runner:
         dedupe: MutationKey | None,
         maybe_applied: bool,
         outcome: Outcome,
+        claim: Claim | None = None,
     ) -> Outcome:
         # The time limit covers the handler (across retries), never the COMMIT: a mutation cut short there would
         # be reported as failed although it committed.
         limit_s = self.limits.mutation_timeout_s
         deadline = asyncio.get_running_loop().time() + limit_s
+        scheduler: Scheduler | None = None
 
         async def body(tx: Transaction) -> Any:
+            nonlocal scheduler
             call = calllog.current()
             if call is not None:  # a retried attempt's lines are not the committed run's
                 call.restart()
+            if claim is not None and not await claim.take(tx):
+                raise _NotClaimed
+            # A new one per attempt: a retried attempt schedules again in its fresh transaction.
+            scheduler = Scheduler(lambda op: op(tx), lambda path: self.resolve(path, internal_ok=True))
             timer = asyncio.timeout_at(deadline)
             try:
                 async with timer:
-                    value = await spec.handler(MutationCtx(DatabaseWriter(tx), Auth(caller)), **kwargs)
+                    value = await spec.handler(MutationCtx(MutationDb(tx), Auth(caller), scheduler), **kwargs)
             except TimeoutError:
                 if timer.expired():
                     raise LimitExceeded(f"{spec.path} ran longer than {limit_s} s") from None
                 raise
-            return self._encode(value)
+            encoded = self._encode(value)
+            if claim is not None:
+                await claim.done(tx)
+            return encoded
 
         result = await self.database.mutate(body, dedupe=dedupe, maybe_applied=maybe_applied)
         outcome.value, outcome.ts, outcome.retries = result.value, result.ts, result.retries
+        if scheduler is not None and scheduler.earliest is not None and not result.deduplicated:
+            self._scheduled(scheduler.earliest)
         return outcome
+
+    def _scheduled(self, when_ms: float) -> None:
+        if self.on_scheduled is not None:
+            self.on_scheduled(when_ms)
 
     async def _action(self, spec: FunctionSpec, kwargs: dict[str, Any], caller: Caller, outcome: Outcome) -> Outcome:
         async def run(kind: FunctionKind, fn: Any, args: dict[str, Any] | None) -> Any:
@@ -380,11 +431,15 @@ class Runner:
                 raise inner.error
             return values.decode(inner.value)
 
+        async def write(op: Callable[[Transaction], Awaitable[Any]]) -> Any:
+            return (await self.database.mutate(op)).value
+
         ctx = ActionCtx(
             Auth(caller),
             lambda fn, a: run(FunctionKind.QUERY, fn, a),
             lambda fn, a: run(FunctionKind.MUTATION, fn, a),
             lambda fn, a: run(FunctionKind.ACTION, fn, a),
+            Scheduler(write, lambda path: self.resolve(path, internal_ok=True), on_committed=self._scheduled),
         )
         try:
             async with asyncio.timeout(self.limits.action_timeout_s):

@@ -33,6 +33,8 @@ SEED_TABLES = [
     "videos",
     "workflows",
 ]
+# Numbered after the app tables (server/scheduler.py's table; its ids come from the server, not a default).
+SYSTEM_TABLES = ["_scheduled_functions"]
 
 # Convex index -> its fields (the implicit `_creation_time, _id` suffix is checked separately).
 SEED_INDEXES = {
@@ -79,7 +81,7 @@ async def test_schema_applies_twice_and_is_stable(fresh_dsn: str) -> None:
         assert {(r["t"], r["tgname"]): r["oid"] for r in await conn.fetch(triggers_sql)} == triggers
 
     # numbered in name order, identically in every fresh database
-    assert numbers == {name: i + 1 for i, name in enumerate(SEED_TABLES)}
+    assert numbers == {name: i + 1 for i, name in enumerate(SEED_TABLES + SYSTEM_TABLES)}
     for table in SEED_TABLES:
         assert (table, "_ripple_capture") in triggers and (table, "_ripple_capture_truncate") in triggers
     assert ("_ripple_pending", "_ripple_pending_commit") in triggers
@@ -117,7 +119,7 @@ async def test_schema_applies_concurrently(fresh_dsn: str) -> None:
 
     await asyncio.gather(*(apply() for _ in range(3)))
     async with connect(fresh_dsn) as conn:
-        assert await conn.fetchval("SELECT count(*) FROM _ripple_tables") == len(SEED_TABLES)
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_tables") == len(SEED_TABLES + SYSTEM_TABLES)
 
 
 async def test_tables_follow_the_conventions(schema_dsn: str) -> None:
@@ -146,7 +148,7 @@ async def test_tables_follow_the_conventions(schema_dsn: str) -> None:
         columns = await conn.fetch(
             """SELECT c.table_name, c.column_name, c.data_type, c.collation_name, c.is_nullable, c.column_default
                  FROM information_schema.columns c
-                WHERE c.table_schema = 'public' AND c.table_name NOT LIKE '\\_ripple\\_%'"""
+                WHERE c.table_schema = 'public' AND c.table_name NOT LIKE '\\_%'"""
         )
         by_table: dict[str, dict[str, asyncpg.Record]] = {}
         for col in columns:
@@ -183,7 +185,7 @@ async def test_install_capture_follows_new_indexes_and_tables(schema_dsn: str) -
             ' _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(), body text COLLATE "C")'
         )
         await conn.execute(SCHEMA)
-        assert await conn.fetchval("SELECT table_number FROM _ripple_tables WHERE table_name = 'notes'") == 10
+        assert await conn.fetchval("SELECT table_number FROM _ripple_tables WHERE table_name = 'notes'") == 11
         async with conn.transaction():
             wid = await conn.fetchval(INSERT_WORKFLOW, "the task")
             nid = await conn.fetchval("INSERT INTO notes (body) VALUES ('b') RETURNING _id")
@@ -192,7 +194,7 @@ async def test_install_capture_follows_new_indexes_and_tables(schema_dsn: str) -
         assert set(got[wid]["new"]) == {"status", "task", "_creation_time"}
         assert got[wid]["new"]["task"] == "the task"
         assert set(got[nid]["new"]) == {"_creation_time"} and got[nid]["table"] == "notes"
-        assert int(nid[28:32], 16) == 10
+        assert int(nid[28:32], 16) == 11
 
 
 # --------------------------------------------------------------------------------------------------------------

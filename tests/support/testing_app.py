@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from server import ConvexError, Id, action, internal_mutation, internal_query, mutation, query
+from server import ConvexError, Id, action, internal_action, internal_mutation, internal_query, mutation, query
 
 
 @mutation(name="testing:insert")
@@ -255,3 +256,88 @@ async def flood_log(ctx: Any, lines: int, width: int = 10) -> int:
     for n in range(lines):
         print(str(n) * width)
     return lines
+
+
+# The scheduler (tests/test_scheduler.py).
+
+
+@internal_mutation(name="testing:scheduledInsert")
+async def scheduled_insert(ctx: Any, twitch_id: str, title: str = "t") -> str:
+    """Records one run as a video; also says whether it ran with an identity (it must not)."""
+    who = await ctx.auth.get_user_identity()
+    return await ctx.db.insert(  # type: ignore[no-any-return]
+        "videos", {"twitchId": twitch_id, "title": title, "status": "anonymous" if who is None else "signed in"}
+    )
+
+
+@mutation(name="testing:schedule")
+async def schedule(ctx: Any, delay_ms: float, twitch_id: str, fail: bool = False) -> str:
+    job = await ctx.scheduler.run_after(delay_ms, scheduled_insert, {"twitchId": twitch_id})
+    if fail:
+        raise ConvexError("the scheduling mutation failed")
+    return job  # type: ignore[no-any-return]
+
+
+@mutation(name="testing:scheduleBacklog")
+async def schedule_backlog(ctx: Any, twitch_id: str, count: int) -> list[str]:
+    """`count` jobs due in the past, created in the reverse of their scheduled order."""
+    now = time.time() * 1000
+    return [
+        await ctx.scheduler.run_at(now - 1000 + i, "testing:scheduledInsert", {"twitchId": twitch_id, "title": str(i)})
+        for i in reversed(range(count))
+    ]
+
+
+@mutation(name="testing:scheduleMany")
+async def schedule_many(ctx: Any, count: int, twitch_id: str) -> None:
+    for _ in range(count):
+        await ctx.scheduler.run_after(60_000, scheduled_insert, {"twitchId": twitch_id})
+
+
+@mutation(name="testing:scheduleHuge")
+async def schedule_huge(ctx: Any, size: int) -> None:
+    await ctx.scheduler.run_after(0, scheduled_insert, {"twitchId": "huge", "title": "x" * size})
+
+
+@mutation(name="testing:cancel")
+async def cancel(ctx: Any, id: str) -> None:
+    await ctx.scheduler.cancel(id)
+
+
+@mutation(name="testing:writeSystem")
+async def write_system(ctx: Any, id: str) -> None:
+    await ctx.db.patch(id, {"name": "testing:fail"})
+
+
+@query(name="testing:job")
+async def job(ctx: Any, id: str) -> Any:
+    return await ctx.db.system.get(id)
+
+
+@query(name="testing:jobs")
+async def jobs(ctx: Any) -> Any:
+    return await ctx.db.system.query("_scheduled_functions").collect()
+
+
+@query(name="testing:publicJobs")
+async def public_jobs(ctx: Any) -> Any:
+    return await ctx.db.query("_scheduled_functions").collect()
+
+
+@query(name="testing:videosOf")
+async def videos_of(ctx: Any, twitch_id: str) -> Any:
+    return await ctx.db.query("videos").with_index("by_twitch_id", lambda q: q.eq("twitchId", twitch_id)).collect()
+
+
+@internal_action(name="testing:scheduledAction")
+async def scheduled_action(ctx: Any, twitch_id: str, fail: bool = False) -> str:
+    if fail:
+        raise ConvexError("the scheduled action failed")
+    return await ctx.run_mutation(scheduled_insert, {"twitchId": twitch_id})  # type: ignore[no-any-return]
+
+
+@action(name="testing:scheduleFromAction")
+async def schedule_from_action(ctx: Any, twitch_id: str, fail: bool = False) -> str:
+    return await ctx.scheduler.run_after(  # type: ignore[no-any-return]
+        0, scheduled_action, {"twitchId": twitch_id, "fail": fail}
+    )

@@ -1,0 +1,181 @@
+"""`ctx.scheduler` and the executor, on a real PostgreSQL and a real server (server/scheduler.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from server.errors import RippleError
+from tests.support.server import RippleServer, second_process
+from tests.support.ws import SyncClient
+
+
+async def wait_for(check: Any, timeout_s: float = 10.0, interval_s: float = 0.005) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still {value!r} after {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+async def state_of(ripple: RippleServer, job: str) -> str | None:
+    doc = await ripple.call("testing:job", {"id": job})
+    return None if doc is None else doc["state"]["kind"]
+
+
+async def test_a_scheduled_mutation_runs_once_soon_and_its_state_is_live(ripple: RippleServer) -> None:
+    client = await SyncClient.connect(ripple.ws_url)
+    try:
+        scheduled_at = time.time() * 1000
+        job = await ripple.call("testing:schedule", {"delayMs": 10, "twitchId": "soon"})
+        qid = await client.subscribe("testing:job", {"id": job})
+        first = client.results[qid]
+        states = [first["state"]["kind"]]
+        assert first["name"] == "testing:scheduledInsert"
+        assert first["args"] == [{"twitchId": "soon"}]
+        assert abs(first["scheduledTime"] - (scheduled_at + 10)) < 1000
+        while states[-1] != "success":
+            await client.expect(lambda m: m["type"] == "Transition" and m["modifications"], timeout_s=5)
+            states.append(client.results[qid]["state"]["kind"])
+        ran = await ripple.call("testing:videosOf", {"twitchId": "soon"})
+        assert len(ran) == 1
+        # Due 10 ms after scheduling; it ran (its insert is its creation time) well within 50 ms of that.
+        assert ran[0]["_creationTime"] - (first["scheduledTime"]) < 50, ran[0]["_creationTime"] - first["scheduledTime"]
+        assert ran[0]["status"] == "anonymous"  # no identity is passed to scheduled functions
+        assert states[0] == "pending" and states[-1] == "success"
+        assert client.results[qid]["completedTime"] >= first["scheduledTime"]
+        await asyncio.sleep(0.2)
+        assert len(await ripple.call("testing:videosOf", {"twitchId": "soon"})) == 1
+    finally:
+        await client.close()
+
+
+async def test_a_failed_scheduling_mutation_schedules_nothing(ripple: RippleServer) -> None:
+    with pytest.raises(RippleError, match="the scheduling mutation failed"):
+        await ripple.call("testing:schedule", {"delayMs": 0, "twitchId": "rolled-back", "fail": True})
+    await asyncio.sleep(0.2)
+    assert await ripple.call("testing:jobs") == []
+    assert await ripple.call("testing:videosOf", {"twitchId": "rolled-back"}) == []
+
+
+async def test_cancel_before_it_runs(ripple: RippleServer) -> None:
+    job = await ripple.call("testing:schedule", {"delayMs": 300, "twitchId": "canceled"})
+    await ripple.call("testing:cancel", {"id": job})
+    assert await state_of(ripple, job) == "canceled"
+    await asyncio.sleep(0.6)
+    assert await state_of(ripple, job) == "canceled"
+    assert await ripple.call("testing:videosOf", {"twitchId": "canceled"}) == []
+    # Canceling a finished job leaves it as it is; an id that is no job is an error that says so.
+    await ripple.call("testing:cancel", {"id": job})
+    assert await state_of(ripple, job) == "canceled"
+    video = await ripple.call("testing:insertKeyed", {"key": "k"})
+    with pytest.raises(RippleError, match="another table"):
+        await ripple.call("testing:cancel", {"id": video})
+
+
+async def test_a_failing_scheduled_mutation_is_marked_failed_with_its_error(ripple: RippleServer) -> None:
+    job = await ripple.call("testing:schedule", {"delayMs": 0, "twitchId": "x" * 0})
+    await wait_for(lambda: _kind_is(ripple, job, "success"))
+    # A function that raises: scheduled through the action path to reach testing:scheduledAction's failure.
+    job = await ripple.call("testing:scheduleFromAction", {"twitchId": "act-fail", "fail": True})
+    await wait_for(lambda: _kind_is(ripple, job, "failed"))
+    doc = await ripple.call("testing:job", {"id": job})
+    assert "the scheduled action failed" in doc["state"]["error"]
+    assert await ripple.call("testing:videosOf", {"twitchId": "act-fail"}) == []
+
+
+async def _kind_is(ripple: RippleServer, job: str, kind: str) -> bool:
+    return await state_of(ripple, job) == kind
+
+
+async def test_a_scheduled_action_runs_and_succeeds(ripple: RippleServer) -> None:
+    job = await ripple.call("testing:scheduleFromAction", {"twitchId": "act-ok"})
+    await wait_for(lambda: _kind_is(ripple, job, "success"))
+    videos = await ripple.call("testing:videosOf", {"twitchId": "act-ok"})
+    assert len(videos) == 1 and videos[0]["status"] == "anonymous"
+
+
+async def test_a_backlog_runs_in_scheduled_order(ripple: RippleServer) -> None:
+    jobs = await ripple.call("testing:scheduleBacklog", {"twitchId": "backlog", "count": 20})
+    await wait_for(lambda: _all_done(ripple, jobs))
+    videos = await ripple.call("testing:videosOf", {"twitchId": "backlog"})
+    assert [v["title"] for v in videos] == [str(i) for i in range(20)]
+
+
+async def _all_done(ripple: RippleServer, jobs: list[str]) -> bool:
+    return all([await _kind_is(ripple, job, "success") for job in jobs])
+
+
+async def test_limits_refuse_with_clear_errors(ripple: RippleServer) -> None:
+    with pytest.raises(RippleError, match="scheduled more than 1000 functions"):
+        await ripple.call("testing:scheduleMany", {"count": 1001, "twitchId": "many"})
+    assert await ripple.call("testing:jobs") == []
+    with pytest.raises(RippleError, match="over the 8388608-byte limit"):
+        await ripple.call("testing:scheduleHuge", {"size": 8 * 1024 * 1024 + 1})
+    assert await ripple.call("testing:jobs") == []
+
+
+async def test_system_tables_are_read_through_db_system_only(ripple: RippleServer) -> None:
+    job = await ripple.call("testing:schedule", {"delayMs": 60_000, "twitchId": "later"})
+    assert [j["_id"] for j in await ripple.call("testing:jobs")] == [job]
+    with pytest.raises(RippleError, match="system table"):
+        await ripple.call("testing:publicJobs")
+    with pytest.raises(RippleError, match="system table"):
+        await ripple.call("testing:get", {"id": job})
+    with pytest.raises(RippleError, match="only the server writes"):
+        await ripple.call("testing:writeSystem", {"id": job})
+    assert await state_of(ripple, job) == "pending"
+
+
+async def test_two_processes_run_each_job_once(ripple: RippleServer) -> None:
+    async with second_process(ripple) as other:
+        async with httpx.AsyncClient(base_url=other, timeout=30) as http:
+            scheduled = []
+            for i in range(10):
+                # Half scheduled through each process, all due at once: both executors race for every job.
+                if i % 2:
+                    r = await http.post(
+                        "/api/mutation",
+                        json={"path": "testing:scheduleBacklog", "args": {"twitchId": f"two-{i}", "count": 5}},
+                    )
+                    assert r.status_code == 200, r.text
+                    scheduled += r.json()["value"]
+                else:
+                    scheduled += await ripple.call("testing:scheduleBacklog", {"twitchId": f"two-{i}", "count": 5})
+            await wait_for(lambda: _all_done(ripple, scheduled), timeout_s=20)
+            for i in range(10):
+                videos = await ripple.call("testing:videosOf", {"twitchId": f"two-{i}"})
+                assert sorted(v["title"] for v in videos) == [str(n) for n in range(5)], videos
+
+
+async def test_an_action_left_in_progress_by_a_dead_server_is_failed_not_rerun(ripple: RippleServer) -> None:
+    job = await ripple.call("testing:scheduleFromAction", {"twitchId": "orphan"})
+    await wait_for(lambda: _kind_is(ripple, job, "success"))
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        # As a crash leaves it: inProgress, claimed by an executor that no longer refreshes its claim.
+        await conn.execute(
+            """UPDATE _scheduled_functions SET state = '{"kind": "inProgress"}', completed_time = NULL
+               WHERE _id = $1""",
+            job,
+        )
+        await conn.execute(
+            "INSERT INTO _ripple_scheduled_claims (job_id, executor, seen_at)"
+            " VALUES ($1, 'gone', now() - '1 h'::interval)",
+            job,
+        )
+    finally:
+        await conn.close()
+    await wait_for(lambda: _kind_is(ripple, job, "failed"), timeout_s=5)
+    doc = await ripple.call("testing:job", {"id": job})
+    assert "stopped before it finished" in doc["state"]["error"]
+    assert len(await ripple.call("testing:videosOf", {"twitchId": "orphan"})) == 1
