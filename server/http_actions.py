@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ROUTABLE_METHODS", "HttpAction", "HttpRouter", "SiteRoutes", "find_router", "http_action"]
 
-log = logging.getLogger("ripple")
 
 # Convex's ROUTABLE_HTTP_METHODS; HEAD runs the GET route and drops the body, as Convex does.
 ROUTABLE_METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
@@ -262,16 +260,16 @@ class SiteRoutes:
         except RequestError as exc:
             return _plain(exc.http_status, exc.code, exc.message)
         request = Request(scope, _replay(body, receive))
-        result, outcome = await services.runner.call_http_action(
-            f"{method if method != 'HEAD' else 'GET'} {match.route}",
-            caller,
-            lambda ctx: match.action.handler(ctx, request),
-        )
-        if outcome.error is None and not isinstance(result, Response):
-            outcome.error = TypeError(
-                f"HTTP action {match.action.name} returned {type(result).__name__}, not a starlette Response"
-            )
-            log.error("%s (request %s)", outcome.error, outcome.request_id)
+        action = match.action
+
+        async def run(ctx: ActionCtx) -> Response:
+            result = await action.handler(ctx, request)
+            if not isinstance(result, Response):
+                raise TypeError(f"HTTP action {action.name} returned {type(result).__name__}, not a starlette Response")
+            return result
+
+        route = f"{'GET' if method == 'HEAD' else method} {match.route}"
+        result, outcome = await services.runner.call_http_action(route, caller, run)
         if outcome.error is not None:
             return _plain(
                 500,

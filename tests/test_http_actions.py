@@ -130,6 +130,9 @@ async def test_a_raising_handler_is_500_with_the_request_id_in_the_log(
     assert "KeyError" in caplog.text and "http_app.py" in caplog.text  # the traceback is in the server log
     odd = await client.get("/not-a-response")
     assert odd.status_code == 500 and "not a starlette Response" in odd.json()["message"]
+    odd_id = odd.headers["x-ripple-request-id"]
+    outcomes = [r.outcome for r in caplog.records if getattr(r, "request_id", None) == odd_id and hasattr(r, "outcome")]
+    assert outcomes == ["uncaught"]
 
 
 async def test_body_size_is_limited(client: httpx.AsyncClient) -> None:
