@@ -199,3 +199,19 @@ def test_router_refuses_malformed_routes() -> None:
     other.route(path="/a", method="GET", handler=handler)
     with pytest.raises(ValueError, match="declared twice"):
         router.include(other)
+
+
+async def test_the_site_url_is_logged_at_start(fresh_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ripple")
+    async with run_server(fresh_dsn, site_prefix="/site/", port=8123):
+        pass
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("HTTP actions:")]
+    assert lines == ["HTTP actions: 2 routes at http://127.0.0.1:8123/site/... (RIPPLE_SITE_PREFIX; Convex's site URL)"]
+
+
+def test_the_site_prefix_cannot_hide_the_function_api() -> None:
+    from server.config import Settings
+
+    for bad in ("/api", "/", "http"):
+        with pytest.raises(ValueError, match="RIPPLE_SITE_PREFIX"):
+            Settings(site_prefix=bad)
