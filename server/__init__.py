@@ -12,14 +12,17 @@ from server.functions.registry import (
     query,
 )
 from server.functions.validation import Id
+from server.http_actions import HttpRouter, http_action
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvexError",
+    "HttpRouter",
     "Id",
     "__version__",
     "action",
+    "http_action",
     "internal_action",
     "internal_mutation",
     "internal_query",

@@ -31,6 +31,7 @@ from server.database.transaction import Limits
 from server.database.writers import Writers
 from server.functions.calllog import CallLog
 from server.functions.runner import CallRecord, Runner, RunnerLimits
+from server.http_actions import HttpRouter, SiteRoutes, find_router
 from server.hub.hub import Hub
 from server.hub.supervise import Supervisor
 from server.log_stream import LogStream
@@ -60,6 +61,7 @@ class Services:
     sessions: set[Any] = field(default_factory=set)
     version: str = __version__
     log_stream: LogStream = field(default_factory=LogStream)
+    http: HttpRouter = field(default_factory=HttpRouter)  # the project's HTTP actions (http_actions.py)
 
 
 class _Observers:
@@ -201,6 +203,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         load_modules(settings.modules)
+        http_routes = find_router(f"{BUILTIN_MODULES}.http", settings.modules)
         route = await connection_plan(settings, dsn)
         pool = await create_pool(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, pooled=route.pooled
@@ -237,7 +240,15 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             )
             await hub.start()
             app.state.services = Services(
-                settings, pool, database, runner, authenticator_for(settings), hub, metrics, log_stream=stream
+                settings,
+                pool,
+                database,
+                runner,
+                authenticator_for(settings),
+                hub,
+                metrics,
+                log_stream=stream,
+                http=http_routes,
             )
             hub.watch.on_outage.append(lambda: _close_for_outage(app.state.services.sessions))
             watcher = Supervisor()
@@ -256,6 +267,11 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             scheduler.start()
             app.state.scheduler = scheduler
             log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
+            log.info(
+                "HTTP actions: %d routes at %s/... (RIPPLE_SITE_PREFIX; Convex's site URL)",
+                len(http_routes),
+                settings.site_url(),
+            )
             try:
                 yield
             finally:
@@ -279,6 +295,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
         routes.append(Mount("/", StaticFiles(directory=_BROWSER_DIR, html=True), name="dashboard"))
     middleware = [
         Middleware(_CollapseSlashes),
+        Middleware(SiteRoutes, prefix=settings.site_prefix),  # before CORS: HTTP actions set their own headers
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

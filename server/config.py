@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     cors_allow_credentials: bool = False
     # Extra app modules to load ("package.module"), beyond the built-in ones.
     modules: list[str] = []
+    # HTTP actions (a module's `http = HttpRouter()`, as Convex's http.ts) are served on the main port under this
+    # prefix: route "/hook" is http://host:port/http/hook (Convex's cloud serves them on a separate .convex.site
+    # origin; its local backend under /http/ too). No CORS headers are added there: handlers add their own.
+    site_prefix: str = "/http"
+    # Convex limits an HTTP action's request body to 20 MiB; a larger one is answered 413 before the handler runs.
+    max_http_action_body_bytes: int = 20 * 1024 * 1024
 
     # Auth: HS256 secret for development, a JWKS file or URL for production.
     jwt_secret: str | None = None
@@ -202,6 +208,20 @@ class Settings(BaseSettings):
         if self.auth_config is not None:
             self._auth_config_providers = read_auth_config(self.auth_config)
         return self
+
+    @field_validator("site_prefix")
+    @classmethod
+    def _prefix_is_a_path(cls, prefix: str) -> str:
+        if not prefix.startswith("/") or prefix.rstrip("/") in ("", "/api"):
+            raise ValueError(
+                f"RIPPLE_SITE_PREFIX {prefix!r} must be a path like '/http' that starts with '/' and is neither '/' "
+                "nor '/api' (those serve the dashboard and the function API)"
+            )
+        return prefix.rstrip("/")
+
+    def site_url(self) -> str:
+        """Where the HTTP actions are: Convex's site URL (`.convex.site`) for this server."""
+        return self.client_url().rstrip("/") + self.site_prefix
 
     def client_url(self) -> str:
         """The URL the CLI calls: RIPPLE_URL, else the one `ripple serve` with these settings listens on (a

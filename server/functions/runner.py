@@ -423,7 +423,29 @@ class Runner:
         if self.on_scheduled is not None:
             self.on_scheduled(when_ms)
 
-    async def _action(self, spec: FunctionSpec, kwargs: dict[str, Any], caller: Caller, outcome: Outcome) -> Outcome:
+    async def call_http_action(
+        self, route: str, caller: Caller, handler: Callable[[ActionCtx], Awaitable[Any]]
+    ) -> tuple[Any, Outcome]:
+        """Run an HTTP action (server/http_actions.py) as a call: its own request id (its ctx.run_* share it), the
+        action time limit, one record (kind "httpAction", transport "http"). Returns what the handler returned, not
+        encoded (a Response), and the Outcome, whose `error` is set instead when it raised."""
+        call = self._begin(route)
+        outcome = Outcome(route, request_id=call.request_id)
+        result: Any = None
+        token = call.enter()
+        try:
+            async with asyncio.timeout(self.limits.action_timeout_s):
+                result = await handler(self._action_ctx(caller))
+        except TimeoutError:
+            outcome.error = LimitExceeded(f"HTTP action {route} ran longer than {self.limits.action_timeout_s} s")
+        except Exception as exc:  # reported as a 500 with the request id
+            outcome.error = exc
+        finally:
+            call.exit(token)
+        self._finish(call, outcome, True, "httpAction", "http", caller)
+        return result, outcome
+
+    def _action_ctx(self, caller: Caller) -> ActionCtx:
         async def run(kind: FunctionKind, fn: Any, args: dict[str, Any] | None) -> Any:
             path = fn.path if isinstance(fn, FunctionSpec) else fn
             inner = await self.call(path, args or {}, caller, internal_ok=True, kind=kind, transport="internal")
@@ -434,13 +456,16 @@ class Runner:
         async def write(op: Callable[[Transaction], Awaitable[Any]]) -> Any:
             return (await self.database.mutate(op)).value
 
-        ctx = ActionCtx(
+        return ActionCtx(
             Auth(caller),
             lambda fn, a: run(FunctionKind.QUERY, fn, a),
             lambda fn, a: run(FunctionKind.MUTATION, fn, a),
             lambda fn, a: run(FunctionKind.ACTION, fn, a),
             Scheduler(write, lambda path: self.resolve(path, internal_ok=True), on_committed=self._scheduled),
         )
+
+    async def _action(self, spec: FunctionSpec, kwargs: dict[str, Any], caller: Caller, outcome: Outcome) -> Outcome:
+        ctx = self._action_ctx(caller)
         try:
             async with asyncio.timeout(self.limits.action_timeout_s):
                 value = await spec.handler(ctx, **kwargs)
