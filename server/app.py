@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import __version__, http_api, log_stream
+from server import __version__, http_api, log_stream, storage
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
 from server.database.catalog import Catalog, apply_schema, load_catalog
@@ -31,6 +31,7 @@ from server.database.transaction import Limits
 from server.database.writers import Writers
 from server.functions.calllog import CallLog
 from server.functions.runner import CallRecord, Runner, RunnerLimits
+from server.functions.storage_ctx import Storage
 from server.hub.hub import Hub
 from server.hub.supervise import Supervisor
 from server.log_stream import LogStream
@@ -60,6 +61,7 @@ class Services:
     sessions: set[Any] = field(default_factory=set)
     version: str = __version__
     log_stream: LogStream = field(default_factory=LogStream)
+    storage: Storage | None = None
 
 
 class _Observers:
@@ -226,6 +228,14 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                 ),
                 observer=_Observers(metrics, stream),
             )
+            files = Storage(
+                database,
+                storage.DirectoryBlobs(settings.storage_path()),
+                settings.public_url or settings.client_url(),
+                max_upload_bytes=settings.storage_max_upload_bytes,
+                upload_url_ttl_s=settings.storage_upload_url_ttl_s,
+            )
+            runner.storage = files
             hub = Hub(
                 route.hub_dsn,
                 database,
@@ -237,7 +247,15 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             )
             await hub.start()
             app.state.services = Services(
-                settings, pool, database, runner, authenticator_for(settings), hub, metrics, log_stream=stream
+                settings,
+                pool,
+                database,
+                runner,
+                authenticator_for(settings),
+                hub,
+                metrics,
+                log_stream=stream,
+                storage=files,
             )
             hub.watch.on_outage.append(lambda: _close_for_outage(app.state.services.sessions))
             watcher = Supervisor()
@@ -271,6 +289,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     routes: list[Route | WebSocketRoute | Mount] = [
         *http_api.routes,
         *log_stream.routes,
+        *storage.routes,
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         WebSocketRoute("/api/sync", sync_endpoint),
         WebSocketRoute("/api/{version}/sync", sync_endpoint),
