@@ -141,11 +141,22 @@ async def test_delete_removes_row_and_file_only_when_committed(files: RippleServ
     url = f"{files.url}/api/storage/{storage_id}"
     with pytest.raises(ConvexError):
         await files.call("testing:deleteFile", {"id": storage_id, "fail": True})
-    async with httpx.AsyncClient(timeout=30) as http:
-        assert (await http.get(url)).content == b"to be deleted"  # rolled back: still there, bytes and all
-        await files.call("testing:deleteFile", {"id": storage_id})
-        gone = await http.get(url)
-        assert gone.status_code == 404 and storage_id in gone.json()["message"]
+    client = await SyncClient.connect(files.ws_url)
+    try:
+        qid = await client.subscribe("testing:file", {"id": storage_id})
+        assert client.results[qid]["url"] == url
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(url)).content == b"to be deleted"  # rolled back: still there, bytes and all
+            head = await http.head(url)
+            assert head.status_code == 200 and head.headers["content-length"] == "13" and head.content == b""
+            await files.call("testing:deleteFile", {"id": storage_id})
+            gone = await http.get(url)
+            assert gone.status_code == 404 and storage_id in gone.json()["message"]
+        # get_url's read is recorded: the subscribed query sees the file go.
+        await client.expect(lambda m: m["type"] == "Transition" and m["modifications"], timeout_s=5)
+        assert client.results[qid] == {"doc": None, "url": None}
+    finally:
+        await client.close()
     assert await files.call("testing:files") == []
     assert stored_files(files) == []
     assert (await files.call("testing:file", {"id": storage_id}))["url"] is None
