@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import __version__, http_api, log_stream
+from server import __version__, http_api, log_stream, storage
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
 from server.database.catalog import Catalog, apply_schema, load_catalog
@@ -31,6 +31,7 @@ from server.database.transaction import Limits
 from server.database.writers import Writers
 from server.functions.calllog import CallLog
 from server.functions.runner import CallRecord, Runner, RunnerLimits
+from server.functions.storage_ctx import Storage
 from server.http_actions import HttpRouter, SiteRoutes, find_router
 from server.hub.hub import Hub
 from server.hub.supervise import Supervisor
@@ -62,6 +63,7 @@ class Services:
     version: str = __version__
     log_stream: LogStream = field(default_factory=LogStream)
     http: HttpRouter = field(default_factory=HttpRouter)  # the project's HTTP actions (http_actions.py)
+    storage: Storage | None = None
 
 
 class _Observers:
@@ -229,6 +231,14 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                 ),
                 observer=_Observers(metrics, stream),
             )
+            files = Storage(
+                database,
+                storage.DirectoryBlobs(settings.storage_path()),
+                settings.public_url or settings.client_url(),
+                max_upload_bytes=settings.storage_max_upload_bytes,
+                upload_url_ttl_s=settings.storage_upload_url_ttl_s,
+            )
+            runner.storage = files
             hub = Hub(
                 route.hub_dsn,
                 database,
@@ -249,6 +259,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
                 metrics,
                 log_stream=stream,
                 http=http_routes,
+                storage=files,
             )
             hub.watch.on_outage.append(lambda: _close_for_outage(app.state.services.sessions))
             watcher = Supervisor()
@@ -287,6 +298,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     routes: list[Route | WebSocketRoute | Mount] = [
         *http_api.routes,
         *log_stream.routes,
+        *storage.routes,
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         WebSocketRoute("/api/sync", sync_endpoint),
         WebSocketRoute("/api/{version}/sync", sync_endpoint),

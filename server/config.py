@@ -192,6 +192,16 @@ class Settings(BaseSettings):
     # A scheduled action whose server has not refreshed its claim for this long is marked failed (never re-run).
     scheduler_abandoned_after_s: float = 30.0
 
+    # File storage (`ctx.storage`). Files live under this directory (unset: `storage/` in `data_dir`).
+    storage_dir: Path | None = None
+    # An upload past this many bytes is refused (413) and stores nothing (Convex allows 20 MiB per upload URL POST).
+    storage_max_upload_bytes: int = 20 * 1024 * 1024
+    # How long an upload URL from ctx.storage.generate_upload_url() works (once), as Convex's: one hour.
+    storage_upload_url_ttl_s: float = 3600.0
+    # The URL clients reach this server at, which file and upload URLs start with (behind a proxy, its public URL).
+    # Unset: the URL `ripple serve` listens on (see `client_url`).
+    public_url: str | None = None
+
     # Claude (the anthropic SDK reads these too).
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
@@ -222,6 +232,9 @@ class Settings(BaseSettings):
     def site_url(self) -> str:
         """Where the HTTP actions are: Convex's site URL (`.convex.site`) for this server."""
         return self.client_url().rstrip("/") + self.site_prefix
+
+    def storage_path(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
 
     def client_url(self) -> str:
         """The URL the CLI calls: RIPPLE_URL, else the one `ripple serve` with these settings listens on (a

@@ -127,6 +127,24 @@ CREATE TABLE IF NOT EXISTS _ripple_scheduled_claims (
 );
 CREATE INDEX IF NOT EXISTS _ripple_scheduled_claims_executor ON _ripple_scheduled_claims (executor);
 
+-- File storage (server/storage.py, server/functions/storage_ctx.py).
+-- Convex's `_storage` system table: one row per stored file, inserted only once its bytes are safely stored (so a
+-- row always has its file). Numbered and captured like app tables: queries read it through `ctx.db.system` and
+-- see uploads live. sha256 is base64, as Convex's; size in bytes; content_type NULL when none was given.
+CREATE TABLE IF NOT EXISTS _storage (
+    _id            text COLLATE "C" PRIMARY KEY,
+    _creation_time double precision NOT NULL,
+    sha256         text NOT NULL,
+    size           double precision NOT NULL,
+    content_type   text
+);
+-- Upload URLs not used yet (`ctx.storage.generate_upload_url()`): the SHA-256 of each one-time token and when it
+-- expires. An upload deletes its row before it reads a byte, so a URL works once; expired rows are deleted then too.
+CREATE TABLE IF NOT EXISTS _ripple_storage_uploads (
+    token_hash text COLLATE "C" PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
+
 -- ---------------------------------------------------------------------------------------------------------
 -- Functions used by column defaults
 -- ---------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Queries and mutations get `ctx.db`; actions get none and call other functions through `ctx.run_query`,
 `ctx.run_mutation` and `ctx.run_action`, each in its own transaction. Mutations and actions get `ctx.scheduler`
-(scheduling.py). System tables (`_scheduled_functions`) are read through `ctx.db.system`, as in Convex, and are
-never written by functions.
+(scheduling.py); every function gets `ctx.storage` (storage_ctx.py). System tables (`_scheduled_functions`,
+`_storage`) are read through `ctx.db.system`, as in Convex, and are never written by functions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from server.database.query import Query
 from server.database.transaction import DatabaseReader, DatabaseWriter, Transaction
 from server.errors import ArgumentError, AuthRequired
 from server.functions.scheduling import Scheduler
+from server.functions.storage_ctx import ActionStorage, MutationStorage, QueryStorage
 
 __all__ = ["ActionCtx", "Auth", "Caller", "MutationCtx", "QueryCtx", "QueryDb", "MutationDb", "SystemReader"]
 
@@ -155,7 +156,8 @@ class MutationDb(DatabaseWriter):
         if _is_system(table.name):
             raise ArgumentError(
                 f'{verb}: "{doc_id}" is a document of system table "{table.name}", which only the '
-                "server writes (cancel a scheduled function with ctx.scheduler.cancel)"
+                "server writes (cancel a scheduled function with ctx.scheduler.cancel, delete a file with "
+                "ctx.storage.delete)"
             )
 
     async def insert(self, table_name: str, document: Any) -> str:
@@ -180,16 +182,24 @@ class MutationDb(DatabaseWriter):
 
 
 class QueryCtx:
-    def __init__(self, db: DatabaseReader, auth: Auth) -> None:
+    def __init__(self, db: DatabaseReader, auth: Auth, storage: QueryStorage | None = None) -> None:
         self.db = db
         self.auth = auth
+        self.storage = storage
 
 
 class MutationCtx:
-    def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: Scheduler | None = None) -> None:
+    def __init__(
+        self,
+        db: DatabaseWriter,
+        auth: Auth,
+        scheduler: Scheduler | None = None,
+        storage: MutationStorage | None = None,
+    ) -> None:
         self.db = db
         self.auth = auth
         self.scheduler = scheduler
+        self.storage = storage
 
 
 RunFn = Callable[[Any, dict[str, Any] | None], Awaitable[Any]]
@@ -197,10 +207,17 @@ RunFn = Callable[[Any, dict[str, Any] | None], Awaitable[Any]]
 
 class ActionCtx:
     def __init__(
-        self, auth: Auth, run_query: RunFn, run_mutation: RunFn, run_action: RunFn, scheduler: Scheduler | None = None
+        self,
+        auth: Auth,
+        run_query: RunFn,
+        run_mutation: RunFn,
+        run_action: RunFn,
+        scheduler: Scheduler | None = None,
+        storage: ActionStorage | None = None,
     ) -> None:
         self.auth = auth
         self.scheduler = scheduler
+        self.storage = storage
         self._run_query = run_query
         self._run_mutation = run_mutation
         self._run_action = run_action

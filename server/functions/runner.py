@@ -32,6 +32,7 @@ from server.functions.context import ActionCtx, Auth, Caller, MutationCtx, Mutat
 from server.functions.registry import FunctionKind, FunctionSpec, Registry
 from server.functions.registry import registry as default_registry
 from server.functions.scheduling import Scheduler
+from server.functions.storage_ctx import ActionStorage, MutationStorage, QueryStorage, Storage
 from server.functions.validation import id_tables, validate_args
 
 __all__ = [
@@ -206,6 +207,8 @@ class Runner:
         # Told, after the commit that scheduled it, when the earliest newly scheduled function is due (epoch ms):
         # the executor (server/scheduler.py) sets it to wake for it.
         self.on_scheduled: Callable[[float], None] | None = None
+        # File storage (`ctx.storage`), set by the app once it has made it; None: ctx.storage calls say so.
+        self.storage: Storage | None = None
 
     def resolve(self, path: str, *, internal_ok: bool = False) -> FunctionSpec:
         return self.registry.resolve(path, internal_ok=internal_ok)
@@ -364,7 +367,7 @@ class Runner:
         try:
             # asyncio.timeout rather than wait_for: no task per run, which the hub's re-runs would pay for.
             async with asyncio.timeout(self.limits.query_timeout_s):
-                value = await spec.handler(QueryCtx(QueryDb(tx), auth), **kwargs)
+                value = await spec.handler(QueryCtx(QueryDb(tx), auth, QueryStorage(self.storage, tx)), **kwargs)
             outcome.value = self._encode(value)
         except TimeoutError:
             outcome.error = LimitExceeded(f"{spec.path} ran longer than {self.limits.query_timeout_s} s")
@@ -390,9 +393,10 @@ class Runner:
         limit_s = self.limits.mutation_timeout_s
         deadline = asyncio.get_running_loop().time() + limit_s
         scheduler: Scheduler | None = None
+        storage: MutationStorage | None = None
 
         async def body(tx: Transaction) -> Any:
-            nonlocal scheduler
+            nonlocal scheduler, storage
             call = calllog.current()
             if call is not None:  # a retried attempt's lines are not the committed run's
                 call.restart()
@@ -400,10 +404,12 @@ class Runner:
                 raise _NotClaimed
             # A new one per attempt: a retried attempt schedules again in its fresh transaction.
             scheduler = Scheduler(lambda op: op(tx), lambda path: self.resolve(path, internal_ok=True))
+            storage = MutationStorage(self.storage, tx)  # per attempt too: a retry's deletes are its own
             timer = asyncio.timeout_at(deadline)
             try:
                 async with timer:
-                    value = await spec.handler(MutationCtx(MutationDb(tx), Auth(caller), scheduler), **kwargs)
+                    ctx = MutationCtx(MutationDb(tx), Auth(caller), scheduler, storage)
+                    value = await spec.handler(ctx, **kwargs)
             except TimeoutError:
                 if timer.expired():
                     raise LimitExceeded(f"{spec.path} ran longer than {limit_s} s") from None
@@ -417,6 +423,8 @@ class Runner:
         outcome.value, outcome.ts, outcome.retries = result.value, result.ts, result.retries
         if scheduler is not None and scheduler.earliest is not None and not result.deduplicated:
             self._scheduled(scheduler.earliest)
+        if storage is not None and not result.deduplicated:
+            await storage.after_commit()  # deleted files' bytes go only once their rows are gone for good
         return outcome
 
     def _scheduled(self, when_ms: float) -> None:
@@ -462,6 +470,7 @@ class Runner:
             lambda fn, a: run(FunctionKind.MUTATION, fn, a),
             lambda fn, a: run(FunctionKind.ACTION, fn, a),
             Scheduler(write, lambda path: self.resolve(path, internal_ok=True), on_committed=self._scheduled),
+            ActionStorage(self.storage),
         )
 
     async def _action(self, spec: FunctionSpec, kwargs: dict[str, Any], caller: Caller, outcome: Outcome) -> Outcome:

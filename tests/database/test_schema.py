@@ -34,7 +34,7 @@ SEED_TABLES = [
     "workflows",
 ]
 # Numbered after the app tables (server/scheduler.py's table; its ids come from the server, not a default).
-SYSTEM_TABLES = ["_scheduled_functions"]
+SYSTEM_TABLES = ["_scheduled_functions", "_storage"]
 
 # Convex index -> its fields (the implicit `_creation_time, _id` suffix is checked separately).
 SEED_INDEXES = {
@@ -185,7 +185,8 @@ async def test_install_capture_follows_new_indexes_and_tables(schema_dsn: str) -
             ' _creation_time double precision NOT NULL DEFAULT _ripple_now_ms(), body text COLLATE "C")'
         )
         await conn.execute(SCHEMA)
-        assert await conn.fetchval("SELECT table_number FROM _ripple_tables WHERE table_name = 'notes'") == 11
+        after = len(SEED_TABLES + SYSTEM_TABLES) + 1  # a table made later comes after every numbered one
+        assert await conn.fetchval("SELECT table_number FROM _ripple_tables WHERE table_name = 'notes'") == after
         async with conn.transaction():
             wid = await conn.fetchval(INSERT_WORKFLOW, "the task")
             nid = await conn.fetchval("INSERT INTO notes (body) VALUES ('b') RETURNING _id")
@@ -194,7 +195,7 @@ async def test_install_capture_follows_new_indexes_and_tables(schema_dsn: str) -
         assert set(got[wid]["new"]) == {"status", "task", "_creation_time"}
         assert got[wid]["new"]["task"] == "the task"
         assert set(got[nid]["new"]) == {"_creation_time"} and got[nid]["table"] == "notes"
-        assert int(nid[28:32], 16) == 11
+        assert int(nid[28:32], 16) == after
 
 
 # --------------------------------------------------------------------------------------------------------------

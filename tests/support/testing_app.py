@@ -341,3 +341,46 @@ async def schedule_from_action(ctx: Any, twitch_id: str, fail: bool = False) -> 
     return await ctx.scheduler.run_after(  # type: ignore[no-any-return]
         0, scheduled_action, {"twitchId": twitch_id, "fail": fail}
     )
+
+
+# File storage (tests/test_storage.py).
+
+
+@mutation(name="testing:uploadUrl")
+async def upload_url(ctx: Any, fail: bool = False) -> str:
+    url = await ctx.storage.generate_upload_url()
+    if fail:
+        raise ConvexError("the mutation that made the upload URL failed")
+    return url  # type: ignore[no-any-return]
+
+
+@query(name="testing:files")
+async def files(ctx: Any) -> Any:
+    return await ctx.db.system.query("_storage").collect()
+
+
+@query(name="testing:file")
+async def file(ctx: Any, id: Id("_storage")) -> Any:
+    return {"doc": await ctx.db.system.get(id), "url": await ctx.storage.get_url(id)}
+
+
+@mutation(name="testing:deleteFile")
+async def delete_file(ctx: Any, id: Id("_storage"), fail: bool = False) -> None:
+    await ctx.storage.delete(id)
+    if fail:
+        raise ConvexError("the deleting mutation failed")
+
+
+@action(name="testing:storeAndRead")
+async def store_and_read(ctx: Any, text: str, content_type: str | None = None) -> Any:
+    storage_id = await ctx.storage.store(text.encode(), content_type)
+    data = await ctx.storage.get(storage_id)
+    url = await ctx.storage.get_url(storage_id)
+    await ctx.storage.delete(storage_id)
+    return {
+        "id": storage_id,
+        "text": data.decode() if data is not None else None,
+        "url": url,
+        "after": await ctx.storage.get(storage_id),
+        "urlAfter": await ctx.storage.get_url(storage_id),
+    }

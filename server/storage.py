@@ -1,0 +1,211 @@
+"""File storage over HTTP, and the directory backend that keeps the bytes.
+
+* `POST /api/storage/upload?token=...`: the bytes of one file (its Content-Type kept), to a URL made by
+  `ctx.storage.generate_upload_url()`, used once; answers `{"storageId": ...}`. Past the upload limit: 413, nothing
+  stored.
+* `GET /api/storage/{storageId}`: the file, with its content type and ETag (its SHA-256); `If-None-Match` → 304;
+  one `Range` → 206, or 416 when it lies past the end. Anyone with the URL can read it (as in Convex: the id is the
+  secret; serve private files through your own function instead).
+
+`DirectoryBlobs` keeps one file per storage id under a directory (`RIPPLE_STORAGE_DIR`, by default `storage/` in
+the data directory): written to a temporary file, flushed to disk, then renamed, so a file is there whole or not
+at all. The `Blobs` protocol (server/functions/storage_ctx.py) is all another backend (S3-compatible) would need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from server.database.ids import table_number_of
+from server.functions.storage_ctx import STORAGE_TABLE, FileTooLarge, Storage, Stored, sha256_b64
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+__all__ = ["DirectoryBlobs", "routes"]
+
+_CHUNK = 256 * 1024
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class DirectoryBlobs:
+    """Bytes as files named by storage id, two levels of fan-out (`ab/cd/<id>`), so no directory grows huge."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{36}", key):
+            raise ValueError(f"not a storage id: {key!r}")
+        return self.root / key[:2] / key[2:4] / key
+
+    async def write(self, key: str, chunks: AsyncIterable[bytes], max_bytes: int) -> Stored:
+        final = self._path(key)
+        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+        temp = final.parent / f".{key}.{uuid.uuid4().hex}.tmp"
+        digest = hashlib.sha256()
+        size = 0
+        handle: BinaryIO = await asyncio.to_thread(open, temp, "xb")
+        try:
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FileTooLarge(f"over {max_bytes} bytes")
+                    digest.update(chunk)
+                    await asyncio.to_thread(handle.write, chunk)
+                await asyncio.to_thread(_flush, handle)
+            finally:
+                await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.replace, temp, final)
+        except BaseException:
+            await asyncio.to_thread(_unlink, temp)
+            raise
+        return Stored(sha256_b64(digest.digest()), size)
+
+    async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        handle: BinaryIO = await asyncio.to_thread(open, self._path(key), "rb")
+        try:
+            await asyncio.to_thread(handle.seek, start)
+            left = end - start + 1
+            while left > 0:
+                chunk = await asyncio.to_thread(handle.read, min(_CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    async def remove(self, key: str) -> None:
+        await asyncio.to_thread(_unlink, self._path(key))
+
+
+def _flush(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def _storage_of(request: Request) -> Storage:
+    services: Services = request.app.state.services
+    assert services.storage is not None
+    return services.storage
+
+
+def _too_large(storage: Storage) -> Response:
+    return _error(
+        413,
+        "PayloadTooLarge",
+        f"the file is over the {storage.max_upload_bytes}-byte upload limit (RIPPLE_STORAGE_MAX_UPLOAD_BYTES); "
+        "nothing was stored",
+    )
+
+
+async def upload(request: Request) -> Response:
+    storage = _storage_of(request)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > storage.max_upload_bytes:
+        return _too_large(storage)  # refused before the token is used: the URL still works for a smaller file
+    token = request.query_params.get("token", "")
+    if not token or not await storage.use_upload_token(token):
+        return _error(
+            403,
+            "InvalidUploadUrl",
+            "this upload URL is not valid: it expired or was already used (each works once); get a new one from "
+            "ctx.storage.generate_upload_url()",
+        )
+    content_type = request.headers.get("content-type") or None
+    try:
+        storage_id = await storage.store(request.stream(), content_type)
+    except FileTooLarge:
+        return _too_large(storage)
+    return JSONResponse({"storageId": storage_id})
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The one range `header` asks for, clipped to the file, or None when it is unsatisfiable.
+
+    Raises:
+        ValueError: the header is not one `bytes=` range (it is then ignored, as RFC 9110 allows).
+    """
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        raise ValueError(header)
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        n = int(last)
+        return (max(size - n, 0), size - 1) if n > 0 and size > 0 else None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, end
+
+
+async def serve(request: Request) -> Response:
+    storage = _storage_of(request)
+    storage_id = request.path_params["storage_id"]
+    table = storage.database.catalog.table(STORAGE_TABLE)
+    row = await storage.row(storage_id) if table_number_of(storage_id) == table.number else None
+    if row is None:
+        return _error(404, "FileNotFound", f'no file has storage id "{storage_id}" (it was deleted, or never stored)')
+    size = int(row["size"])
+    etag = f'"{row["sha256"]}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=2592000"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    media_type = row["content_type"] or "application/octet-stream"
+    start, end, status = 0, size - 1, 200
+    range_header = request.headers.get("range")
+    if range_header is not None:
+        try:
+            chosen = _byte_range(range_header, size)
+        except ValueError:
+            chosen = (0, size - 1)
+        else:
+            if chosen is None:
+                headers["Content-Range"] = f"bytes */{size}"
+                return Response(status_code=416, headers=headers)
+            status = 206
+            headers["Content-Range"] = f"bytes {chosen[0]}-{chosen[1]}/{size}"
+        start, end = chosen
+    headers["Content-Length"] = str(max(end - start + 1, 0))
+    if size == 0:
+        return Response(b"", status_code=status, headers=headers, media_type=media_type)
+    try:
+        body = storage.blobs.read(storage_id, start, end)
+        first = await anext(body)  # a file deleted since its row was read is a 404, not a broken 200
+    except (FileNotFoundError, StopAsyncIteration):
+        return _error(404, "FileNotFound", f'no file has storage id "{storage_id}" (it was deleted)')
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in body:
+            yield chunk
+
+    return StreamingResponse(stream(), status_code=status, headers=headers, media_type=media_type)
+
+
+routes = [
+    Route("/api/storage/upload", upload, methods=["POST"]),
+    Route("/api/storage/{storage_id}", serve, methods=["GET", "HEAD"]),
+]

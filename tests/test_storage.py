@@ -1,0 +1,183 @@
+"""`ctx.storage` and `/api/storage`, on a real server, real sockets and a real PostgreSQL (server/storage.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from server.errors import ConvexError, IdError, RippleError
+from tests.support.server import RippleServer, run_server
+from tests.support.ws import SyncClient
+
+LIMIT = 1000
+
+
+@pytest.fixture
+async def files(fresh_dsn: str, tmp_path: Path) -> AsyncIterator[RippleServer]:
+    async with run_server(fresh_dsn, storage_dir=tmp_path / "files", storage_max_upload_bytes=LIMIT) as server:
+        # The port is the OS's choice: file URLs start with it once it is known (RIPPLE_PUBLIC_URL in a deployment).
+        assert server.services.storage is not None
+        server.services.storage.base_url = server.url
+        yield server
+
+
+def stored_files(server: RippleServer) -> list[Path]:
+    return sorted(p for p in server.settings.storage_path().rglob("*") if p.is_file())
+
+
+async def upload(server: RippleServer, data: bytes, content_type: str = "text/plain") -> httpx.Response:
+    url = await server.call("testing:uploadUrl")
+    assert url.startswith(server.url + "/api/storage/upload?token=")
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(url, content=data, headers={"Content-Type": content_type})
+
+
+async def test_upload_serve_and_live_listing(files: RippleServer) -> None:
+    client = await SyncClient.connect(files.ws_url)
+    try:
+        qid = await client.subscribe("testing:files")
+        assert client.results[qid] == []
+        data = b"hello, ripple storage"
+        response = await upload(files, data, "text/plain; charset=utf-8")
+        assert response.status_code == 200, response.text
+        storage_id = response.json()["storageId"]
+        await client.expect(lambda m: m["type"] == "Transition" and m["modifications"], timeout_s=5)
+        [doc] = client.results[qid]
+        sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        assert doc["_id"] == storage_id
+        assert doc["sha256"] == sha and doc["size"] == len(data)
+        assert doc["contentType"] == "text/plain; charset=utf-8"
+
+        found = await files.call("testing:file", {"id": storage_id})
+        assert found["doc"]["_id"] == storage_id
+        url = found["url"]
+        assert url == f"{files.url}/api/storage/{storage_id}"
+        async with httpx.AsyncClient(timeout=30) as http:
+            whole = await http.get(url)
+            assert whole.status_code == 200
+            assert whole.content == data
+            assert whole.headers["content-type"] == "text/plain; charset=utf-8"
+            assert whole.headers["etag"] == f'"{sha}"'
+
+            part = await http.get(url, headers={"Range": "bytes=0-3"})
+            assert part.status_code == 206 and part.content == b"hell"
+            assert part.headers["content-range"] == f"bytes 0-3/{len(data)}"
+            tail = await http.get(url, headers={"Range": "bytes=-7"})
+            assert tail.status_code == 206 and tail.content == data[-7:]
+            past = await http.get(url, headers={"Range": f"bytes={len(data)}-"})
+            assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(data)}"
+
+            same = await http.get(url, headers={"If-None-Match": f'"{sha}"'})
+            assert same.status_code == 304 and same.content == b""
+            other = await http.get(url, headers={"If-None-Match": '"something-else"'})
+            assert other.status_code == 200 and other.content == data
+    finally:
+        await client.close()
+
+
+async def test_an_upload_url_works_once_and_expires(files: RippleServer) -> None:
+    url = await files.call("testing:uploadUrl")
+    async with httpx.AsyncClient(timeout=30) as http:
+        first = await http.post(url, content=b"one")
+        assert first.status_code == 200
+        again = await http.post(url, content=b"two")
+        assert again.status_code == 403 and "already used" in again.json()["message"]
+        made_up = await http.post(f"{files.url}/api/storage/upload?token=nope", content=b"x")
+        assert made_up.status_code == 403
+
+        late = await files.call("testing:uploadUrl")
+        conn = await asyncpg.connect(files.settings.database_url)
+        try:
+            await conn.execute("UPDATE _ripple_storage_uploads SET expires_at = now() - interval '1 second'")
+        finally:
+            await conn.close()
+        expired = await http.post(late, content=b"late")
+        assert expired.status_code == 403 and "expired" in expired.json()["message"]
+    assert len(await files.call("testing:files")) == 1
+    assert len(stored_files(files)) == 1
+
+
+async def test_a_failed_mutation_makes_no_upload_url(files: RippleServer) -> None:
+    with pytest.raises(ConvexError):
+        await files.call("testing:uploadUrl", {"fail": True})
+    conn = await asyncpg.connect(files.settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_storage_uploads") == 0
+    finally:
+        await conn.close()
+
+
+async def test_an_oversized_upload_is_refused_and_stores_nothing(files: RippleServer) -> None:
+    too_big = b"x" * (LIMIT + 1)
+    response = await upload(files, too_big)
+    assert response.status_code == 413 and str(LIMIT) in response.json()["message"]
+
+    # Without a Content-Length (chunked), the limit is found while streaming: still 413, still nothing stored.
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(LIMIT // 100 + 1):
+            yield b"y" * 100
+
+    url = await files.call("testing:uploadUrl")
+    async with httpx.AsyncClient(timeout=30) as http:
+        streamed = await http.post(url, content=chunks())
+    assert streamed.status_code == 413
+    assert await files.call("testing:files") == []
+    assert stored_files(files) == []
+
+    exactly = await upload(files, b"z" * LIMIT)
+    assert exactly.status_code == 200
+
+
+async def test_delete_removes_row_and_file_only_when_committed(files: RippleServer) -> None:
+    storage_id = (await upload(files, b"to be deleted")).json()["storageId"]
+    url = f"{files.url}/api/storage/{storage_id}"
+    with pytest.raises(ConvexError):
+        await files.call("testing:deleteFile", {"id": storage_id, "fail": True})
+    client = await SyncClient.connect(files.ws_url)
+    try:
+        qid = await client.subscribe("testing:file", {"id": storage_id})
+        assert client.results[qid]["url"] == url
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(url)).content == b"to be deleted"  # rolled back: still there, bytes and all
+            head = await http.head(url)
+            assert head.status_code == 200 and head.headers["content-length"] == "13" and head.content == b""
+            await files.call("testing:deleteFile", {"id": storage_id})
+            gone = await http.get(url)
+            assert gone.status_code == 404 and storage_id in gone.json()["message"]
+        # get_url's read is recorded: the subscribed query sees the file go.
+        await client.expect(lambda m: m["type"] == "Transition" and m["modifications"], timeout_s=5)
+        assert client.results[qid] == {"doc": None, "url": None}
+    finally:
+        await client.close()
+    assert await files.call("testing:files") == []
+    assert stored_files(files) == []
+    assert (await files.call("testing:file", {"id": storage_id}))["url"] is None
+    with pytest.raises(RippleError, match="no file has storage id"):
+        await files.call("testing:deleteFile", {"id": storage_id})
+
+
+async def test_an_action_stores_reads_and_deletes(files: RippleServer) -> None:
+    result: dict[str, Any] = await files.call("testing:storeAndRead", {"text": "from an action", "contentType": "a/b"})
+    assert result["text"] == "from an action"
+    assert result["url"] == f"{files.url}/api/storage/{result['id']}"
+    assert result["after"] is None and result["urlAfter"] is None
+    assert stored_files(files) == []
+
+
+async def test_id_of_storage_rejects_other_tables(files: RippleServer) -> None:
+    video = await files.call("testing:insertKeyed", {"key": "k"})
+    with pytest.raises(IdError, match='must be Id\\("_storage"\\), got an id of table "videos"'):
+        await files.call("testing:file", {"id": video})
+    with pytest.raises(IdError):
+        await files.call("testing:file", {"id": "not-an-id"})
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"{files.url}/api/storage/{video}")).status_code == 404
+        assert (await http.get(f"{files.url}/api/storage/nonsense")).status_code == 404
