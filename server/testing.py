@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -143,6 +145,8 @@ class RippleApp:
                     "anthropic_api_key": None,
                     "anthropic_base_url": None,
                     "modules": list(modules or []),
+                    # Each test's files apart, removed with the test's database.
+                    "storage_dir": Path(tempfile.mkdtemp(prefix="ripple-test-storage-")),
                 }
                 if schema_path is not None:
                     values_["schema_path"] = Path(schema_path)
@@ -162,13 +166,18 @@ class RippleApp:
                 task = loop.run(_serve(server), _START_TIMEOUT_S)
                 try:
                     port = server.servers[0].sockets[0].getsockname()[1]
-                    ripple = cls(f"http://127.0.0.1:{port}", settings, app.state.services, loop)
+                    url = f"http://127.0.0.1:{port}"
+                    if app.state.services.storage is not None and "public_url" not in overrides:
+                        app.state.services.storage.base_url = url  # file and upload URLs: the port bound just now
+                    ripple = cls(url, settings, app.state.services, loop)
                     yield ripple
                 finally:
                     server.should_exit = True
                     loop.run(asyncio.wait_for(_await(task), _STOP_TIMEOUT_S), _STOP_TIMEOUT_S + 1)
             finally:
                 loop.run(drop_database(admin_dsn, unquote(urlsplit(dsn).path.lstrip("/"))), _STOP_TIMEOUT_S)
+                if "storage_dir" not in overrides:
+                    shutil.rmtree(values_["storage_dir"], ignore_errors=True)
         finally:
             loop.close()
 
