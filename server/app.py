@@ -30,6 +30,7 @@ from server.database.pool import create_pool
 from server.database.transaction import Limits
 from server.database.writers import Writers
 from server.functions.calllog import CallLog
+from server.functions.registry import Registry
 from server.functions.runner import CallRecord, Runner, RunnerLimits
 from server.functions.storage_ctx import Storage
 from server.http_actions import HttpRouter, SiteRoutes, find_router
@@ -198,14 +199,19 @@ def _close_for_outage(sessions: set[Any]) -> None:
         session.shut(1013, "database unavailable; reconnecting")
 
 
-def create_app(settings: Settings, dsn: str) -> Starlette:
+def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None) -> Starlette:
+    """The app. `registry` serves a project's functions (server/project.py) instead of the built-in and
+    `settings.modules` ones; `app.state.services` holds what a reload (server/devserver.py) swaps."""
     metrics = Metrics()
     stream = LogStream()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        load_modules(settings.modules)
-        http_routes = find_router(f"{BUILTIN_MODULES}.http", settings.modules)
+        if registry is None:
+            load_modules(settings.modules)
+            http_routes = find_router(f"{BUILTIN_MODULES}.http", settings.modules)
+        else:
+            http_routes = HttpRouter()  # a project folder's http.py is not looked for yet
         route = await connection_plan(settings, dsn)
         pool = await create_pool(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, pooled=route.pooled
@@ -223,6 +229,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
             )
             runner = Runner(
                 database,
+                registry=registry,
                 limits=RunnerLimits(
                     settings.query_timeout_s,
                     settings.mutation_timeout_s,

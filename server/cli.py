@@ -1,5 +1,6 @@
-"""`ripple`: serve, mint a development token, call a function, watch a query live, follow the function log, generate
-typed client code, run the benchmark."""
+"""`ripple`: serve (the seed apps, or a project folder), create a project, develop one with reload, mint a
+development token, call a function, watch a query live, follow the function log, generate typed client code, run
+the benchmark."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import errno
 import gc
 import json
+import os
 import signal
 import socket
 import sys
@@ -74,11 +76,26 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import GracefulServer, create_app, load_modules
     from server.database.embedded import EmbeddedPostgres
     from server.dev_auth import AuthSetupError, dev_secret_path, ensure_dev_secret, plan_auth
+    from server.functions.registry import Registry
+    from server.project import LoadFailed, Project, ProjectError
 
     settings = args.settings
     settings.host, settings.port = args.host, args.port
     settings.schema_allow_destructive = args.allow_destructive_schema
     production = args.production or settings.env == "production"
+    command = args.command
+    project: Project | None = None
+    registry: Registry | None = None
+    project_path = args.path or os.environ.get("RIPPLE_PROJECT") or ("." if command == "dev" else None)
+    if project_path:
+        try:
+            project = Project.open(project_path)
+            registry = project.load()
+        except (ProjectError, LoadFailed) as exc:
+            print(f"ripple {command}: {exc}", file=sys.stderr)
+            return 1
+        settings.schema_path = project.schema_path
+        print(f"ripple: serving the project in {project.root} ({sum(1 for _ in registry)} functions)", flush=True)
     try:
         plan = plan_auth(settings, production)
     except AuthSetupError as exc:
@@ -116,8 +133,9 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             print("ripple: using DATABASE_URL", flush=True)
         print(f"ripple: serving on {_listen_url(settings)}", flush=True)
-        app = create_app(settings, dsn)
-        load_modules(settings.modules)
+        app = create_app(settings, dsn, registry=registry)
+        if registry is None:
+            load_modules(settings.modules)
         _tune_gc(settings.gc_gen0_threshold)
         # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turned into KeyboardInterrupt here, that
         # re-raise unwinds to the `finally` below, so the embedded PostgreSQL is stopped too.
@@ -133,13 +151,32 @@ def _serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=settings.ws_ping_timeout_s,
             timeout_graceful_shutdown=5,
         )
-        GracefulServer(config).run(sockets=[sock])
+        if command == "dev" and project is not None:
+            from server.devserver import DevServer
+
+            DevServer(config, project).run(sockets=[sock])
+        else:
+            GracefulServer(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
         sock.close()
         if embedded is not None:
             embedded.stop()
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from server.project import ProjectError, init_project
+
+    dest = Path(args.dir)
+    try:
+        init_project(dest)
+    except ProjectError as exc:
+        print(f"ripple init: {exc}", file=sys.stderr)
+        return 1
+    print(f"ripple: created a project in {dest}\n  cd {dest}\n  ripple dev    # serve it, reloading on save")
+    print("  pytest        # run its tests")
     return 0
 
 
@@ -327,12 +364,28 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    init = command(
+        "init",
+        "create a project folder: schema.sql, functions/, a test, pytest.ini and a README",
+        "Write a working Ripple project into DIR (new or empty): schema.sql with one table and index, "
+        "functions/messages.py with one query and one mutation, a test using Ripple's pytest plugin, and a README. "
+        "Then: cd DIR && ripple dev (serve it, reloading on save) and pytest.",
+    )
+    init.add_argument("dir", help="the folder to create")
+    init.set_defaults(fn=_init)
+
     serve = command(
         "serve",
         "run the server (embedded PostgreSQL unless DATABASE_URL is set)",
         "Run the server. Without DATABASE_URL it starts an embedded PostgreSQL in RIPPLE_DATA_DIR; without "
         "RIPPLE_JWT_SECRET or RIPPLE_JWKS it accepts development tokens (`ripple token`), signed with a secret it "
         "keeps in RIPPLE_DATA_DIR.",
+    )
+    serve.add_argument(
+        "path",
+        nargs="?",
+        help="a project folder (schema.sql and functions/) to serve; default: RIPPLE_PROJECT, else the built-in "
+        "seed apps",
     )
     serve.add_argument(
         "--host", default=settings.host, help="interface to listen on (default: %(default)s, from RIPPLE_HOST)"
@@ -361,6 +414,19 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "same as RIPPLE_SCHEMA_ALLOW_DESTRUCTIVE=1",
     )
     serve.set_defaults(fn=_serve)
+    # `ripple dev [PATH]`: `serve` of a project (default: this folder) that reloads its functions and schema on save.
+    dev = sub.add_parser(
+        "dev",
+        parents=[serve],
+        add_help=False,
+        help="serve a project folder (default: this one) and reload its functions and schema.sql on save",
+        description="Serve a project folder (default: RIPPLE_PROJECT, else the current folder) like `serve`, and "
+        "on each saved change reload its functions in place: open sockets stay and every subscription re-runs "
+        "with the new code. A module that fails to import is reported and the last good code keeps serving; a "
+        "schema.sql change is applied (a destructive one is refused and reported).",
+        formatter_class=_HelpFormatter,
+    )
+    dev.set_defaults(fn=_serve)
 
     token = command(
         "token",

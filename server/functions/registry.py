@@ -1,14 +1,17 @@
 """The function registry: decorators that app modules use, wire names, and who may call what.
 
 `apps/generations.py: list_by_parent` registers as `generations:listByParent`; `name=` overrides the export
-name. Internal functions are found only by `ctx.run_*` from other functions, never by a client.
+name. Modules under a root package (`server.apps`, and a project's `functions`) are named by their path below
+it, as Convex names files under `convex/`: `functions/admin/users.py` is `admin/users`. Internal functions are
+found only by `ctx.run_*` from other functions, never by a client.
 """
 
 from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -25,6 +28,7 @@ __all__ = [
     "Visibility",
     "action",
     "canonical_path",
+    "collect_into",
     "internal_action",
     "internal_mutation",
     "internal_query",
@@ -86,15 +90,39 @@ class Registry:
             raise FunctionNotFound(f"Could not find public function for {excerpt(path)}.")
         return spec
 
+    def get(self, path: str) -> FunctionSpec | None:
+        """The function registered at exactly `path` (any visibility), or None."""
+        return self._specs.get(path)
+
     def __iter__(self) -> Any:
         return iter(self._specs.values())
 
 
 registry = Registry()
+# Where decorators register: the process's `registry`, or a fresh one while `collect_into` loads code anew.
+_targets: list[Registry] = [registry]
+# Packages whose modules are named by their path below them (Convex: the file's path under `convex/`).
+MODULE_ROOTS = ("server.apps", "functions")
 
 
-def _module_name(fn: Callable[..., Any]) -> str:
-    return to_camel(fn.__module__.rpartition(".")[2])
+@contextmanager
+def collect_into(target: Registry) -> Iterator[Registry]:
+    """Register into `target` while inside: a reload imports a project's modules into a new registry, so the
+    old one keeps serving until the new one is complete (or forever, if the new code fails to import)."""
+    _targets.append(target)
+    try:
+        yield target
+    finally:
+        _targets.remove(target)
+
+
+def module_name(module: str) -> str:
+    """The Convex module name of a Python module: its path below a root package, each part camelCased
+    (`functions.admin.user_roles` → `admin/userRoles`); elsewhere, its last part."""
+    for root in MODULE_ROOTS:
+        if module.startswith(root + "."):
+            return "/".join(to_camel(part) for part in module[len(root) + 1 :].split("."))
+    return to_camel(module.rpartition(".")[2])
 
 
 Handler = Callable[..., Awaitable[Any]]
@@ -119,9 +147,9 @@ class _Decorator:
             if not inspect.iscoroutinefunction(handler):
                 raise TypeError(f"{handler.__qualname__} must be an async function (async def ...)")
             export = name or to_camel(handler.__name__)
-            path = export if ":" in export else f"{_module_name(handler)}:{export}"
+            path = export if ":" in export else f"{module_name(handler.__module__)}:{export}"
             spec = FunctionSpec(canonical_path(path), self.kind, self.visibility, handler, args_model(handler))
-            registry.add(spec)
+            _targets[-1].add(spec)
             return spec
 
         return register(fn) if fn is not None else register

@@ -210,6 +210,11 @@ class Runner:
         # File storage (`ctx.storage`), set by the app once it has made it; None: ctx.storage calls say so.
         self.storage: Storage | None = None
 
+    def reload(self, registry: Registry) -> None:
+        """Call `registry`'s functions from now on, with the tables of the database's catalog (`ripple dev`)."""
+        self.registry = registry
+        self._tables = {t.number: t.convex_name for t in self.database.catalog.tables.values()}
+
     def resolve(self, path: str, *, internal_ok: bool = False) -> FunctionSpec:
         return self.registry.resolve(path, internal_ok=internal_ok)
 

@@ -29,9 +29,9 @@ from server.database.connect import connect
 from server.database.database import Database, Snapshot
 from server.database.pool import init_connection
 from server.database.reads import IndexRange
-from server.errors import ArgumentError, RippleError
+from server.errors import ArgumentError, FunctionNotFound, RippleError
 from server.functions.context import Caller
-from server.functions.registry import FunctionKind
+from server.functions.registry import FunctionKind, FunctionSpec, Registry
 from server.functions.runner import Outcome, Runner
 from server.hub.changelog import (
     BEGIN_SNAPSHOT,
@@ -152,6 +152,7 @@ class Hub:
         self._next_token = 0
         self._notified_at: float | None = None
         self._indexes = self._index_fields(database.catalog)
+        self._reloaded = False  # new code is in place: every instance takes its function anew and re-runs
         self.tasks = Supervisor(on_restart=lambda _name: self._wake(None), max_delay_s=settings.listen_reconnect_max_s)
 
     @staticmethod
@@ -227,6 +228,29 @@ class Hub:
     @property
     def subscription_count(self) -> int:
         return self._instances.subscriptions
+
+    def reload(self, registry: Registry, catalog: Catalog | None = None) -> None:
+        """Serve `registry` (and `catalog`, when the schema changed) from now on (`ripple dev`): new calls resolve
+        there at once; at the next round every instance takes its function anew and re-runs, so each subscriber
+        gets the new code's result. One whose function is gone, or no longer takes its arguments, fails."""
+        if catalog is not None:
+            self.database.catalog = catalog
+            self._indexes = self._index_fields(catalog)
+        self.runner.reload(registry)
+        self._reloaded = True
+        self._look = True
+        self._wakeup.set()
+
+    def _respec(self) -> None:
+        for inst in self._instances.by_id.values():
+            try:
+                spec = self.runner.resolve(inst.spec.path)
+                if spec.kind is not FunctionKind.QUERY:
+                    raise RippleError(f"{spec.path} is a {spec.kind.value} now; only queries can be subscribed to")
+                inst.kwargs = self.runner.validate(spec, inst.args)
+                inst.spec = spec
+            except Exception as error:
+                inst.spec = _failing(inst.spec, error)
 
     # The round loop.
 
@@ -325,6 +349,9 @@ class Hub:
             if self.metrics:
                 self.metrics.invalidations.inc(len(stale))
         stale |= {i for i in self._pending_new if i in live and live[i].result is None}
+        if self._reloaded:
+            stale |= set(live)
+            self._reloaded = False
         return stale
 
     def _match(self, changes: list[Change]) -> set[int]:
@@ -470,6 +497,8 @@ class Hub:
                 self._detach(req)
             else:
                 self._attach(req)
+        if self._reloaded:
+            self._respec()
 
     def _attach(self, req: _Subscribe) -> None:
         try:
@@ -511,3 +540,17 @@ class Hub:
 
 def _name(session: Subscriber) -> str:
     return str(getattr(session, "session_id", None) or f"#{id(session):x}")
+
+
+def _failing(spec: FunctionSpec, error: Exception) -> FunctionSpec:
+    """`spec` as a function that fails with what a reload found wrong with it (it was removed, or its new
+    parameters reject the subscription's arguments); a later reload that fixes it takes it back."""
+    if isinstance(error, FunctionNotFound):
+        error = FunctionNotFound(
+            f"{spec.path} no longer exists in the reloaded code; subscribe to a function that does, or restore it"
+        )
+
+    async def fail(ctx: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return FunctionSpec(spec.path, spec.kind, spec.visibility, fail, spec.args)

@@ -1,0 +1,137 @@
+"""A Ripple project: a folder holding `schema.sql` (the app's own tables) and a `functions/` package whose module
+paths are the Convex module names (`functions/messages.py` → `messages:*`, `functions/admin/users.py` →
+`admin/users:*`).
+
+Loading imports every module of the package anew into a fresh `Registry`; the caller swaps it in only when the
+whole load succeeded, so a module with a syntax or import error never replaces code that works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.functions.registry import Registry, collect_into
+
+__all__ = ["PACKAGE", "LoadFailed", "Project", "ProjectError", "init_project"]
+
+PACKAGE = "functions"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "project"
+
+
+class ProjectError(Exception):
+    """The folder is not a Ripple project; the message says what is missing and how to make one."""
+
+
+class LoadFailed(Exception):
+    """A module of the project could not be imported. `message` names the file and line, with the error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @classmethod
+    def open(cls, path: Path | str) -> Project:
+        """The project at `path`.
+
+        Raises:
+            ProjectError: `path` has no `schema.sql` or no `functions/` package.
+        """
+        root = Path(path).resolve()
+        if not root.is_dir():
+            raise ProjectError(f"{root} is not a folder; create a project with `ripple init {path}`")
+        missing = [name for name in ("schema.sql", f"{PACKAGE}/__init__.py") if not (root / name).is_file()]
+        if missing:
+            raise ProjectError(
+                f"{root} is not a Ripple project: it has no {' and no '.join(missing)}; "
+                f"create one with `ripple init DIR`"
+            )
+        return cls(root)
+
+    @property
+    def schema_path(self) -> Path:
+        return self.root / "schema.sql"
+
+    @property
+    def package_dir(self) -> Path:
+        return self.root / PACKAGE
+
+    def module_names(self) -> list[str]:
+        """Every module of the functions package ("functions.x.y"), sorted so loads are repeatable."""
+        names = []
+        for file in sorted(self.package_dir.rglob("*.py")):
+            parts = file.relative_to(self.root).with_suffix("").parts
+            if "__pycache__" in parts or any(not p.isidentifier() for p in parts):
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            names.append(".".join(parts))
+        return names
+
+    def load(self) -> Registry:
+        """Import the package anew into a new registry, leaving the modules loaded before in place on failure.
+
+        Raises:
+            LoadFailed: a module failed to import (syntax error, import error, an exception at import, two
+                functions with one name); the message names the file and the error.
+        """
+        root = str(self.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        old = {name: mod for name, mod in sys.modules.items() if name == PACKAGE or name.startswith(PACKAGE + ".")}
+        for name in old:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+        fresh = Registry()
+        try:
+            with collect_into(fresh):
+                for name in self.module_names():
+                    importlib.import_module(name)
+        except Exception as error:
+            for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
+                del sys.modules[name]
+            sys.modules.update(old)
+            raise LoadFailed(_describe(error, self.root)) from error
+        return fresh
+
+
+def _describe(error: Exception, root: Path) -> str:
+    """The error as a developer wants to read it: the project file and line it happened at, then the error."""
+    if isinstance(error, SyntaxError):
+        where = f"{error.filename}:{error.lineno}" if error.filename else "?"
+        return f"{where}: {type(error).__name__}: {error.msg}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(str(root))]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(error).__name__}: {error}"
+
+
+def init_project(dest: Path) -> list[Path]:
+    """Write a working project (schema, one query and one mutation, their test, pytest.ini, README) into `dest`,
+    which may exist but must be empty: an init never overwrites anyone's files. Returns the files written.
+
+    Raises:
+        ProjectError: `dest` is a file or a folder with something in it.
+    """
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ProjectError(f"{dest} already exists and is not an empty folder; give a new folder's name")
+    written = []
+    for source in sorted(TEMPLATE.rglob("*")):
+        if source.is_dir() or "__pycache__" in source.parts:
+            continue
+        relative = source.relative_to(TEMPLATE)
+        if relative.name == "gitignore":  # shipped without its dot, so packaging tools keep it
+            relative = relative.with_name(".gitignore")
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        written.append(target)
+    return written

@@ -1,0 +1,165 @@
+"""Project folders: `ripple init` writes one whose own test passes; `ripple dev` reloads it in place."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.cli import main
+from server.functions.registry import module_name
+from server.project import Project, ProjectError
+from tests.support.ws import SyncClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_module_names_are_paths_below_the_functions_package() -> None:
+    assert module_name("functions.messages") == "messages"
+    assert module_name("functions.admin.user_roles") == "admin/userRoles"
+    assert module_name("server.apps.generate_animation") == "generateAnimation"
+    assert module_name("some_app.notes") == "notes"
+
+
+def test_init_refuses_a_folder_with_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["init", str(tmp_path)]) == 1
+    assert "not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_open_says_what_a_project_lacks(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError, match="no schema.sql and no functions/__init__.py"):
+        Project.open(tmp_path)
+
+
+def test_init_writes_a_project_whose_own_test_passes(tmp_path: Path, pg_server: str) -> None:
+    project = tmp_path / "chat"
+    assert main(["init", str(project)]) == 0
+    specs = Project.open(project).load()
+    assert sorted(s.path for s in specs) == ["messages:list", "messages:send"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL", "PYTEST_"))}
+    env.update(PYTHONPATH=str(ROOT), RIPPLE_TEST_DATABASE_URL=pg_server)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
+
+
+_PROBE = """
+from server import mutation, query
+
+
+@query
+async def version(ctx) -> str:
+    return "{version}"
+"""
+
+_PIN = """
+
+@mutation
+async def pin(ctx, body: str) -> str:
+    return await ctx.db.insert("messages", {"channel": "c", "author": "a", "body": body, "pinned": True})
+"""
+
+
+def _updated(qid: int) -> Callable[[dict[str, Any]], Any]:
+    def matches(message: dict[str, Any]) -> Any:
+        return message["type"] == "Transition" and [
+            m for m in message["modifications"] if m["queryId"] == qid and m["type"] == "QueryUpdated"
+        ]
+
+    return matches
+
+
+def _value(message: dict[str, Any], qid: int) -> Any:
+    return next(m["value"] for m in message["modifications"] if m["queryId"] == qid)
+
+
+class _Dev:
+    """`ripple dev` on a project, in a process of its own; its stderr is collected in a file."""
+
+    def __init__(self, project: Path, dsn: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
+        env.update(PYTHONPATH=str(ROOT), DATABASE_URL=dsn, RIPPLE_DATA_DIR=str(project / ".ripple"))
+        self.err_path = project.parent / "dev.err"
+        self.err = self.err_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "dev", str(project), "--port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "serving on " in line:
+                self.url = line.split("serving on ")[1].strip().replace("http://", "ws://") + "/api/sync"
+                break
+        else:
+            raise AssertionError(f"ripple dev did not start: {self.err_path.read_text()}")
+
+    async def started(self) -> None:
+        await self.stderr_says("ripple ready", timeout_s=30)
+
+    async def stderr_says(self, text: str, timeout_s: float = 10.0) -> None:
+        for _ in range(int(timeout_s / 0.1)):
+            if text in self.err_path.read_text():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"ripple dev never said {text!r}: {self.err_path.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.err.close()
+
+
+async def test_dev_reloads_code_and_schema_under_a_live_subscription(tmp_path: Path, fresh_dsn: str) -> None:
+    project = tmp_path / "chat"
+    assert main(["init", str(project)]) == 0
+    probe = project / "functions" / "probe.py"
+    probe.write_text(_PROBE.format(version="one"))
+    dev = _Dev(project, fresh_dsn)
+    try:
+        await dev.started()
+        client = await SyncClient.connect(dev.url)
+    except BaseException:
+        dev.stop()
+        raise
+    try:
+        qid = await client.subscribe("probe:version", wait=False)
+        assert _value(await client.expect(_updated(qid)), qid) == "one"
+
+        probe.write_text(_PROBE.format(version="two, reloaded"))
+        assert _value(await client.expect(_updated(qid)), qid) == "two, reloaded"
+
+        probe.write_text(_PROBE.format(version="three") + "\ndef broken(:\n")
+        await dev.stderr_says("SyntaxError")
+        await dev.stderr_says("the last good code keeps serving")
+        assert (await client.mutation("messages:send", {"channel": "c", "author": "a", "body": "b"}))["success"]
+
+        schema = project / "schema.sql"
+        body = 'body           text COLLATE "C" NOT NULL'
+        schema.write_text(schema.read_text().replace(body, body + ",\n    pinned         boolean"))
+        probe.write_text(_PROBE.format(version="four") + _PIN)
+        assert _value(await client.expect(_updated(qid)), qid) == "four"
+        response = await client.mutation("probe:pin", {"body": "pinned"})
+        assert response["success"], response
+        listed = await client.subscribe("messages:list", {"channel": "c"}, wait=False)
+        rows = _value(await client.expect(_updated(listed)), listed)
+        assert [(r["body"], r.get("pinned")) for r in rows] == [("b", None), ("pinned", True)]
+    finally:
+        await client.close()
+        dev.stop()
