@@ -116,40 +116,30 @@ def _refuse_system(tx: Transaction, table_name: str, what: str) -> None:
         raise ArgumentError(f'{what}: "{table_name}" is a system table; read it through ctx.db.system.{what}')
 
 
-class QueryDb(DatabaseReader):
+class _AppTables(DatabaseReader):
+    """`get`/`query` of app tables only, and `system` for system tables, as Convex's `ctx.db`."""
+
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
+        self.system = SystemReader(tx)
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        table = self._tx.table_of(doc_id)
+        if _is_system(table.name):
+            raise ArgumentError(f'get: "{doc_id}" is a document of system table "{table.name}"; use ctx.db.system.get')
+        return await super().get(doc_id)
+
+    def query(self, table: str) -> Query:
+        _refuse_system(self._tx, table, "query")
+        return super().query(table)
+
+
+class QueryDb(_AppTables):
     """`ctx.db` of a query: app tables, and `system` for system tables."""
 
-    def __init__(self, tx: Transaction) -> None:
-        super().__init__(tx)
-        self.system = SystemReader(tx)
 
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        table = self._tx.table_of(doc_id)
-        if _is_system(table.name):
-            raise ArgumentError(f'get: "{doc_id}" is a document of system table "{table.name}"; use ctx.db.system.get')
-        return await super().get(doc_id)
-
-    def query(self, table: str) -> Query:
-        _refuse_system(self._tx, table, "query")
-        return super().query(table)
-
-
-class MutationDb(DatabaseWriter):
+class MutationDb(_AppTables, DatabaseWriter):
     """`ctx.db` of a mutation: as `QueryDb`, plus writes, which system tables refuse (the server keeps them)."""
-
-    def __init__(self, tx: Transaction) -> None:
-        super().__init__(tx)
-        self.system = SystemReader(tx)
-
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        table = self._tx.table_of(doc_id)
-        if _is_system(table.name):
-            raise ArgumentError(f'get: "{doc_id}" is a document of system table "{table.name}"; use ctx.db.system.get')
-        return await super().get(doc_id)
-
-    def query(self, table: str) -> Query:
-        _refuse_system(self._tx, table, "query")
-        return super().query(table)
 
     def _writable(self, doc_id: str, verb: str) -> None:
         table = self._tx.table_of(doc_id)
