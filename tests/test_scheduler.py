@@ -134,6 +134,12 @@ async def test_system_tables_are_read_through_db_system_only(ripple: RippleServe
     with pytest.raises(RippleError, match="only the server writes"):
         await ripple.call("testing:writeSystem", {"id": job})
     assert await state_of(ripple, job) == "pending"
+    # Ids of system tables validate like others: Id("_scheduled_functions") takes this id and refuses another table's.
+    other = await ripple.call(
+        "testing:insert", {"table": "videos", "doc": {"twitchId": "x", "title": "x", "status": "Q"}}
+    )
+    with pytest.raises(RippleError, match="_scheduled_functions"):
+        await ripple.call("testing:job", {"id": other})
 
 
 async def test_two_processes_run_each_job_once(ripple: RippleServer) -> None:

@@ -104,7 +104,8 @@ class Table:
 
     @property
     def convex_name(self) -> str:
-        return to_camel(self.name)
+        """camelCase, except system tables, which keep Convex's own names (`_scheduled_functions`, `_storage`)."""
+        return self.name if self.name.startswith("_") else to_camel(self.name)
 
     def index(self, name: str) -> Index:
         try:

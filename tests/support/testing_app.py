@@ -310,7 +310,7 @@ async def write_system(ctx: Any, id: str) -> None:
 
 
 @query(name="testing:job")
-async def job(ctx: Any, id: str) -> Any:
+async def job(ctx: Any, id: Id("_scheduled_functions")) -> Any:  # type: ignore[valid-type]
     return await ctx.db.system.get(id)
 
 
