@@ -567,6 +567,10 @@ BEGIN
         ON CONFLICT (id) DO UPDATE SET ts = greatest(_ripple_horizon.ts, excluded.ts);
     END IF;
     DELETE FROM _ripple_mutations WHERE created_at < now() - make_interval(secs => keep_ms / 1000);
+    -- Finished scheduled functions are kept 7 days, as Convex keeps them (pending and running ones always).
+    DELETE FROM _scheduled_functions
+     WHERE state ->> 'kind' IN ('success', 'failed', 'canceled')
+       AND completed_time < _ripple_now_ms() - 7 * 24 * 3600 * 1000.0;
     DELETE FROM _ripple_pending p
      WHERE p.xid < txid_snapshot_xmin(txid_current_snapshot());
     RETURN n;

@@ -185,3 +185,25 @@ async def test_an_action_left_in_progress_by_a_dead_server_is_failed_not_rerun(r
     doc = await ripple.call("testing:job", {"id": job})
     assert "stopped before it finished" in doc["state"]["error"]
     assert len(await ripple.call("testing:videosOf", {"twitchId": "orphan"})) == 1
+
+
+async def test_finished_jobs_are_pruned_after_seven_days(ripple: RippleServer) -> None:
+    """As Convex keeps them: a job finished 8 days ago goes with the next prune; a pending one stays."""
+    done = await ripple.call("testing:schedule", {"delayMs": 0, "twitchId": "old"})
+
+    async def finished() -> bool:
+        return await state_of(ripple, done) == "success"
+
+    await wait_for(finished)
+    later = await ripple.call("testing:schedule", {"delayMs": 60_000, "twitchId": "later"})
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        eight_days_ms = 8 * 24 * 3600 * 1000.0
+        await conn.execute(
+            "UPDATE _scheduled_functions SET completed_time = completed_time - $1 WHERE _id = $2", eight_days_ms, done
+        )
+        await conn.execute("SELECT _ripple_prune(3600000)")
+        left = {r["_id"] for r in await conn.fetch("SELECT _id FROM _scheduled_functions")}
+    finally:
+        await conn.close()
+    assert done not in left and later in left
