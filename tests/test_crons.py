@@ -116,6 +116,7 @@ async def other_process(dsn: str) -> AsyncIterator[None]:
     )
     try:
         yield
+        assert proc.poll() is None, "the other process stopped early: it took no ticks"
     finally:
         proc.terminate()
         proc.wait(timeout=15)
