@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server.crons import Crons
 from server.errors import ConvexError
 from server.functions.registry import (
     action,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvexError",
+    "Crons",
     "HttpRouter",
     "Id",
     "__version__",

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import __version__, http_api, log_stream, storage
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
+from server.crons import CronExecutor, CronJob, find_crons
 from server.database.catalog import Catalog, apply_schema, load_catalog
 from server.database.connect import connect, probe_listen
 from server.database.database import Database
@@ -207,9 +208,11 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        cron_jobs: list[CronJob] = []  # a project folder's crons.py is not looked for yet
         if registry is None:
             load_modules(settings.modules)
             http_routes = find_router(f"{BUILTIN_MODULES}.http", settings.modules)
+            cron_jobs = find_crons(f"{BUILTIN_MODULES}.crons", settings.modules) if settings.crons_enabled else []
         else:
             http_routes = HttpRouter()  # a project folder's http.py is not looked for yet
         route = await connection_plan(settings, dsn)
@@ -284,6 +287,10 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
             )
             scheduler.start()
             app.state.scheduler = scheduler
+            crons = CronExecutor(database, cron_jobs, poke=scheduler.poke)
+            crons.check(lambda path: runner.resolve(path, internal_ok=True))
+            crons.start()
+            app.state.crons = crons
             log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
             log.info(
                 "HTTP actions: %d routes at %s/... (RIPPLE_SITE_PREFIX; Convex's site URL)",
@@ -294,6 +301,7 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
                 yield
             finally:
                 await watcher.close()
+                await crons.close()
                 await scheduler.close()
                 for session in list(app.state.services.sessions):
                     session.shut(1012, "server shutting down; reconnect")

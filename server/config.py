@@ -191,6 +191,8 @@ class Settings(BaseSettings):
     scheduler_check_interval_s: float = 1.0
     # A scheduled action whose server has not refreshed its claim for this long is marked failed (never re-run).
     scheduler_abandoned_after_s: float = 30.0
+    # Cron jobs (crons.py modules) run in this process; off: only other processes start their ticks.
+    crons_enabled: bool = True
 
     # File storage (`ctx.storage`). Files live under this directory (unset: `storage/` in `data_dir`).
     storage_dir: Path | None = None

@@ -126,6 +126,13 @@ CREATE TABLE IF NOT EXISTS _ripple_scheduled_claims (
     seen_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS _ripple_scheduled_claims_executor ON _ripple_scheduled_claims (executor);
+-- Cron jobs (server/crons.py): the last tick of each job that a process took (scheduled or skipped) and the
+-- `_scheduled_functions` row of its last run. A tick is taken under this row's lock, so each runs once.
+CREATE TABLE IF NOT EXISTS _ripple_crons (
+    name      text COLLATE "C" PRIMARY KEY,
+    last_tick double precision,
+    job_id    text COLLATE "C"
+);
 
 -- File storage (server/storage.py, server/functions/storage_ctx.py).
 -- Convex's `_storage` system table: one row per stored file, inserted only once its bytes are safely stored (so a

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server import mutation, query
+from server import internal_mutation, mutation, query
 from server.apps._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
 from server.errors import ArgumentError
 
@@ -219,3 +219,39 @@ async def list_by_status(ctx: Any, status: str | None = None, limit: int | None 
         check_choice(fn, "status", status, STATUSES)
         q = ctx.db.query("videos").with_index("by_status", lambda r: r.eq("status", status))
     return await q.order("desc").take(n)
+
+
+# A job in a processing stage with no report for this long is failed by the seed cron (server/apps/crons.py).
+STALE_AFTER_MINUTES = 30.0
+_STALE_BATCH = 100
+
+
+@internal_mutation
+async def fail_stalled_jobs(ctx: Any, stale_after_minutes: float = STALE_AFTER_MINUTES) -> float:
+    """Fail, as `processing_timeout` (retryable), the queued or processing jobs whose last report is older than
+    `stale_after_minutes`: a worker that died reports nothing, and its job would otherwise look alive forever.
+    At most 100 per stage per run (the next run takes the rest); returns how many it failed."""
+    cutoff = now_ms() - stale_after_minutes * 60_000.0
+    now = now_ms()
+    failed = 0
+    for status in PROCESSING_STAGES:
+        stale = await (
+            ctx.db.query("videos")
+            .with_index("by_status", lambda q, s=status: q.eq("status", s))
+            .filter(lambda q: q.lt(q.field("updatedAt"), cutoff))
+            .take(_STALE_BATCH)
+        )
+        for video in stale:
+            await ctx.db.patch(
+                video["_id"],
+                {
+                    "status": "Failed",
+                    "errorType": "processing_timeout",
+                    "errorMessage": f"no progress report for {stale_after_minutes:g} minutes (stage {status!r})",
+                    "isRetryable": True,
+                    "processingCompletedAt": now,
+                    "updatedAt": now,
+                },
+            )
+            failed += 1
+    return float(failed)

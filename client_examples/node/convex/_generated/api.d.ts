@@ -88,4 +88,7 @@ export declare const internal: {
     store: FunctionReference<"mutation", "internal", { userId: string; prompt: string; code: string; rawCode: string; createdAt?: number | null; durationInFrames?: number | null; fps?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; model?: string | null }, string>;
     updatePartial: FunctionReference<"mutation", "internal", { id: Id<"generations">; rawCode: string; code?: string | null }, boolean>;
   };
+  videos: {
+    failStalledJobs: FunctionReference<"mutation", "internal", { staleAfterMinutes?: number }, number>;
+  };
 };
