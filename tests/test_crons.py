@@ -71,7 +71,7 @@ async def runs(dsn: str, name: str) -> list[asyncpg.Record]:
 
 
 async def test_interval_jobs_run_repeatedly_and_failures_show(fresh_dsn: str) -> None:
-    async with run_server(fresh_dsn, modules=MODULES) as ripple:
+    async with run_server(fresh_dsn, modules=MODULES, crons_enabled=True) as ripple:
         await asyncio.sleep(1.6)
         ticks = await runs(fresh_dsn, "crontest:tick")
         done = [r for r in ticks if r["kind"] == "success"]
@@ -86,7 +86,7 @@ async def test_interval_jobs_run_repeatedly_and_failures_show(fresh_dsn: str) ->
 
 
 async def test_a_slow_job_skips_the_ticks_it_overlaps(fresh_dsn: str) -> None:
-    async with run_server(fresh_dsn, modules=MODULES):
+    async with run_server(fresh_dsn, modules=MODULES, crons_enabled=True):
         await asyncio.sleep(2.5)
     slow = [r for r in await runs(fresh_dsn, "crontest:slow") if r["kind"] == "success"]
     assert len(slow) >= 2, slow
@@ -123,7 +123,7 @@ async def other_process(dsn: str) -> AsyncIterator[None]:
 
 
 async def test_two_processes_run_each_tick_once(fresh_dsn: str) -> None:
-    async with run_server(fresh_dsn, modules=MODULES) as ripple, other_process(fresh_dsn):
+    async with run_server(fresh_dsn, modules=MODULES, crons_enabled=True) as ripple, other_process(fresh_dsn):
         await asyncio.sleep(4)
         ticks = await runs(fresh_dsn, "crontest:tick")
         times = [r["scheduled_time"] for r in ticks]

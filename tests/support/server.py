@@ -40,6 +40,9 @@ def test_settings(dsn: str, **overrides: Any) -> Settings:
         "pool_max_size": 8,
         "anthropic_api_key": None,
         "anthropic_base_url": None,
+        # The seed apps' cron writes once a minute; tests that count commits or statements must not meet it
+        # (tests/test_crons.py turns crons on).
+        "crons_enabled": False,
     }
     values.update(overrides)
     return Settings(**values)
