@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server import __version__, http_api, log_stream, storage
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
-from server.crons import CronExecutor, CronJob, find_crons
+from server.crons import CronExecutor, find_crons
 from server.database.catalog import Catalog, apply_schema, load_catalog
 from server.database.connect import connect, probe_listen
 from server.database.database import Database
@@ -39,6 +39,7 @@ from server.hub.hub import Hub
 from server.hub.supervise import Supervisor
 from server.log_stream import LogStream
 from server.metrics import Metrics
+from server.project import PACKAGE as PROJECT_PACKAGE
 from server.scheduler import ScheduleExecutor
 from server.sync.socket import sync_endpoint, watch_sessions
 
@@ -208,13 +209,15 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        cron_jobs: list[CronJob] = []  # a project folder's crons.py is not looked for yet
         if registry is None:
             load_modules(settings.modules)
             http_routes = find_router(f"{BUILTIN_MODULES}.http", settings.modules)
             cron_jobs = find_crons(f"{BUILTIN_MODULES}.crons", settings.modules) if settings.crons_enabled else []
         else:
-            http_routes = HttpRouter()  # a project folder's http.py is not looked for yet
+            # A project folder (server/project.py) has loaded its package: its http.py and crons.py are there, as
+            # a Convex app's convex/http.ts and convex/crons.ts (read at start; `ripple dev` does not reload them).
+            http_routes = find_router(PROJECT_PACKAGE, [])
+            cron_jobs = find_crons(PROJECT_PACKAGE, []) if settings.crons_enabled else []
         route = await connection_plan(settings, dsn)
         pool = await create_pool(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, pooled=route.pooled

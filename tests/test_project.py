@@ -163,3 +163,61 @@ async def test_dev_reloads_code_and_schema_under_a_live_subscription(tmp_path: P
     finally:
         await client.close()
         dev.stop()
+
+
+_HTTP = """
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from server import HttpRouter, http_action
+
+
+@http_action
+async def post_message(ctx, request: Request) -> JSONResponse:
+    body = await request.json()
+    await ctx.run_mutation("messages:send", {"channel": "web", "author": "hook", "body": body["text"]})
+    return JSONResponse({"messages": len(await ctx.run_query("messages:list", {"channel": "web"}))})
+
+
+http = HttpRouter()
+http.route(path="/post", method="POST", handler=post_message)
+"""
+
+_CRONS = """
+from server import Crons, internal_mutation
+
+
+@internal_mutation
+async def tick(ctx) -> None:
+    await ctx.db.insert("messages", {"channel": "cron", "author": "cron", "body": "tick"})
+
+
+crons = Crons()
+crons.interval("tick", {"seconds": 0.2}, "crons:tick", {})
+"""
+
+
+async def test_a_projects_http_and_crons_modules_are_served(tmp_path: Path, fresh_dsn: str) -> None:
+    """As a Convex app's convex/http.ts and convex/crons.ts: functions/http.py's routes answer under /http, and
+    functions/crons.py's jobs run."""
+    import httpx
+
+    project = tmp_path / "chat"
+    assert main(["init", str(project)]) == 0
+    (project / "functions" / "http.py").write_text(_HTTP)
+    (project / "functions" / "crons.py").write_text(_CRONS)
+    dev = _Dev(project, fresh_dsn)
+    try:
+        await dev.started()
+        base = dev.url.replace("ws://", "http://").removesuffix("/api/sync")
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            posted = await http.post("/http/post", json={"text": "hi"})
+            assert posted.status_code == 200 and posted.json() == {"messages": 1}, posted.text
+            for _ in range(100):
+                got = await http.post("/api/query", json={"path": "messages:list", "args": {"channel": "cron"}})
+                if len(got.json().get("value") or []) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(got.json()["value"]) >= 2, got.text  # the 200 ms interval ran, more than once
+    finally:
+        dev.stop()
