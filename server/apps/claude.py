@@ -65,7 +65,7 @@ class Claude:
             patch_interval_s=settings.stream_patch_interval_s,
         )
 
-    async def stream(self, *, system: str, messages: Sequence[dict[str, str]], on_text: OnText | None = None) -> str:
+    async def stream(self, *, system: str, messages: Sequence[dict[str, Any]], on_text: OnText | None = None) -> str:
         """Stream one reply and return its whole text; `on_text(text so far)` runs at most every patch_interval_s.
 
         Raises:

@@ -16,7 +16,8 @@ from server import action
 from server.apps import generations
 from server.apps._model import AppError, now_ms, owned, token_of
 from server.apps.claude import Claude, ClaudeError, claude_settings, extract_code
-from server.apps.generations import ConversationTurn, GenerationId
+from server.apps.generations import ConversationTurn, GenerationId, StorageId
+from server.apps.reference_images import image_blocks
 from server.errors import describe
 
 log = logging.getLogger("ripple.apps.generate_animation")
@@ -48,18 +49,30 @@ async def generate(
     aspect_ratio: str | None = None,
     duration_in_seconds: Positive | None = None,
     fps: Positive | None = None,
+    reference_image_ids: list[StorageId] | None = None,
 ) -> dict[str, Any]:
-    """A new generation from a prompt: {id, rawCode, code, durationInFrames, fps}."""
+    """A new generation from a prompt: {id, rawCode, code, durationInFrames, fps}.
+
+    `referenceImageIds` are uploaded files Claude sees, as images, before the prompt.
+    """
     token = await token_of(ctx, "generate animations")
     claude = Claude.from_settings(claude_settings())
     composition = {"aspectRatio": aspect_ratio, "durationInSeconds": duration_in_seconds, "fps": fps}
     generation_id = await ctx.run_mutation(
         generations.create_pending,
-        {"userId": token, "prompt": prompt, "createdAt": now_ms(), "model": claude.model, **composition},
+        {
+            "userId": token,
+            "prompt": prompt,
+            "createdAt": now_ms(),
+            "model": claude.model,
+            "referenceImageIds": reference_image_ids or None,
+            **composition,
+        },
     )
     request = f"{prompt}\n\n{_describe_composition(composition)}"
+    messages: list[dict[str, Any]] = [{"role": "user", "content": request}]
     return await _fill_pending(
-        ctx, claude, generation_id, composition, GENERATION_SYSTEM_PROMPT, [{"role": "user", "content": request}]
+        ctx, claude, generation_id, composition, GENERATION_SYSTEM_PROMPT, messages, reference_image_ids or []
     )
 
 
@@ -100,6 +113,7 @@ async def refine_and_persist(
             id=parent_generation_id,
         )
     composition = {key: parent.get(key) for key in ("aspectRatio", "durationInSeconds", "fps")}
+    reference_image_ids = parent.get("referenceImageIds") or []  # the refinement still sees what the parent saw
     child_id = await ctx.run_mutation(
         generations.create_pending,
         {
@@ -110,11 +124,14 @@ async def refine_and_persist(
             "refinementPrompt": refinement_prompt,
             "conversationHistory": [turn.model_dump() for turn in conversation_history],
             "model": claude.model,
+            "referenceImageIds": reference_image_ids or None,
             **composition,
         },
     )
     messages = _refinement_messages(current_code, refinement_prompt, conversation_history)
-    return await _fill_pending(ctx, claude, child_id, composition, REFINEMENT_SYSTEM_PROMPT, messages)
+    return await _fill_pending(
+        ctx, claude, child_id, composition, REFINEMENT_SYSTEM_PROMPT, messages, reference_image_ids
+    )
 
 
 async def _fill_pending(
@@ -123,9 +140,14 @@ async def _fill_pending(
     generation_id: str,
     composition: dict[str, Any],
     system: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
+    reference_image_ids: list[str],
 ) -> dict[str, Any]:
-    """Stream Claude's reply into the pending generation, then complete it; on any failure remove it and re-raise."""
+    """Stream Claude's reply into the pending generation, then complete it; on any failure remove it and re-raise.
+
+    The reference images are read here, inside the failure handling, so one Claude cannot take fails this
+    generation with a message that says why, like any other failure of the call.
+    """
 
     async def show_partial(text: str) -> None:
         partial = {"id": generation_id, "rawCode": text, "code": extract_code(text, partial=True)}
@@ -134,6 +156,8 @@ async def _fill_pending(
     fps = composition.get("fps") or DEFAULT_FPS
     seconds = composition.get("durationInSeconds") or DEFAULT_DURATION_S
     try:
+        if reference_image_ids:
+            messages = _with_images(messages, await image_blocks(ctx, reference_image_ids))
         raw_code = await claude.stream(system=system, messages=messages, on_text=show_partial)
         result = {"rawCode": raw_code, "code": _code_of(raw_code), "durationInFrames": round(seconds * fps), "fps": fps}
         await ctx.run_mutation(
@@ -168,8 +192,14 @@ def _describe_composition(composition: dict[str, Any]) -> str:
     return f"Composition: aspect ratio {aspect}, {fps:g} fps, {seconds:g} seconds ({round(seconds * fps)} frames)."
 
 
+def _with_images(messages: list[dict[str, Any]], images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last (user) message with the images before its text, as the Messages API advises for image prompts."""
+    *earlier, last = messages
+    return [*earlier, {**last, "content": [*images, {"type": "text", "text": last["content"]}]}]
+
+
 def _refinement_messages(
     current_code: str, refinement_prompt: str, history: list[ConversationTurn]
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     request = f"Current code:\n```tsx\n{current_code}\n```\n\nChange request: {refinement_prompt}"
     return [*(turn.model_dump() for turn in history), {"role": "user", "content": request}]

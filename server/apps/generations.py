@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from server import Id, internal_mutation, internal_query, query
 from server.apps._model import AppError, WireModel, now_ms, owned, token_of
 
-if TYPE_CHECKING:  # mypy sees a string; at run time the argument is checked to name a generation
+if TYPE_CHECKING:  # mypy sees a string; at run time the argument is checked to name a generation (a file)
     GenerationId = str
+    StorageId = str
 else:
     GenerationId = Id("generations")
+    StorageId = Id("_storage")
 
 # getRefinementChain returns at most this many generations: the one asked for and its nearest ancestors.
 MAX_CHAIN_LENGTH = 50
@@ -56,7 +58,7 @@ async def create_pending(
     aspect_ratio: str | None = None,
     duration_in_seconds: float | None = None,
     fps: float | None = None,
-    reference_image_ids: list[str] | None = None,
+    reference_image_ids: list[StorageId] | None = None,
     continuation_type: str | None = None,
     parent_generation_id: GenerationId | None = None,
     refinement_prompt: str | None = None,
@@ -179,6 +181,13 @@ async def complete(
 async def get_internal(ctx: Any, id: GenerationId) -> dict[str, Any] | None:
     """Any generation, without an ownership check: for actions that check ownership themselves."""
     return await ctx.db.get(id)
+
+
+@internal_query
+async def reference_files(ctx: Any, ids: list[StorageId]) -> list[dict[str, Any] | None]:
+    """The `_storage` rows of a generation's reference images (None for a file gone): their type and size, which
+    an action cannot read itself, so it can refuse what Claude would not take before reading any bytes."""
+    return [await ctx.db.system.get(storage_id) for storage_id in ids]
 
 
 # Public reads: signed-in users, their own generations only.

@@ -7,17 +7,23 @@ with monkeypatched environment variables. One Ripple server serves the module; e
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
+import tests.support.testing_app  # noqa: F401  (registers testing:uploadUrl)
 from server.apps.claude import extract_code
 from server.apps.generate_animation import GENERATION_SYSTEM_PROMPT, REFINEMENT_SYSTEM_PROMPT
+from server.apps.reference_images import MAX_IMAGE_BYTES
 from server.errors import AuthRequired, ConvexError, IdError, RippleError
-from tests.fakes.anthropic_api import FakeAnthropic, FakeScript, run_fake_anthropic
+from tests.fakes.anthropic_api import FakeAnthropic, FakeScript, ReceivedImage, run_fake_anthropic
 from tests.support.server import RippleServer
 
 API_KEY = "test-key"
@@ -361,3 +367,102 @@ def test_extract_code_takes_the_first_block_and_handles_open_blocks() -> None:
     assert extract_code("```tsx\nstill strea", partial=True) == "still strea"
     assert extract_code("Intro only", partial=True) is None
     assert extract_code("  just code  ") == "just code"
+
+
+# reference images
+
+
+def one_pixel_png() -> bytes:
+    """A real 1x1 red PNG: signature, IHDR, one IDAT row, IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
+    pixels = zlib.compress(b"\x00\xff\x00\x00")  # filter byte, then one red pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+async def upload(ripple: RippleServer, data: bytes, content_type: str) -> str:
+    """Upload through a real one-time upload URL, as a client does; returns the storage id."""
+    url = httpx.URL(await ripple.call("testing:uploadUrl"))
+    async with httpx.AsyncClient(base_url=ripple.url, timeout=30) as client:  # the URL's host is the public one
+        response = await client.post(url.raw_path.decode(), content=data, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    return str(response.json()["storageId"])
+
+
+async def test_generate_shows_claude_the_reference_images_before_the_prompt(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
+    png = one_pixel_png()
+    first = await upload(ripple, png, "image/png")
+    second = await upload(ripple, b"GIF89a-not-really", "image/GIF")
+    args = {"prompt": "animate this logo", "referenceImageIds": [first, second]}
+    result = await ripple.call("generateAnimation:generate", args, user=alice)
+    assert result["code"] == CODE
+    doc = await ripple.call("generations:get", {"id": result["id"]}, user=alice)
+    assert doc["status"] == "success" and doc["referenceImageIds"] == [first, second]
+    [request] = fake.requests
+    [message] = request["messages"]
+    image, gif, text = message["content"]
+    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(png).decode()}
+    assert image == {"type": "image", "source": source}
+    assert gif["source"]["media_type"] == "image/gif"
+    assert text["type"] == "text" and text["text"].startswith("animate this logo")
+    assert fake.images == [
+        ReceivedImage(0, 0, 0, "image/png", png),
+        ReceivedImage(0, 0, 1, "image/gif", b"GIF89a-not-really"),
+    ]
+
+
+async def test_refine_and_persist_keeps_the_parents_reference_images(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
+    png = one_pixel_png()
+    image = await upload(ripple, png, "image/png")
+    args = {"prompt": "p", "referenceImageIds": [image]}
+    parent = (await ripple.call("generateAnimation:generate", args, user=alice))["id"]
+    child = await ripple.call("generateAnimation:refineAndPersist", refine_args(parent), user=alice)
+    doc = await ripple.call("generations:get", {"id": child["id"]}, user=alice)
+    assert doc["referenceImageIds"] == [image]
+    last = fake.requests[1]["messages"][-1]
+    assert last["content"][0]["source"]["data"] == base64.b64encode(png).decode()
+    assert last["content"][-1]["text"].endswith("Change request: make it blue")
+    assert [i.request_index for i in fake.images] == [0, 1]
+
+
+async def test_reference_image_of_a_type_claude_does_not_take_fails_the_generation(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
+    svg = await upload(ripple, b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml")
+    with pytest.raises(ConvexError, match=r'reference image ".+" is image/svg\+xml; Claude takes only image/png'):
+        await ripple.call("generateAnimation:generate", {"prompt": "p", "referenceImageIds": [svg]}, user=alice)
+    assert fake.requests == [] and await rows_of(ripple, alice) == []  # failed: the pending row is gone
+
+
+async def test_reference_image_too_large_fails_the_generation(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
+    storage = ripple.services.storage
+    assert storage is not None
+    limit = storage.max_upload_bytes
+    storage.max_upload_bytes = MAX_IMAGE_BYTES + 10
+    try:
+        big = await upload(ripple, b"\x00" * (MAX_IMAGE_BYTES + 1), "image/png")
+    finally:
+        storage.max_upload_bytes = limit
+    with pytest.raises(ConvexError, match=r"over Claude's 5242880-byte limit per image; scale it down"):
+        await ripple.call("generateAnimation:generate", {"prompt": "p", "referenceImageIds": [big]}, user=alice)
+    assert fake.requests == [] and await rows_of(ripple, alice) == []
+
+
+async def test_generate_refuses_reference_ids_that_are_not_files(
+    ripple: RippleServer, fake: FakeAnthropic, alice: str
+) -> None:
+    other = await stored_parent(ripple, alice)
+    with pytest.raises(IdError, match=r'referenceImageIds.*Id\("_storage"\).*got an id of table "generations"'):
+        await ripple.call("generateAnimation:generate", {"prompt": "p", "referenceImageIds": [other]}, user=alice)
+    with pytest.raises(IdError, match=r'referenceImageIds.*Id\("_storage"\)'):
+        await ripple.call("generateAnimation:generate", {"prompt": "p", "referenceImageIds": ["nope"]}, user=alice)
+    assert fake.requests == [] and len(await rows_of(ripple, alice)) == 1

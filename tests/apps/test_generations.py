@@ -299,3 +299,13 @@ async def test_refinement_chain_refuses_others_and_stops_at_foreign_ancestors(
     assert [d["_id"] for d in got] == ids[2:]
     with pytest.raises(IdError):
         await ripple.call("generations:getRefinementChain", {"generationId": "zzz"}, user=alice)
+
+
+async def test_create_pending_takes_only_storage_ids_as_reference_images(ripple: RippleServer, alice: str) -> None:
+    generation = await store(ripple, alice)
+    with pytest.raises(IdError, match=r'referenceImageIds.*got an id of table "generations"') as wrong_table:
+        await pending(ripple, alice, referenceImageIds=[generation])
+    assert 'Id("_storage")' in str(wrong_table.value), str(wrong_table.value)
+    with pytest.raises(IdError, match=r'referenceImageIds.*Id\("_storage"\)'):
+        await pending(ripple, alice, referenceImageIds=["not-an-id"])
+    assert await sql(ripple, "SELECT count(*) FROM generations WHERE user_id = $1", await token_of(ripple, alice)) == 1

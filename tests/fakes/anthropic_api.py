@@ -25,11 +25,19 @@ api_error, 429 rate_limit_error, ...); ``"hang"`` never answers (until the fake
 stops), for client timeouts. A stream can also fail mid-way
 (``stream_error_after``: an SSE ``error`` event after that many chunks) or stall
 mid-way (``hang_after_chunks``).
+
+Message content is a string or a list of blocks, as the real API takes it:
+``text`` blocks and ``image`` blocks with a base64 source (png, jpeg, gif or
+webp, valid base64). Anything else is refused with a 400
+invalid_request_error, as the real API does. ``fake.images`` records every
+accepted image block in arrival order, its data decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import time
@@ -43,6 +51,21 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+# The image types the Messages API takes.
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+@dataclass(frozen=True)
+class ReceivedImage:
+    """One image block the fake accepted: which request and message it came in, its type and decoded bytes."""
+
+    request_index: int
+    message_index: int
+    block_index: int
+    media_type: str
+    data: bytes
+
 
 # Anthropic's error type for each HTTP status it documents.
 ERROR_TYPES = {
@@ -99,6 +122,7 @@ class FakeAnthropic:
         self.requests: list[dict[str, Any]] = []  # parsed JSON bodies, in arrival order
         self.request_headers: list[dict[str, str]] = []
         self.api_keys: list[str | None] = []
+        self.images: list[ReceivedImage] = []  # every accepted image block, in arrival order
         self.stopping = asyncio.Event()  # releases hanging responses when the fake stops
         self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
 
@@ -142,6 +166,10 @@ class FakeAnthropic:
         for key in ("model", "max_tokens", "messages"):
             if key not in body:
                 return _error(400, "invalid_request_error", f"{key}: Field required")
+        images_or_problem = _images_in(index, body["messages"])
+        if isinstance(images_or_problem, str):
+            return _error(400, "invalid_request_error", images_or_problem)
+        self.images.extend(images_or_problem)
 
         if script.mode == "hang":
             await self.stopping.wait()
@@ -227,6 +255,40 @@ class FakeAnthropic:
         # Ends early when the fake stops, so shutdown never waits on a script.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
+
+
+def _images_in(request_index: int, messages: Any) -> list[ReceivedImage] | str:
+    """The image blocks of a request's messages, or what is wrong with its content (the API's 400 message)."""
+    if not isinstance(messages, list):
+        return "messages: Input should be a valid list"
+    images = []
+    for m, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list):
+            return f"messages.{m}.content: Input should be a valid string or list"
+        for b, block in enumerate(content):
+            where = f"messages.{m}.content.{b}"
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                if not isinstance(block.get("text"), str):
+                    return f"{where}.text: Field required"
+                continue
+            if kind != "image":
+                return f"{where}: Input tag {kind!r} is not one of 'text', 'image'"
+            source = block.get("source")
+            if not isinstance(source, dict) or source.get("type") != "base64":
+                return f"{where}.source: only base64 image sources are accepted by this fake"
+            media_type = source.get("media_type")
+            if media_type not in IMAGE_MEDIA_TYPES:
+                return f"{where}.source.media_type: Input should be one of {', '.join(IMAGE_MEDIA_TYPES)}"
+            try:
+                data = base64.b64decode(str(source.get("data", "")), validate=True)
+            except (binascii.Error, ValueError):
+                return f"{where}.source.data: invalid base64 data"
+            images.append(ReceivedImage(request_index, m, b, media_type, data))
+    return images
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

@@ -19,7 +19,7 @@ export declare const api: {
     updateAgentSession: FunctionReference<"mutation", "public", { sessionId: Id<"agentSessions">; status?: string | null; output?: string | null; error?: string | null; variant?: { kind: "planner_session"; agentType?: "planner"; plan?: string | null } | { kind: "coder_session"; agentType?: "coder"; code?: string | null; language?: string | null } | { kind: "reviewer_session"; agentType?: "reviewer"; review?: string | null; approved?: boolean | null } | null; claudeSessionId?: string | null }, null>;
   };
   generateAnimation: {
-    generate: FunctionReference<"action", "public", { prompt: string; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null }, Record<string, any>>;
+    generate: FunctionReference<"action", "public", { prompt: string; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null }, Record<string, any>>;
     refine: FunctionReference<"action", "public", { currentCode: string; refinementPrompt: string; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null }, Record<string, any>>;
     refineAndPersist: FunctionReference<"action", "public", { parentGenerationId: Id<"generations">; refinementPrompt: string; conversationHistory: Array<{ role: "user" | "assistant"; content: string }> }, Record<string, any>>;
   };
@@ -83,8 +83,9 @@ export declare const api: {
 export declare const internal: {
   generations: {
     complete: FunctionReference<"mutation", "internal", { id: Id<"generations">; status: "success" | "failed"; code?: string | null; rawCode?: string | null; durationInFrames?: number | null; fps?: number | null; model?: string | null; errorMessage?: string | null }, null>;
-    createPending: FunctionReference<"mutation", "internal", { userId: string; prompt: string; createdAt: number; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<string> | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null; model?: string | null }, string>;
+    createPending: FunctionReference<"mutation", "internal", { userId: string; prompt: string; createdAt: number; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null; model?: string | null }, string>;
     getInternal: FunctionReference<"query", "internal", { id: Id<"generations"> }, Record<string, any> | null>;
+    referenceFiles: FunctionReference<"query", "internal", { ids: Array<Id<"_storage">> }, Array<Record<string, any> | null>>;
     store: FunctionReference<"mutation", "internal", { userId: string; prompt: string; code: string; rawCode: string; createdAt?: number | null; durationInFrames?: number | null; fps?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; model?: string | null }, string>;
     updatePartial: FunctionReference<"mutation", "internal", { id: Id<"generations">; rawCode: string; code?: string | null }, boolean>;
   };
