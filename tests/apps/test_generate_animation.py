@@ -466,3 +466,23 @@ async def test_generate_refuses_reference_ids_that_are_not_files(
     with pytest.raises(IdError, match=r'referenceImageIds.*Id\("_storage"\)'):
         await ripple.call("generateAnimation:generate", {"prompt": "p", "referenceImageIds": ["nope"]}, user=alice)
     assert fake.requests == [] and len(await rows_of(ripple, alice)) == 1
+
+
+async def test_the_fake_refuses_image_blocks_the_real_api_refuses() -> None:
+    """The fake must not accept what Anthropic would refuse, or the image tests above could pass wrongly."""
+    import anthropic
+
+    async with run_fake_anthropic() as fake:
+        client = anthropic.AsyncAnthropic(base_url=fake.base_url, api_key="k", max_retries=0)
+        for source in (
+            {"type": "base64", "media_type": "image/svg+xml", "data": "AAAA"},
+            {"type": "base64", "media_type": "image/png", "data": "not base64!"},
+        ):
+            block = {"type": "image", "source": source}
+            with pytest.raises(anthropic.BadRequestError):
+                await client.messages.create(
+                    model="m",
+                    max_tokens=10,
+                    messages=[{"role": "user", "content": [block]}],  # type: ignore[list-item]
+                )
+        assert fake.images == [] and len(fake.requests) == 2
