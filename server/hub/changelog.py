@@ -10,7 +10,9 @@ Everything else (NOTIFY wake-ups without changes, local commits, the periodic lo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,7 +20,10 @@ import asyncpg
 from server.database.announce import Announcement, Change
 from server.errors import RippleError
 
+log = logging.getLogger("ripple.hub")
+
 __all__ = [
+    "prune_forever",
     "BEGIN_SNAPSHOT",
     "NEXT_SNAPSHOT",
     "RECOVER",
@@ -193,3 +198,20 @@ class Announcements(Mapping[int, list[Change]]):
 
     def __len__(self) -> int:
         return len(self._by_ts)
+
+
+async def prune_forever(
+    pool: asyncpg.Pool, retention_s: float, interval_s: float, processed_ts: Callable[[], int]
+) -> None:
+    """Delete log rows older than the retention (schema's `_ripple_prune`: a hub behind them re-runs everything,
+    see `Changes.everything`), but only after the hub has processed something new."""
+    pruned_at = processed_ts()
+    while True:
+        await asyncio.sleep(interval_s)
+        if processed_ts() == pruned_at:
+            continue
+        try:
+            await pool.execute("SELECT _ripple_prune($1)", retention_s * 1000.0)
+            pruned_at = processed_ts()
+        except Exception:
+            log.exception("pruning the commit log failed; will try again")

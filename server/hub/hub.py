@@ -18,27 +18,22 @@ import bisect
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from server.database.announce import Announcement, Change
 from server.database.catalog import Catalog
-from server.database.connect import connect
 from server.database.database import Database, Snapshot
-from server.database.pool import init_connection
 from server.database.reads import IndexRange
 from server.errors import ArgumentError, FunctionNotFound, RippleError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind, FunctionSpec, Registry
 from server.functions.runner import Outcome, Runner
 from server.hub.changelog import (
-    BEGIN_SNAPSHOT,
     NEXT_SNAPSHOT,
     RECOVER,
     Announcements,
     Changes,
+    prune_forever,
     quiet_advance,
     read_since,
     settled_head,
@@ -47,6 +42,7 @@ from server.hub.changes import ChangeFeed
 from server.hub.health import DatabaseWatch
 from server.hub.index import ReadSetIndex
 from server.hub.instances import Instances, QueryInstance, QueryResult, Subscriber
+from server.hub.snapshot import HubConnection
 from server.hub.supervise import Supervisor
 
 if TYPE_CHECKING:
@@ -56,8 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["Hub"]
 
 log = logging.getLogger("ripple.hub")
-
-T = TypeVar("T")
 
 Deliveries = dict[Subscriber, list[tuple[int, QueryResult]]]
 
@@ -111,10 +105,8 @@ class Hub:
             # Read when /metrics is scraped, so they are right also after rounds that only (un)subscribed.
             metrics.query_instances.set_function(lambda: self.instance_count)
             metrics.subscriptions.set_function(lambda: self.subscription_count)
-        self._dsn = dsn
-        self._pooled = pooled
         self._listen = listen
-        self._conn: asyncpg.Connection | None = None
+        self._conn = HubConnection(dsn, pooled=pooled, timeout_s=settings.hub_read_timeout_s)
         self.feed = ChangeFeed(
             dsn,
             self._wake,
@@ -162,11 +154,19 @@ class Hub:
     # Lifecycle.
 
     async def start(self) -> None:
-        self.processed_ts = await settled_head(await self._connection())
+        self.processed_ts = await settled_head(await self._conn.get())
         self._look = False
         self._looked_at = asyncio.get_running_loop().time()
         self.tasks.start("ripple-hub", self._run)
-        self.tasks.start("ripple-prune", self._prune_loop)
+        self.tasks.start(
+            "ripple-prune",
+            lambda: prune_forever(
+                self.database.pool,
+                self.settings.log_retention_s,
+                self.settings.prune_interval_s,
+                lambda: self.processed_ts,
+            ),
+        )
         self.tasks.start("ripple-database-watch", self.watch.run)
         if self._listen:
             await self.feed.start()
@@ -175,7 +175,7 @@ class Hub:
     async def close(self, reason: str) -> None:
         await self.tasks.close()
         await self.feed.close()
-        self._drop_connection()
+        self._conn.drop()
         for _, _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(ConnectionError(reason))
@@ -303,9 +303,9 @@ class Hub:
             return
         self._look = False
         try:
-            conn = await self._connection()
+            conn = await self._conn.get()
             self._looked_at = asyncio.get_running_loop().time()
-            found = await self._bounded(read_since(conn, self.processed_ts, self.settings.max_changes_per_round))
+            found = await self._conn.bounded(read_since(conn, self.processed_ts, self.settings.max_changes_per_round))
             ran = await self._rerun_all(Snapshot(conn, found.upto), self._stale(found))
             # Publish, deliver (before COMMIT: the snapshot is read-only, its results are final once read), then
             # advance: a round that failed above published nothing, and one that gets here delivers all it has.
@@ -316,10 +316,10 @@ class Hub:
                 self.looks += 1
             else:
                 self._count_round(notified_at, quiet=False, found=found)
-            await self._bounded(conn.execute(NEXT_SNAPSHOT))
+            await self._conn.bounded(conn.execute(NEXT_SNAPSHOT))
         except BaseException:
             self._look = True
-            self._drop_connection()  # mid-statement or mid-transaction: start the next round afresh
+            self._conn.drop()  # mid-statement or mid-transaction: start the next round afresh
             raise
 
     def _needs_log(self) -> bool:
@@ -392,7 +392,7 @@ class Hub:
         if self.metrics:
             self.metrics.reruns.labels(inst.spec.path).inc()
         if snap.failed:
-            await self._bounded(snap.conn.execute(RECOVER))
+            await self._conn.bounded(snap.conn.execute(RECOVER))
         return outcome
 
     def _publish(self, ran: dict[int, _Ran]) -> Deliveries:
@@ -457,36 +457,6 @@ class Hub:
         if notified_at is not None:
             self.metrics.transition_latency.observe(time.perf_counter() - notified_at)
 
-    async def _connection(self) -> asyncpg.Connection:
-        """The hub's own connection, inside a REPEATABLE READ, READ ONLY transaction whose snapshot the round's
-        first query will take. No pool checkout or reset between rounds; a failed round drops the connection,
-        and with it the clock key if the round held it."""
-        if self._conn is None or self._conn.is_closed():
-            connecting = connect(self._dsn, pooled=self._pooled)
-            conn: asyncpg.Connection = await asyncio.wait_for(connecting, self.settings.hub_read_timeout_s)
-            self._conn = conn
-            await self._bounded(init_connection(conn))
-            await self._bounded(conn.execute(BEGIN_SNAPSHOT))
-        return self._conn
-
-    async def _bounded(self, step: Coroutine[Any, Any, T]) -> T:
-        """A statement of the hub's own (log read, snapshot, savepoint), which takes milliseconds (a settle waits
-        up to 2 s): past `hub_read_timeout_s` its connection is taken for lost (packets dropped without a close
-        would otherwise stall every subscriber) and the round fails, to be retried on a new connection."""
-        try:
-            async with asyncio.timeout(self.settings.hub_read_timeout_s):
-                return await step
-        except TimeoutError:
-            raise ConnectionError(
-                f"the hub's connection gave no answer within {self.settings.hub_read_timeout_s:g} s "
-                "(RIPPLE_HUB_READ_TIMEOUT_S); taking it for lost"
-            ) from None
-
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-
     # Requests.
 
     def _apply_requests(self) -> None:
@@ -521,21 +491,6 @@ class Hub:
         if gone is not None:
             self.index.remove(gone.id)
             self._pending_new.pop(gone.id, None)
-
-    # Housekeeping.
-
-    async def _prune_loop(self) -> None:
-        """Delete log rows older than the retention, but only after the hub has processed something new."""
-        pruned_at = self.processed_ts
-        while True:
-            await asyncio.sleep(self.settings.prune_interval_s)
-            if self.processed_ts == pruned_at:
-                continue
-            try:
-                await self.database.pool.execute("SELECT _ripple_prune($1)", self.settings.log_retention_s * 1000.0)
-                pruned_at = self.processed_ts
-            except Exception:
-                log.exception("pruning the commit log failed; will try again")
 
 
 def _name(session: Subscriber) -> str:

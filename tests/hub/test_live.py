@@ -100,7 +100,7 @@ async def test_writes_no_query_read_cost_the_hub_no_query(ripple: RippleServer) 
     qid = await client.subscribe("testing:count", {"twitchId": "watched"})
     await writer.mutation("testing:setProgress", {"twitchId": "unwatched", "progress": 0})
     hub = ripple.services.hub
-    hub_pid = hub._conn.get_server_pid()
+    hub_pid = hub._conn.backend_pid
     started = "SELECT query_start FROM pg_stat_activity WHERE pid = $1"
     conn = await asyncpg.connect(ripple.settings.database_url)
     try:
