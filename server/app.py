@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -49,6 +50,7 @@ log = logging.getLogger("ripple")
 
 BUILTIN_MODULES = "server.apps"
 _BROWSER_DIR = shared_path("client_examples/browser")
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -321,6 +323,9 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
         WebSocketRoute("/api/sync", sync_endpoint),
         WebSocketRoute("/api/{version}/sync", sync_endpoint),
     ]
+    # The admin console and the vendored official browser client ship in the package, so a pip install has them.
+    routes.append(Mount("/_static", StaticFiles(directory=_PACKAGE_DIR / "static"), name="static"))
+    routes.append(Mount("/_admin", StaticFiles(directory=_PACKAGE_DIR / "admin" / "static", html=True), name="admin"))
     if _BROWSER_DIR.is_dir():
         routes.append(Mount("/", StaticFiles(directory=_BROWSER_DIR, html=True), name="dashboard"))
     middleware = [
