@@ -102,7 +102,8 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
         caller = await caller_from_header(services, request.headers.get("authorization"))
     except RequestError as exc:
         return _error(exc)
-    outcome = await services.runner.call(path, args, caller, kind=kind, transport="http")
+    # An admin may call internal functions, as with Convex's admin key (`npx convex run`, the dashboard).
+    outcome = await services.runner.call(path, args, caller, internal_ok=caller.is_admin, kind=kind, transport="http")
     if outcome.ok:
         value = outcome.value if encoded else values.encode_clean_json(values.decode(outcome.value))
         return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines})

@@ -12,7 +12,8 @@ import jwt
 import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
-from tests.support.server import ISSUER, JWT_SECRET, RippleServer
+from tests.support.server import ADMIN_KEY, ISSUER, JWT_SECRET, RippleServer
+from tests.support.ws import SyncClient
 
 VIDEO = {"table": "videos", "doc": {"twitchId": "a", "title": "A", "status": "Queued"}}
 
@@ -206,3 +207,32 @@ async def test_the_mutation_time_limit_covers_the_handler_not_the_commit(ripple:
         assert await conn.fetchval("SELECT count(*) FROM videos WHERE twitch_id = 'slow-handler'") == 0
     finally:
         await conn.close()
+
+
+async def test_an_admin_reaches_internal_functions_over_http_and_sync(ripple: RippleServer) -> None:
+    """As with Convex's admin key (`npx convex run`, the dashboard): the admin console runs internal functions."""
+    body = (await ripple.http("query", "testing:secret", {}, admin=True)).json()
+    assert body == {"status": "success", "value": "internal", "logLines": []}, body
+    body = (await ripple.http("mutation", "testing:internalInsert", {"twitchId": "adm"}, admin=True)).json()
+    assert body["status"] == "success", body
+
+    admin, user = await SyncClient.connect(ripple.ws_url), await SyncClient.connect(ripple.ws_url)
+    await admin.authenticate(ADMIN_KEY, token_type="Admin")
+    qid = await admin.subscribe("testing:secret", {})
+    assert admin.results[qid] == "internal"
+    response = await admin.mutation("testing:internalInsert", {"twitchId": "adm2"})
+    assert response["success"], response
+    # The same subscription from a non-admin socket is refused alone.
+    await user.send(
+        {
+            "type": "ModifyQuerySet",
+            "baseVersion": 0,
+            "newVersion": 1,
+            "modifications": [{"type": "Add", "queryId": 0, "udfPath": "testing:secret", "args": [{}]}],
+        }
+    )
+    failed = await user.expect(lambda m: m["type"] == "Transition" and m["modifications"])
+    assert failed["modifications"][0]["type"] == "QueryFailed"
+    assert "Could not find public function" in failed["modifications"][0]["errorMessage"]
+    await admin.close()
+    await user.close()

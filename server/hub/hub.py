@@ -244,7 +244,7 @@ class Hub:
     def _respec(self) -> None:
         for inst in self._instances.by_id.values():
             try:
-                spec = self.runner.resolve(inst.spec.path)
+                spec = self.runner.resolve(inst.spec.path, internal_ok=inst.caller.is_admin)
                 if spec.kind is not FunctionKind.QUERY:
                     raise RippleError(f"{spec.path} is a {spec.kind.value} now; only queries can be subscribed to")
                 inst.kwargs = self.runner.validate(spec, inst.args)
@@ -474,7 +474,8 @@ class Hub:
         try:
             if isinstance(req.args, Exception):
                 raise ArgumentError(f"{req.path}: {req.args}")
-            spec = self.runner.resolve(req.path)
+            # An admin may subscribe to internal functions, as Convex's admin key may (the console's system queries).
+            spec = self.runner.resolve(req.path, internal_ok=req.caller.is_admin)
             if spec.kind is not FunctionKind.QUERY:
                 raise RippleError(f"{spec.path} is a {spec.kind.value}; only queries can be subscribed to")
             inst = self._instances.attach(spec, req.session, req.token, req.args, req.journal, req.caller)

@@ -304,6 +304,7 @@ class Session:
                 request.udfPath,
                 args,
                 run.caller,
+                internal_ok=run.caller.is_admin,
                 kind=FunctionKind.MUTATION,
                 dedupe=dedupe,
                 maybe_applied=self.resumed,
@@ -319,7 +320,12 @@ class Session:
         try:
             args = protocol.args_object(request.args)
             outcome = await self.services.runner.call(
-                request.udfPath, args, run.caller, kind=FunctionKind.ACTION, transport="websocket"
+                request.udfPath,
+                args,
+                run.caller,
+                internal_ok=run.caller.is_admin,
+                kind=FunctionKind.ACTION,
+                transport="websocket",
             )
         except ValueError as exc:
             response = protocol.mutation_response(
