@@ -295,7 +295,8 @@ def _codegen(args: argparse.Namespace) -> int:
         if not dsn:  # the tables come from PostgreSQL, as `serve` reads them: the same embedded server and data
             embedded = EmbeddedPostgres()
             dsn = embedded.start(Path(settings.data_dir).resolve() / "pgdata")
-        changed = run(dsn, Path(settings.schema_path), settings.modules, out)
+        python = Path(args.python) if args.python else None
+        changed = run(dsn, Path(settings.schema_path), settings.modules, out, python)
     except CodegenError as exc:
         print(f"ripple codegen: {exc}", file=sys.stderr)
         return 1
@@ -466,12 +467,17 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     codegen = command(
         "codegen",
-        "write typed TypeScript client code (Convex's _generated/api.d.ts, api.js, dataModel.d.ts)",
+        "write typed client code: Convex's _generated/api.d.ts, api.js, dataModel.d.ts, and a Python client",
         "Write Convex's _generated/ files from the Python functions and schema.sql, so that `api.module.fn` is "
         "typed for the npm client. Reads the tables from DATABASE_URL, else from the embedded PostgreSQL in "
         "RIPPLE_DATA_DIR (applying schema.sql first, as `serve` does).",
     )
     codegen.add_argument("--out", default="convex/_generated", help="the folder to write the files into")
+    codegen.add_argument(
+        "--python",
+        metavar="FILE",
+        help="also write a typed Python client (on the official `convex` PyPI client) to this file (unset: none)",
+    )
     codegen.set_defaults(fn=_codegen)
 
     sub.add_parser("bench", help="measure Ripple against floors measured in the same run (--quick, --help)")

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from server.database.catalog import Catalog, ColumnType, Table
 from server.functions.registry import FunctionSpec, Visibility
-from server.functions.validation import _IdCheck
+from server.functions.validation import IdCheck
 from server.values import to_camel
 
 __all__ = ["CodegenError", "Doc", "DocOf", "render", "run", "write_files"]
@@ -92,7 +92,7 @@ class _Types:
         if origin is Annotated:
             for meta in tp.__metadata__:
                 check = getattr(meta, "func", None)
-                if isinstance(check, _IdCheck):
+                if isinstance(check, IdCheck):
                     return f"Id<{self.table(check.table, 'Id')}>"
                 if isinstance(meta, DocOf):
                     return f"Doc<{self.table(meta.table, 'Doc')}>"
@@ -130,7 +130,7 @@ class _Types:
         self._models.append(model)
         try:
             return self.fields(
-                (info.alias or name, _annotation(info), not info.is_required())
+                (info.alias or name, field_annotation(info), not info.is_required())
                 for name, info in model.model_fields.items()
             )
         finally:
@@ -141,7 +141,7 @@ class _Types:
         return "{ " + "; ".join(parts) + " }" if parts else "{}"
 
 
-def _annotation(info: Any) -> Any:
+def field_annotation(info: Any) -> Any:
     """A field's annotation with the metadata pydantic split off it (where `Id("t")` lives) put back."""
     return Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
 
@@ -154,7 +154,7 @@ def _key(name: str) -> str:
     return name if name.isidentifier() else json.dumps(name)
 
 
-def _is_untyped_dict(tp: Any) -> bool:
+def is_untyped_dict(tp: Any) -> bool:
     return tp in (dict, Any, inspect.Parameter.empty) or (
         typing.get_origin(tp) is dict and typing.get_args(tp)[1:] == (Any,)
     )
@@ -171,8 +171,8 @@ def function_type(spec: FunctionSpec, tables: Iterable[str]) -> str:
     paginated = False
     for name, info in spec.args.model_fields.items():
         wire = info.alias or to_camel(name)
-        annotation = _annotation(info)
-        if wire == "paginationOpts" and _is_untyped_dict(annotation):
+        annotation = field_annotation(info)
+        if wire == "paginationOpts" and is_untyped_dict(annotation):
             paginated = True
             args.append((wire, "PaginationOptions", not info.is_required()))
         else:
@@ -180,7 +180,7 @@ def function_type(spec: FunctionSpec, tables: Iterable[str]) -> str:
     args_text = "{ " + "; ".join(f"{_key(n)}{'?' if o else ''}: {t}" for n, t, o in args) + " }" if args else "{}"
     hints = typing.get_type_hints(spec.handler, include_extras=True)
     returns = hints.get("return", Any)
-    if paginated and _is_untyped_dict(returns):
+    if paginated and is_untyped_dict(returns):
         result = "PaginationResult<Record<string, any>>"
     else:
         result = ts.of(returns)
@@ -322,12 +322,17 @@ async def _catalog(dsn: str, schema_path: Path) -> Catalog:
         await conn.close()
 
 
-def run(dsn: str, schema_path: Path, modules: Sequence[str], out: Path) -> list[str]:
+def run(dsn: str, schema_path: Path, modules: Sequence[str], out: Path, python: Path | None = None) -> list[str]:
     """Load the app modules, read the tables from the database (after applying schema.sql, as `serve` does) and
-    write the generated files into `out`; returns the names of the files that changed."""
+    write the generated files into `out` (and the typed Python client into `python`, when given); returns the
+    names of the files that changed."""
     from server.app import load_modules
+    from server.codegen_python import render_python
     from server.functions.registry import registry
 
     load_modules(list(modules))
     catalog = asyncio.run(_catalog(dsn, schema_path))
-    return write_files(out, render(registry, catalog))
+    changed = write_files(out, render(registry, catalog))
+    if python is not None:
+        changed += [str(python) for _ in write_files(python.parent, {python.name: render_python(registry, catalog)})]
+    return changed

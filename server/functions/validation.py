@@ -29,7 +29,7 @@ __all__ = ["Id", "args_model", "id_tables", "validate_args"]
 id_tables: ContextVar[Mapping[int, str]] = ContextVar("id_tables", default=MappingProxyType({}))
 
 
-class _IdCheck:
+class IdCheck:
     def __init__(self, table: str) -> None:
         self.table = table
 
@@ -46,7 +46,7 @@ class _IdCheck:
 
 def Id(table: str) -> Any:
     """The type of a document id of `table` (its Convex name, e.g. "agentSessions")."""
-    return Annotated[str, AfterValidator(_IdCheck(table))]
+    return Annotated[str, AfterValidator(IdCheck(table))]
 
 
 def args_model(handler: Callable[..., Any]) -> type[BaseModel]:
