@@ -87,9 +87,9 @@ class Config:
             churn_settle_timeout_s=60,
             idle_cpu_s=5,
             settle_s=2.0,
-            sched_jobs=200,
-            sched_gap_s=0.04,
-            sched_backlog=2000,
+            sched_jobs=150,
+            sched_gap_s=0.03,
+            sched_backlog=1500,
         )
 
     @property
