@@ -25,6 +25,9 @@ Phases and floors:
                first result and close (a handshake), each reading once /metrics shows no socket left. No floor:
                it passes when RSS after the third cycle is within 10% of the first cycle's growth (or 5 MiB)
                of RSS after the first, i.e. closed sessions leave nothing behind.
+7. scheduler - due time → function start p50/p99 of jobs scheduled 10 ms ahead, and scheduled mutations run per
+               second draining a backlog. Floors: an asyncio timer plus the executor's due query and claim, with
+               no server; the executor's claim-run-mark SQL over a backlog from one bare asyncpg connection.
 
 Besides the table, the notes under it give the server's side of each figure: its CPU time (/proc), its own
 commit-to-Transitions histogram (/metrics), its garbage-collector pauses (`bench:gcStats`, a callback that

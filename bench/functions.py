@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from server import mutation, query
+from server import internal_mutation, mutation, query
 
 
 async def _row(ctx: Any, twitch_id: str) -> dict[str, Any] | None:
@@ -38,6 +38,28 @@ async def bump(ctx: Any, twitch_id: str) -> float:
     value = (doc.get("progressPercentage") or 0) + 1
     await ctx.db.patch(doc["_id"], {"progressPercentage": value})
     return value
+
+
+# The scheduler phase (bench/scheduler.py): a scheduled mutation that stamps when its handler started.
+
+
+@internal_mutation(name="bench:stamp")
+async def stamp(ctx: Any, tag: str, due: float) -> None:
+    """Records its own start (epoch ms, this process's clock, as `due` is) beside the time it was due."""
+    started = time.time() * 1000.0
+    await ctx.db.insert(
+        "videos",
+        {"twitchId": tag, "title": "scheduled", "status": "Queued", "progressPercentage": due, "updatedAt": started},
+    )
+
+
+@mutation(name="bench:schedule")
+async def schedule(ctx: Any, tags: list[str], at: float | None = None, delay_ms: float = 0.0) -> float:
+    """Schedules `bench:stamp` once per tag, all due at `at` (epoch ms) or `delay_ms` from now; returns the due time."""
+    due = at if at is not None else time.time() * 1000.0 + delay_ms
+    for tag in tags:
+        await ctx.scheduler.run_at(due, stamp, {"tag": tag, "due": due})
+    return due
 
 
 # Garbage-collector pauses of the server process, for the report: the bench registers this callback inside the

@@ -1,5 +1,5 @@
-"""The benchmark's phases (latency, fan-out, tick, mutations, memory, churn), each measuring Ripple and, but for
-churn, its floor."""
+"""The benchmark's phases (latency, fan-out, tick, mutations, memory, churn; the scheduler's is in scheduler.py),
+each measuring Ripple and, but for churn, its floor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import random
 import time
 from typing import Any
 
-from bench.harness import Harness
 from bench.procs import ClientProc, Profiler, RawServer, RippleServer
 from bench.report import (
     backends,
@@ -26,6 +25,7 @@ from bench.report import (
     round_mean_ms,
     rounds,
 )
+from bench.scheduler import SchedulerPhase
 
 # Churn is flat when RSS after the last cycle is within this much of RSS after the first: a server that keeps
 # something per closed session grows by about the same amount every cycle, one that does not only in the first.
@@ -33,8 +33,8 @@ CHURN_FLAT_MIB = 5.0
 CHURN_FLAT_SHARE = 0.10
 
 
-class Bench(Harness):
-    """The six phases, each measuring Ripple (and, but for churn, its floor) in the same run."""
+class Bench(SchedulerPhase):
+    """The seven phases, each measuring Ripple (and, but for churn, its floor) in the same run."""
 
     # 1. Latency.
 

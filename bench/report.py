@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PHASES = ("memory", "latency", "fanout", "tick", "mutations", "churn")
+PHASES = ("memory", "latency", "fanout", "tick", "mutations", "churn", "scheduler")
 
 
 @dataclass
@@ -34,6 +34,9 @@ class Config:
     churn_settle_timeout_s: float
     idle_cpu_s: float
     settle_s: float
+    sched_jobs: int
+    sched_gap_s: float
+    sched_backlog: int
 
     @classmethod
     def make(cls, quick: bool) -> Config:
@@ -59,6 +62,9 @@ class Config:
                 churn_settle_timeout_s=30,
                 idle_cpu_s=1,
                 settle_s=0.7,
+                sched_jobs=40,
+                sched_gap_s=0.04,
+                sched_backlog=300,
             )
         return cls(
             False,
@@ -81,6 +87,9 @@ class Config:
             churn_settle_timeout_s=60,
             idle_cpu_s=5,
             settle_s=2.0,
+            sched_jobs=150,
+            sched_gap_s=0.03,
+            sched_backlog=1500,
         )
 
     @property

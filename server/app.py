@@ -248,7 +248,7 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
             )
             files = Storage(
                 database,
-                storage.DirectoryBlobs(settings.storage_path()),
+                await storage.blobs_for(settings),
                 settings.public_url or settings.client_url(),
                 max_upload_bytes=settings.storage_max_upload_bytes,
                 upload_url_ttl_s=settings.storage_upload_url_ttl_s,

@@ -194,8 +194,22 @@ class Settings(BaseSettings):
     # Cron jobs (crons.py modules) run in this process; off: only other processes start their ticks.
     crons_enabled: bool = True
 
-    # File storage (`ctx.storage`). Files live under this directory (unset: `storage/` in `data_dir`).
+    # File storage (`ctx.storage`): where the bytes live. `directory` (one file per id under `storage_dir`) or `s3`
+    # (objects of `storage_s3_bucket` in any S3-compatible store). Unset: s3 when a bucket is set, else directory.
+    storage_backend: Literal["directory", "s3"] | None = None
+    # Files live under this directory (unset: `storage/` in `data_dir`). One machine only: several processes on
+    # several hosts need the S3 backend.
     storage_dir: Path | None = None
+    # The S3 backend. Credentials are the usual AWS ones (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an
+    # instance role), read by boto3; the endpoint and region, unset, too (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION).
+    storage_s3_bucket: str | None = None
+    # Object keys are this prefix + the storage id (e.g. "ripple/files/"), so one bucket can hold other things.
+    storage_s3_prefix: str = ""
+    # An S3-compatible store other than AWS: e.g. "http://minio.internal:9000".
+    storage_s3_endpoint_url: str | None = None
+    storage_s3_region: str | None = None
+    # "path" for stores that do not serve buckets as subdomains (many MinIO setups); "auto" lets boto3 choose.
+    storage_s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     # An upload past this many bytes is refused (413) and stores nothing (Convex allows 20 MiB per upload URL POST).
     storage_max_upload_bytes: int = 20 * 1024 * 1024
     # How long an upload URL from ctx.storage.generate_upload_url() works (once), as Convex's: one hour.
@@ -237,6 +251,21 @@ class Settings(BaseSettings):
 
     def storage_path(self) -> Path:
         return self.storage_dir if self.storage_dir is not None else self.data_dir / "storage"
+
+    def storage_kind(self) -> Literal["directory", "s3"]:
+        """The file storage backend in use: `storage_backend`, else s3 when a bucket is set."""
+        if self.storage_backend is not None:
+            return self.storage_backend
+        return "s3" if self.storage_s3_bucket else "directory"
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.storage_backend == "s3" and not self.storage_s3_bucket:
+            raise ValueError(
+                "RIPPLE_STORAGE_BACKEND=s3 needs the bucket to keep files in: set RIPPLE_STORAGE_S3_BUCKET (and, for "
+                "a store other than AWS, RIPPLE_STORAGE_S3_ENDPOINT_URL)"
+            )
+        return self
 
     def client_url(self) -> str:
         """The URL the CLI calls: RIPPLE_URL, else the one `ripple serve` with these settings listens on (a

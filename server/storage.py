@@ -9,7 +9,9 @@
 
 `DirectoryBlobs` keeps one file per storage id under a directory (`RIPPLE_STORAGE_DIR`, by default `storage/` in
 the data directory): written to a temporary file, flushed to disk, then renamed, so a file is there whole or not
-at all. The `Blobs` protocol (server/functions/storage_ctx.py) is all another backend (S3-compatible) would need.
+at all. `S3Blobs` (server/storage_s3.py) keeps them in an S3-compatible store instead; `blobs_for` picks one from
+the settings. Both implement the `Blobs` protocol (server/functions/storage_ctx.py), and the HTTP side here is the
+same for both.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from server.functions.storage_ctx import STORAGE_TABLE, FileTooLarge, Storage, S
 
 if TYPE_CHECKING:
     from server.app import Services
+    from server.config import Settings
+    from server.functions.storage_ctx import Blobs
 
-__all__ = ["DirectoryBlobs", "routes"]
+__all__ = ["DirectoryBlobs", "blobs_for", "routes"]
 
 _CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -90,6 +94,28 @@ class DirectoryBlobs:
 
     async def remove(self, key: str) -> None:
         await asyncio.to_thread(_unlink, self._path(key))
+
+
+async def blobs_for(settings: Settings) -> Blobs:
+    """The backend the settings choose, checked usable (an S3 bucket that is missing or refused stops the start).
+
+    Raises:
+        S3StorageError: the S3 bucket cannot be used; the message says why.
+    """
+    if settings.storage_kind() == "directory":
+        return DirectoryBlobs(settings.storage_path())
+    from server.storage_s3 import S3Blobs  # boto3 is imported only by a process that uses it
+
+    assert settings.storage_s3_bucket is not None  # Settings refuses s3 without a bucket
+    blobs = S3Blobs.connect(
+        settings.storage_s3_bucket,
+        prefix=settings.storage_s3_prefix,
+        endpoint_url=settings.storage_s3_endpoint_url,
+        region=settings.storage_s3_region,
+        addressing_style=settings.storage_s3_addressing_style,
+    )
+    await blobs.check()
+    return blobs
 
 
 def _flush(handle: BinaryIO) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from server.errors import RippleError
+from tests.support.processes import serve_process
 from tests.support.server import RippleServer, second_process
 from tests.support.ws import SyncClient
 
@@ -207,3 +209,95 @@ async def test_finished_jobs_are_pruned_after_seven_days(ripple: RippleServer) -
     finally:
         await conn.close()
     assert done not in left and later in left
+
+
+# Killed servers: two `ripple serve` processes on one database, A SIGKILLed while it holds a job; B survives.
+# Both run tests/support/kill_app.py, whose functions record which process ran them and hold while A runs them.
+
+KILL_MODULES = ["tests.support.testing_app", "tests.support.kill_app"]
+ABANDONED_AFTER_S = 2.0  # RIPPLE_SCHEDULER_ABANDONED_AFTER_S, 30 s by default, shortened for the test
+FAST = {
+    "RIPPLE_SCHEDULER_CHECK_INTERVAL_S": "0.2",
+    "RIPPLE_SCHEDULER_ABANDONED_AFTER_S": str(ABANDONED_AFTER_S),
+}
+
+
+async def _job_state(conn: asyncpg.Connection, job: str) -> dict[str, Any]:
+    raw = await conn.fetchval("SELECT state FROM _scheduled_functions WHERE _id = $1", job)
+    state: dict[str, Any] = json.loads(raw)  # jsonb arrives as text on a plain asyncpg connection
+    return state
+
+
+async def _runs(conn: asyncpg.Connection, tag: str) -> list[str]:
+    return [r["title"] for r in await conn.fetch("SELECT title FROM videos WHERE twitch_id = $1", tag)]
+
+
+async def _held_by_another_session(conn: asyncpg.Connection, job: str) -> bool:
+    """Whether some transaction holds the job's row lock (the claim of a scheduled mutation), probed without
+    waiting and without keeping a lock of our own."""
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM _scheduled_functions WHERE _id = $1 FOR UPDATE NOWAIT", job)
+    except asyncpg.LockNotAvailableError:
+        return True
+    return False
+
+
+async def test_a_killed_server_s_scheduled_mutation_runs_exactly_once_elsewhere(fresh_dsn: str) -> None:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        async with serve_process(
+            fresh_dsn, KILL_MODULES, RIPPLE_TEST_PROCESS="A", RIPPLE_TEST_HOLD_S="120", RIPPLE_MUTATION_TIMEOUT_S="300"
+        ) as a:
+            job = str(await a.mutation("kill:schedule", {"twitchId": "killed-mutation", "kind": "mutation"}))
+            await wait_for(lambda: _held_by_another_session(conn, job))  # A claimed it and is inside its handler
+            async with serve_process(fresh_dsn, KILL_MODULES, RIPPLE_TEST_PROCESS="B", **FAST):
+                # B sees the job due but held: it skips it rather than wait or run it a second time.
+                await asyncio.sleep(1.0)
+                assert (await _job_state(conn, job))["kind"] == "pending"
+                assert await _runs(conn, "killed-mutation") == []  # A's insert is uncommitted
+                assert await _held_by_another_session(conn, job)
+                a.kill()
+                # A's transaction dies with its connection: the claim and the insert are gone, B takes the job.
+                await wait_for(lambda: _kind_in(conn, job, "success"), timeout_s=15)
+                await asyncio.sleep(1.0)  # time for any second run to show
+        assert await _runs(conn, "killed-mutation") == ["B"]
+        assert (await _job_state(conn, job))["kind"] == "success"
+    finally:
+        await conn.close()
+
+
+async def test_a_killed_server_s_scheduled_action_is_marked_failed_not_rerun(fresh_dsn: str) -> None:
+    conn = await asyncpg.connect(fresh_dsn)
+    try:
+        async with serve_process(
+            fresh_dsn, KILL_MODULES, RIPPLE_TEST_PROCESS="A", RIPPLE_TEST_HOLD_S="120", **FAST
+        ) as a:
+            job = str(await a.mutation("kill:schedule", {"twitchId": "killed-action", "kind": "action"}))
+            await wait_for(lambda: _runs_are(conn, "killed-action", ["A"]))  # started on A, and holding
+            async with serve_process(fresh_dsn, KILL_MODULES, RIPPLE_TEST_PROCESS="B", **FAST):
+                # While A lives it keeps its claim fresh: B leaves the action alone past the abandonment time.
+                await asyncio.sleep(ABANDONED_AFTER_S * 1.5)
+                assert (await _job_state(conn, job))["kind"] == "inProgress"
+                a.kill()
+                killed_at = time.monotonic()
+                await wait_for(lambda: _kind_in(conn, job, "failed"), timeout_s=ABANDONED_AFTER_S + 10)
+                took = time.monotonic() - killed_at
+                # Failed within the documented time: the abandonment time after A's last refresh (at most a
+                # refresh period before the kill), plus B's check period (0.2 s here), plus slack for this machine.
+                assert ABANDONED_AFTER_S - 1.0 <= took <= ABANDONED_AFTER_S + 2.0, took
+                await asyncio.sleep(1.0)  # time for any rerun to show
+        state = await _job_state(conn, job)
+        assert state["kind"] == "failed" and "stopped before it finished" in state["error"]
+        assert await _runs(conn, "killed-action") == ["A"]  # never run again, by B or anyone
+        assert await conn.fetchval("SELECT count(*) FROM _ripple_scheduled_claims") == 0
+    finally:
+        await conn.close()
+
+
+async def _kind_in(conn: asyncpg.Connection, job: str, kind: str) -> bool:
+    return (await _job_state(conn, job))["kind"] == kind
+
+
+async def _runs_are(conn: asyncpg.Connection, tag: str, expected: list[str]) -> bool:
+    return await _runs(conn, tag) == expected

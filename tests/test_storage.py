@@ -1,10 +1,14 @@
-"""`ctx.storage` and `/api/storage`, on a real server, real sockets and a real PostgreSQL (server/storage.py)."""
+"""`ctx.storage` and `/api/storage`, on a real server, real sockets and a real PostgreSQL (server/storage.py).
+
+Every test runs once per backend: the directory, and S3 (server/storage_s3.py) against moto's S3 server over
+loopback HTTP. Files behave the same on both: what differs is only where `stored` finds the bytes.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +18,54 @@ import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from server.errors import ConvexError, IdError, RippleError
+from tests.support import s3
 from tests.support.server import RippleServer, run_server
 from tests.support.ws import SyncClient
 
 LIMIT = 1000
+PREFIX = "files/"
 
 
-@pytest.fixture
-async def files(fresh_dsn: str, tmp_path: Path) -> AsyncIterator[RippleServer]:
-    async with run_server(fresh_dsn, storage_dir=tmp_path / "files", storage_max_upload_bytes=LIMIT) as server:
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with s3.moto_server() as endpoint:
+        yield endpoint
+
+
+def backend_settings(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    if backend == "directory":
+        return {"storage_dir": tmp_path / "files"}
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    for name, value in s3.CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    return {
+        "storage_s3_bucket": s3.new_bucket(endpoint),
+        "storage_s3_endpoint_url": endpoint,
+        "storage_s3_region": s3.REGION,
+        "storage_s3_prefix": PREFIX,
+    }
+
+
+@pytest.fixture(params=["directory", "s3"])
+async def files(fresh_dsn: str, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[RippleServer]:
+    overrides = backend_settings(request.param, request, tmp_path)
+    async with run_server(fresh_dsn, storage_max_upload_bytes=LIMIT, **overrides) as server:
+        assert server.settings.storage_kind() == request.param
         # The port is the OS's choice: file URLs start with it once it is known (RIPPLE_PUBLIC_URL in a deployment).
         assert server.services.storage is not None
         server.services.storage.base_url = server.url
         yield server
 
 
-def stored_files(server: RippleServer) -> list[Path]:
-    return sorted(p for p in server.settings.storage_path().rglob("*") if p.is_file())
+def stored(server: RippleServer) -> list[str]:
+    """The storage ids whose bytes the backend holds (temporary files and other keys would show as themselves)."""
+    settings = server.settings
+    if settings.storage_kind() == "directory":
+        return sorted(p.name for p in settings.storage_path().rglob("*") if p.is_file())
+    assert settings.storage_s3_endpoint_url is not None and settings.storage_s3_bucket is not None
+    names = s3.keys(settings.storage_s3_endpoint_url, settings.storage_s3_bucket)
+    return sorted(name.removeprefix(PREFIX) if name.startswith(PREFIX) else name for name in names)
 
 
 async def upload(server: RippleServer, data: bytes, content_type: str = "text/plain") -> httpx.Response:
@@ -51,6 +86,7 @@ async def test_upload_serve_and_live_listing(files: RippleServer) -> None:
         storage_id = response.json()["storageId"]
         await client.expect(lambda m: m["type"] == "Transition" and m["modifications"], timeout_s=5)
         [doc] = client.results[qid]
+        assert stored(files) == [storage_id]
         sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
         assert doc["_id"] == storage_id
         assert doc["sha256"] == sha and doc["size"] == len(data)
@@ -102,7 +138,7 @@ async def test_an_upload_url_works_once_and_expires(files: RippleServer) -> None
         expired = await http.post(late, content=b"late")
         assert expired.status_code == 403 and "expired" in expired.json()["message"]
     assert len(await files.call("testing:files")) == 1
-    assert len(stored_files(files)) == 1
+    assert len(stored(files)) == 1
 
 
 async def test_a_failed_mutation_makes_no_upload_url(files: RippleServer) -> None:
@@ -130,7 +166,7 @@ async def test_an_oversized_upload_is_refused_and_stores_nothing(files: RippleSe
         streamed = await http.post(url, content=chunks())
     assert streamed.status_code == 413
     assert await files.call("testing:files") == []
-    assert stored_files(files) == []
+    assert stored(files) == []
 
     exactly = await upload(files, b"z" * LIMIT)
     assert exactly.status_code == 200
@@ -158,7 +194,7 @@ async def test_delete_removes_row_and_file_only_when_committed(files: RippleServ
     finally:
         await client.close()
     assert await files.call("testing:files") == []
-    assert stored_files(files) == []
+    assert stored(files) == []
     assert (await files.call("testing:file", {"id": storage_id}))["url"] is None
     with pytest.raises(RippleError, match="no file has storage id"):
         await files.call("testing:deleteFile", {"id": storage_id})
@@ -169,7 +205,7 @@ async def test_an_action_stores_reads_and_deletes(files: RippleServer) -> None:
     assert result["text"] == "from an action"
     assert result["url"] == f"{files.url}/api/storage/{result['id']}"
     assert result["after"] is None and result["urlAfter"] is None
-    assert stored_files(files) == []
+    assert stored(files) == []
 
 
 async def test_id_of_storage_rejects_other_tables(files: RippleServer) -> None:
