@@ -109,6 +109,7 @@ async def test_six_variants_go_pending_processing_complete_live(
     ripple: RippleServer, fake: FakeReplicate, alice: str
 ) -> None:
     fake.hold = True  # webhooks only when the test delivers them, so each stage can be seen
+    fake.create_delay_s = 0.2  # and the rows stay pending while the subscriber looks
     project, shot = await shot_of(ripple, alice)
     client = await signed_in(ripple, alice)
     try:

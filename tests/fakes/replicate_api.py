@@ -17,7 +17,8 @@ prediction's PNG distinct (``fake.image_of(id)`` gives its bytes).
 
 Knobs (set before or while the fake runs): ``fail`` (prediction numbers, in arrival order from 0, that finish
 "failed" with ``error``), ``refuse`` (numbers answered 422 at creation), ``duplicate`` (each webhook sent twice),
-``wrong_secret`` (webhooks signed with another secret), ``hold`` (no automatic webhooks: call ``deliver``).
+``wrong_secret`` (webhooks signed with another secret), ``hold`` (no automatic webhooks: call ``deliver``),
+``create_delay_s`` (a pause before answering each creation).
 ``fake.deliveries`` records each webhook sent and the answer it got.
 """
 
@@ -84,6 +85,7 @@ class FakeReplicate:
     token: str
     secret: str
     delay_s: float = 0.05
+    create_delay_s: float = 0.0  # before answering a prediction's creation (a slow provider)
     error: str = "CUDA out of memory"
     fail: set[int] = field(default_factory=set)
     refuse: set[int] = field(default_factory=set)
@@ -111,6 +113,7 @@ class FakeReplicate:
         return png_with_text(prediction_id)
 
     async def _create(self, request: Request) -> Response:
+        await asyncio.sleep(self.create_delay_s)
         if request.headers.get("authorization") != f"Bearer {self.token}":
             return _problem(401, "Unauthenticated", "You did not pass a valid authentication token")
         try:
