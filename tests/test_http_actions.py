@@ -206,7 +206,7 @@ async def test_the_site_url_is_logged_at_start(fresh_dsn: str, caplog: pytest.Lo
     async with run_server(fresh_dsn, site_prefix="/site/", port=8123):
         pass
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("HTTP actions:")]
-    assert lines == ["HTTP actions: 2 routes at http://127.0.0.1:8123/site/... (RIPPLE_SITE_PREFIX; Convex's site URL)"]
+    assert lines == ["HTTP actions: 3 routes at http://127.0.0.1:8123/site/... (RIPPLE_SITE_PREFIX; Convex's site URL)"]
 
 
 def test_the_site_prefix_cannot_hide_the_function_api() -> None:

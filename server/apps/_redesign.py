@@ -186,7 +186,8 @@ async def insert_images(
             raise ArgumentError(f"{fn}: variantNumber {variant:g} appears twice in this iteration")
         seen.add(variant)
         image["status"] = check_choice(fn, f"{where}status", image.get("status") or "complete", IMAGE_STATUSES)
-        check_text(fn, f"{where}imageUrl", image["imageUrl"])
+        if image["status"] == "complete" or image["imageUrl"] != "":
+            check_text(fn, f"{where}imageUrl", image["imageUrl"])  # an image not made yet has "" until it is
         taken = await (
             ctx.db.query("shotImages")
             .with_index(

@@ -610,7 +610,9 @@ async def get_scene_storyboard_complete(ctx: Any, scene_id: Id("projectScenes"))
 
 @query
 async def get_project_progress(ctx: Any, project_id: Id("videoProjects")) -> dict[str, Any] | None:
-    """Selection and animation progress over the project's shots; percentages rounded to one decimal."""
+    """Selection and animation progress over the project's shots, and how many of its images are made (beyond the
+    seed, for image generation: imageProgress is the share finished, complete or failed); percentages rounded to one
+    decimal."""
     token = await token_of(ctx, "read a project")
     if await owned_project(ctx, project_id, token) is None:
         return None
@@ -621,11 +623,22 @@ async def get_project_progress(ctx: Any, project_id: Id("videoProjects")) -> dic
     scenes = await ctx.db.query("projectScenes").with_index("by_project", by_project).collect()
     shots = await ctx.db.query("sceneShots").with_index("by_project", by_project).collect()
     selections = await ctx.db.query("storyboardSelections").with_index("by_project", by_project).collect()
+    images = await ctx.db.query("shotImages").with_index("by_project", by_project).collect()
     shot_ids = {shot["_id"] for shot in shots}
     selected = {s["shotId"] for s in selections} & shot_ids
     animated = {s["shotId"] for s in selections if s.get("animationStatus") == "complete"} & shot_ids
     total = len(shot_ids)
+    image_counts = {status: 0 for status in IMAGE_STATUSES}
+    for image in images:
+        image_counts[image["status"]] = image_counts.get(image["status"], 0) + 1
     return {
+        # Image generation (imageGeneration:generateShotImages) moves these as each variant is made.
+        "totalImages": len(images),
+        "imagesPending": image_counts["pending"],
+        "imagesProcessing": image_counts["processing"],
+        "imagesComplete": image_counts["complete"],
+        "imagesFailed": image_counts["failed"],
+        "imageProgress": round_percent(image_counts["complete"] + image_counts["failed"], len(images)),
         "totalScenes": len(scenes),
         "totalShots": total,
         "shotsWithSelections": len(selected),

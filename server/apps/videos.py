@@ -5,15 +5,27 @@ through the processing stages Downloading → Fetching chat → Transcribing →
 either `completeJob` ("Completed") or `updateJobError` ("Failed"). A completed job takes no more reports; a failed
 job restarts only by a progress report that names a processing stage (a retry: `retryCount` + 1, error fields
 cleared). Reads are public; `create` needs a signed-in user or the admin key.
+
+A video created with a `callbackUrl` is told when its job ends: the mutation that completes or fails it (completeJob,
+updateJobError, the stalled-job cron) schedules `sendCallback` in its own transaction, which POSTs
+`{"event": "job.completed" | "job.failed", "video": <the video as it ended>}` to the URL once. A callback that
+fails is logged and its scheduled function marked failed with the reason; it is not retried (a retry loop against a
+dead receiver would never end, and the video's state, which is what a receiver wants, is always readable).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from server import internal_mutation, mutation, query
+import httpx
+
+from server import internal_action, internal_mutation, mutation, query
 from server.apps._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
 from server.errors import ArgumentError
+from server.functions import calllog
+
+log = logging.getLogger("ripple.apps.videos")
 
 STATUSES = (
     "Queued",
@@ -36,6 +48,9 @@ ERROR_TYPES = (
     "unknown_error",
 )
 ERROR_FIELDS = ("errorType", "errorMessage", "errorDetails", "isRetryable")
+
+# A receiver that has not answered in this long has failed the callback.
+CALLBACK_TIMEOUT_S = 5.0
 
 # listByStatus returns at most this many jobs (default DEFAULT_LIST_LIMIT): a bounded read, newest first.
 MAX_LIST_LIMIT = 500
@@ -72,22 +87,63 @@ async def _load_for_report(ctx: Any, fn: str, twitch_id: str) -> dict[str, Any]:
     return video
 
 
+async def _notify_end(ctx: Any, video: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Schedule the end-of-job callback, in the caller's transaction, when the video asked for one."""
+    url = video.get("callbackUrl")
+    if not url:
+        return
+    ended = {k: v for k, v in {**video, **fields}.items() if v is not None}
+    event = "job.completed" if ended["status"] == "Completed" else "job.failed"
+    await ctx.scheduler.run_after(0, send_callback, {"url": url, "payload": {"event": event, "video": ended}})
+
+
+@internal_action
+async def send_callback(ctx: Any, url: str, payload: dict[str, Any]) -> None:
+    """POST the job's final state to its callbackUrl, once. Raises (so the scheduled run is marked failed, with
+    the reason) when the receiver cannot be reached, is too slow, or answers anything but 2xx."""
+    call = calllog.current()
+    request_id = call.request_id if call is not None else "?"
+    twitch_id = payload.get("video", {}).get("twitchId")
+    try:
+        async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_S) as client:
+            response = await client.post(url, json=payload, headers={"X-Ripple-Request-Id": request_id})
+    except httpx.TimeoutException:
+        problem = f"no answer within {CALLBACK_TIMEOUT_S:g} s"
+    except httpx.HTTPError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        if response.is_success:
+            return
+        problem = f"HTTP {response.status_code}: {response.text[:200]}"
+    log.warning("callback of video %r to %s failed (request %s): %s", twitch_id, url, request_id, problem)
+    raise AppError(
+        "CALLBACK_FAILED",
+        f'the callback of video "{twitch_id}" to {url} failed: {problem} (request {request_id}); it is not retried, '
+        "the video's state stays readable with videos:getByTwitchId",
+        twitchId=twitch_id,
+    )
+
+
 @mutation
-async def create(ctx: Any, twitch_id: str, title: str) -> str:
-    """Queue a video; refused when a video with this twitchId exists."""
+async def create(ctx: Any, twitch_id: str, title: str, callback_url: str | None = None) -> str:
+    """Queue a video; refused when a video with this twitchId exists. `callbackUrl` (http or https) is POSTed the
+    video when its job completes or fails."""
     fn = "videos:create"
     if not ctx.auth.is_admin:
         await ctx.auth.require_user("queue a video")
     check_text(fn, "twitchId", twitch_id)
     check_text(fn, "title", title)
+    if callback_url is not None and not callback_url.startswith(("http://", "https://")):
+        raise ArgumentError(f'{fn}: "callbackUrl" must be an http:// or https:// URL; got {callback_url!r}')
     if await _by_twitch_id(ctx, twitch_id) is not None:
         raise AppError(
             "ALREADY_EXISTS", f'{fn}: a video with twitchId "{twitch_id}" already exists', twitchId=twitch_id
         )
     now = now_ms()
-    return await ctx.db.insert(
-        "videos", {"twitchId": twitch_id, "title": title, "status": "Queued", "createdAt": now, "updatedAt": now}
-    )
+    doc = {"twitchId": twitch_id, "title": title, "status": "Queued", "createdAt": now, "updatedAt": now}
+    if callback_url is not None:
+        doc["callbackUrl"] = callback_url
+    return await ctx.db.insert("videos", doc)
 
 
 @mutation
@@ -157,19 +213,18 @@ async def update_job_error(
     check_choice(fn, "errorType", error_type, ERROR_TYPES)
     check_text(fn, "errorMessage", error_message)
     now = now_ms()
-    await ctx.db.patch(
-        video["_id"],
-        {
-            "jobId": job_id,
-            "status": "Failed",
-            "errorType": error_type,
-            "errorMessage": error_message,
-            "errorDetails": error_details,
-            "isRetryable": is_retryable,
-            "processingCompletedAt": now,
-            "updatedAt": now,
-        },
-    )
+    fields = {
+        "jobId": job_id,
+        "status": "Failed",
+        "errorType": error_type,
+        "errorMessage": error_message,
+        "errorDetails": error_details,
+        "isRetryable": is_retryable,
+        "processingCompletedAt": now,
+        "updatedAt": now,
+    }
+    await ctx.db.patch(video["_id"], fields)
+    await _notify_end(ctx, video, fields)
 
 
 @mutation
@@ -192,6 +247,7 @@ async def complete_job(ctx: Any, twitch_id: str, job_id: str, urls: JobUrls | No
     if urls is not None:
         fields.update(urls.model_dump(by_alias=True, exclude_none=True))
     await ctx.db.patch(video["_id"], fields)
+    await _notify_end(ctx, video, fields)
 
 
 @query
@@ -242,16 +298,15 @@ async def fail_stalled_jobs(ctx: Any, stale_after_minutes: float = STALE_AFTER_M
             .take(_STALE_BATCH)
         )
         for video in stale:
-            await ctx.db.patch(
-                video["_id"],
-                {
-                    "status": "Failed",
-                    "errorType": "processing_timeout",
-                    "errorMessage": f"no progress report for {stale_after_minutes:g} minutes (stage {status!r})",
-                    "isRetryable": True,
-                    "processingCompletedAt": now,
-                    "updatedAt": now,
-                },
-            )
+            fields = {
+                "status": "Failed",
+                "errorType": "processing_timeout",
+                "errorMessage": f"no progress report for {stale_after_minutes:g} minutes (stage {status!r})",
+                "isRetryable": True,
+                "processingCompletedAt": now,
+                "updatedAt": now,
+            }
+            await ctx.db.patch(video["_id"], fields)
+            await _notify_end(ctx, video, fields)
             failed += 1
     return float(failed)

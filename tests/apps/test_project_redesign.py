@@ -108,6 +108,12 @@ async def test_project_built_step_by_step_reports_progress(ripple: RippleServer)
         "brain dump",
     )
     empty = {
+        "totalImages": 0,
+        "imagesPending": 0,
+        "imagesProcessing": 0,
+        "imagesComplete": 0,
+        "imagesFailed": 0,
+        "imageProgress": 0,
         "totalScenes": 0,
         "totalShots": 0,
         "shotsWithSelections": 0,
@@ -186,6 +192,12 @@ async def test_project_built_step_by_step_reports_progress(ripple: RippleServer)
         {"selectionId": sel3, "animationStatus": "complete", "animatedVideoUrl": "https://v/3.mp4"},
     )
     assert await p.progress() == {
+        "totalImages": 12,  # 6 + 3 on shot 1, 2 on shot 2, 1 on shot 3, all made complete
+        "imagesPending": 0,
+        "imagesProcessing": 0,
+        "imagesComplete": 12,
+        "imagesFailed": 0,
+        "imageProgress": 100,
         "totalScenes": 2,
         "totalShots": 3,
         "shotsWithSelections": 3,

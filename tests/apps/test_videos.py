@@ -1,14 +1,29 @@
-"""videos:* (seed 003) on a live server: the job lifecycle reported by an admin-key worker, public reads."""
+"""videos:* (seed 003) on a live server: the job lifecycle reported by an admin-key worker, public reads, and the
+callbackUrl a job's end is POSTed to (received by a real HTTP server on loopback)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
+import asyncpg
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from server import ConvexError
+from server.apps.videos import CALLBACK_TIMEOUT_S
 from server.errors import ArgumentError, AuthRequired
 from server.testing import RippleApp
+from tests.support.server import RippleServer
 
 ERROR_TYPES = [
     "network_error",
@@ -249,3 +264,147 @@ async def test_concurrent_creates_of_one_twitch_id_make_one_video(ripple_app: Ri
     assert len(made) == 1 and len(refused) == 5
     assert all(r.data["code"] == "ALREADY_EXISTS" for r in refused)
     assert [v["_id"] for v in await anon.query("videos:listByStatus", {"status": "Queued"})] == made
+
+
+# callbackUrl
+
+
+@dataclass
+class Receiver:
+    """What the callback receiver got, and how it answers (`status`, or `delay_s` before answering)."""
+
+    url: str = ""
+    status: int = 200
+    delay_s: float = 0.0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: Request) -> Response:
+        self.received.append(json.loads(await request.body()))
+        self.headers.append(dict(request.headers))
+        await asyncio.sleep(self.delay_s)
+        return Response("ok" if self.status < 400 else "receiver is down", status_code=self.status)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = Starlette(routes=[Route("/hook", found.handle, methods=["POST"])])
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the receiver did not start"
+        await asyncio.sleep(0.01)
+    found.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/hook"
+    try:
+        yield found
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def callback_jobs(dsn: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT state FROM _scheduled_functions WHERE name = 'videos:sendCallback' ORDER BY _creation_time"
+        )
+    finally:
+        await conn.close()
+    return [json.loads(r["state"]) if isinstance(r["state"], str) else r["state"] for r in rows]
+
+
+async def settled(dsn: str, count: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The callback jobs, once `count` of them have finished."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = await callback_jobs(dsn)
+        if len(jobs) >= count and all(j["kind"] in ("success", "failed") for j in jobs):
+            return jobs
+        assert time.monotonic() < deadline, jobs
+        await asyncio.sleep(0.02)
+
+
+async def test_callback_url_gets_the_completed_and_the_failed_job(ripple_app: RippleApp, receiver: Receiver) -> None:
+    alice, admin = ripple_app.as_user("alice"), ripple_app.as_admin()
+    await alice.mutation("videos:create", {"twitchId": "cb1", "title": "S", "callbackUrl": receiver.url})
+    await alice.mutation("videos:create", {"twitchId": "cb2", "title": "S", "callbackUrl": receiver.url})
+    await alice.mutation("videos:create", {"twitchId": "plain", "title": "no callback"})
+    for twitch_id in ("cb1", "cb2", "plain"):
+        await admin.mutation("videos:updateJobProgress", {"twitchId": twitch_id, "jobId": f"j-{twitch_id}"})
+    await admin.mutation("videos:completeJob", {"twitchId": "cb1", "jobId": "j-cb1", "urls": {"chatUrl": "https://c"}})
+    await admin.mutation(
+        "videos:updateJobError",
+        {
+            "twitchId": "cb2",
+            "jobId": "j-cb2",
+            "errorType": "network_error",
+            "errorMessage": "lost",
+            "isRetryable": True,
+        },
+    )
+    await admin.mutation("videos:completeJob", {"twitchId": "plain", "jobId": "j-plain"})
+    assert [j["kind"] for j in await settled(ripple_app.database_url, 2)] == ["success", "success"]
+    await asyncio.sleep(0.2)
+    assert len(await callback_jobs(ripple_app.database_url)) == 2  # the video without a callbackUrl scheduled none
+
+    by_id = {body["video"]["twitchId"]: body for body in receiver.received}
+    assert sorted(by_id) == ["cb1", "cb2"]
+    done, failed = by_id["cb1"], by_id["cb2"]
+    assert done["event"] == "job.completed"
+    assert done["video"] == await alice.query("videos:getByTwitchId", {"twitchId": "cb1"})  # the final state
+    assert done["video"]["status"] == "Completed" and done["video"]["chatUrl"] == "https://c"
+    assert failed["event"] == "job.failed" and failed["video"]["errorType"] == "network_error"
+    assert failed["video"] == await alice.query("videos:getByTwitchId", {"twitchId": "cb2"})
+    assert all(h["content-type"] == "application/json" and h["x-ripple-request-id"] for h in receiver.headers)
+
+
+async def test_the_stalled_job_cron_calls_back_processing_timeout(ripple: RippleServer, receiver: Receiver) -> None:
+    await ripple.call("videos:create", {"twitchId": "stall", "title": "S", "callbackUrl": receiver.url}, user="alice")
+    progress = {"twitchId": "stall", "jobId": "j", "status": "Transcribing"}
+    await ripple.call("videos:updateJobProgress", progress, admin=True)
+    await asyncio.sleep(0.01)
+    assert await ripple.call("videos:failStalledJobs", {"staleAfterMinutes": 0}, internal=True) == 1
+    assert [j["kind"] for j in await settled(ripple.settings.database_url or "", 1)] == ["success"]
+    [body] = receiver.received
+    assert body["event"] == "job.failed" and body["video"]["errorType"] == "processing_timeout"
+
+
+@pytest.mark.parametrize("trouble", ["refused", "slow", "unreachable"])
+async def test_a_failed_callback_is_marked_failed_not_retried(
+    ripple_app: RippleApp, receiver: Receiver, trouble: str
+) -> None:
+    alice, admin = ripple_app.as_user("alice"), ripple_app.as_admin()
+    url = receiver.url
+    if trouble == "refused":
+        receiver.status = 500
+    elif trouble == "slow":
+        receiver.delay_s = CALLBACK_TIMEOUT_S + 2
+    else:
+        url = "http://127.0.0.1:9/hook"  # the discard port: nothing listens
+    await alice.mutation("videos:create", {"twitchId": "down", "title": "S", "callbackUrl": url})
+    await admin.mutation("videos:updateJobProgress", {"twitchId": "down", "jobId": "j"})
+    await admin.mutation("videos:completeJob", {"twitchId": "down", "jobId": "j"})
+    [job] = await settled(ripple_app.database_url, 1, timeout_s=CALLBACK_TIMEOUT_S + 5)
+    assert job["kind"] == "failed"
+    expected = {"refused": "HTTP 500: receiver is down", "slow": "no answer within 5 s", "unreachable": "ConnectError"}
+    assert expected[trouble] in job["error"] and 'the callback of video "down"' in job["error"]
+    assert "(request " in job["error"]
+    await asyncio.sleep(0.3)
+    assert len(await callback_jobs(ripple_app.database_url)) == 1  # not retried
+    assert len(receiver.received) == (0 if trouble == "unreachable" else 1)
+    video = await alice.query("videos:getByTwitchId", {"twitchId": "down"})
+    assert video["status"] == "Completed"  # a receiver's trouble never changes the job
+
+
+async def test_callback_url_must_be_http(ripple_app: RippleApp) -> None:
+    with pytest.raises(ArgumentError, match='"callbackUrl" must be an http:// or https:// URL'):
+        await ripple_app.as_user("alice").mutation(
+            "videos:create", {"twitchId": "x", "title": "S", "callbackUrl": "file:///etc/passwd"}
+        )
