@@ -18,6 +18,7 @@ from server.errors import RequestError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.hub.health import judge
+from server.impersonation import acting_identity, default_issuer, split_admin_credential
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -43,9 +44,16 @@ async def caller_from_header(services: Services, header: str | None) -> Caller:
         return Caller()
     scheme, credential = parsed
     if scheme == "admin":
-        if not services.authenticator.verify_admin_key(credential):
-            raise RequestError("The admin key is not valid.", code="BadAdminKey", http_status=401)
-        return Caller(is_admin=True)
+        # `<key>:<base64 identity>` is ConvexHttpClient's `setAdminAuth(key, actingAs)`: admin, acting as that user.
+        try:
+            valid, acting = split_admin_credential(credential, services.authenticator)
+            if not valid:
+                raise RequestError("The admin key is not valid.", code="BadAdminKey", http_status=401)
+            if acting is None:
+                return Caller(is_admin=True)
+            return Caller(acting_identity(acting, default_issuer(services.authenticator)), is_admin=True)
+        except AuthError as exc:
+            raise RequestError(str(exc), code="BadAdminKey", http_status=401) from None
     try:
         return Caller(await services.authenticator.verify_async(credential))
     except AuthError as exc:
