@@ -114,7 +114,7 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
     outcome = await services.runner.call(path, args, caller, internal_ok=caller.is_admin, kind=kind, transport="http")
     if outcome.ok:
         value = outcome.value if encoded else values.encode_clean_json(values.decode(outcome.value))
-        return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines})
+        return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines}, headers=_request_id(outcome))
     response: dict[str, Any] = {
         "status": "error",
         "errorMessage": outcome.error_message,
@@ -123,7 +123,13 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
     has_data, data = outcome.error_data
     if has_data:
         response["errorData"] = data if encoded else values.encode_clean_json(values.decode(data))
-    return _JSON(response)
+    return _JSON(response, headers=_request_id(outcome))
+
+
+def _request_id(outcome: Any) -> dict[str, str]:
+    """The call's request id as a header (the envelope stays Convex's), so the console can show it with an error
+    and a user can find the call's lines in the log."""
+    return {"x-request-id": outcome.request_id} if outcome.request_id else {}
 
 
 async def query(request: Request) -> Response:

@@ -37,6 +37,7 @@ def _transaction(ctx: Any) -> Any:
 def _table_info(table: Table) -> dict[str, Any]:
     return {
         "name": table.convex_name,
+        "number": float(table.number),  # ids encode it, so the console links an id to its table without a query
         "system": table.name.startswith("_"),
         "fields": [to_camel(c) if not c.startswith("_") else _system_field(c) for c in table.columns],
         "indexes": [
