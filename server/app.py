@@ -49,6 +49,8 @@ __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
 log = logging.getLogger("ripple")
 
 BUILTIN_MODULES = "server.apps"
+# The admin console's system functions (`_system/...`), registered with every set of app modules.
+SYSTEM_MODULES = ("server.admin.data",)
 _BROWSER_DIR = shared_path("client_examples/browser")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -88,7 +90,7 @@ class _Observers:
 
 def load_modules(extra: list[str]) -> None:
     """Import the app modules; their decorators register their functions."""
-    for name in [BUILTIN_MODULES, *extra]:
+    for name in [BUILTIN_MODULES, *SYSTEM_MODULES, *extra]:
         importlib.import_module(name)
 
 

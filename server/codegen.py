@@ -213,7 +213,8 @@ def _object(tree: Mapping[str, Any], indent: str) -> str:
 
 
 def api_dts(specs: Iterable[FunctionSpec], catalog: Catalog) -> str:
-    specs = list(specs)
+    # The admin console's `_system/...` functions are the server's, not the app's: Convex leaves them out too.
+    specs = [s for s in specs if not s.path.startswith("_system/")]
     tables = [t.convex_name for t in catalog.tables.values()]
     public = _tree((s for s in specs if s.visibility is Visibility.PUBLIC), tables)
     internal = _tree((s for s in specs if s.visibility is Visibility.INTERNAL), tables)

@@ -18,6 +18,7 @@ from server.errors import RequestError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.hub.health import judge
+from server.impersonation import acting_identity, default_issuer, split_admin_credential
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -43,9 +44,16 @@ async def caller_from_header(services: Services, header: str | None) -> Caller:
         return Caller()
     scheme, credential = parsed
     if scheme == "admin":
-        if not services.authenticator.verify_admin_key(credential):
-            raise RequestError("The admin key is not valid.", code="BadAdminKey", http_status=401)
-        return Caller(is_admin=True)
+        # `<key>:<base64 identity>` is ConvexHttpClient's `setAdminAuth(key, actingAs)`: admin, acting as that user.
+        try:
+            valid, acting = split_admin_credential(credential, services.authenticator)
+            if not valid:
+                raise RequestError("The admin key is not valid.", code="BadAdminKey", http_status=401)
+            if acting is None:
+                return Caller(is_admin=True)
+            return Caller(acting_identity(acting, default_issuer(services.authenticator)), is_admin=True)
+        except AuthError as exc:
+            raise RequestError(str(exc), code="BadAdminKey", http_status=401) from None
     try:
         return Caller(await services.authenticator.verify_async(credential))
     except AuthError as exc:
@@ -106,7 +114,7 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
     outcome = await services.runner.call(path, args, caller, internal_ok=caller.is_admin, kind=kind, transport="http")
     if outcome.ok:
         value = outcome.value if encoded else values.encode_clean_json(values.decode(outcome.value))
-        return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines})
+        return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines}, headers=_request_id(outcome))
     response: dict[str, Any] = {
         "status": "error",
         "errorMessage": outcome.error_message,
@@ -115,7 +123,13 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
     has_data, data = outcome.error_data
     if has_data:
         response["errorData"] = data if encoded else values.encode_clean_json(values.decode(data))
-    return _JSON(response)
+    return _JSON(response, headers=_request_id(outcome))
+
+
+def _request_id(outcome: Any) -> dict[str, str]:
+    """The call's request id as a header (the envelope stays Convex's), so the console can show it with an error
+    and a user can find the call's lines in the log."""
+    return {"x-request-id": outcome.request_id} if outcome.request_id else {}
 
 
 async def query(request: Request) -> Response:

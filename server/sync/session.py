@@ -25,6 +25,7 @@ from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.functions.runner import Outcome
 from server.hub.instances import QueryResult
+from server.impersonation import acting_identity, default_issuer
 from server.sync import protocol
 from server.sync.protocol import TransitionMessage
 from server.sync.state import (
@@ -264,7 +265,10 @@ class Session:
         if message.tokenType == "Admin":
             if not authenticator.verify_admin_key(message.value):
                 raise AuthError("The admin key is not valid.")
-            return Caller(is_admin=True)
+            if message.impersonating is None:
+                return Caller(is_admin=True)
+            # `setAdminAuth(key, actingAs)`: admin, and app code sees that user's identity.
+            return Caller(acting_identity(message.impersonating, default_issuer(authenticator)), is_admin=True)
         return Caller(await authenticator.verify_async(message.value))
 
     def _schedule_expiry(self, caller: Caller) -> None:
