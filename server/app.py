@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, http_api, log_stream, storage
+from server.admin import status as admin_status
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
 from server.crons import CronExecutor, find_crons
@@ -49,6 +50,8 @@ __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
 log = logging.getLogger("ripple")
 
 BUILTIN_MODULES = "server.apps"
+# The admin console's system functions (`_system/...`, internal, so admin only), loaded with the built-in apps.
+SYSTEM_MODULES = ("server.admin.platform",)
 _BROWSER_DIR = shared_path("client_examples/browser")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -88,7 +91,7 @@ class _Observers:
 
 def load_modules(extra: list[str]) -> None:
     """Import the app modules; their decorators register their functions."""
-    for name in [BUILTIN_MODULES, *extra]:
+    for name in [BUILTIN_MODULES, *SYSTEM_MODULES, *extra]:
         importlib.import_module(name)
 
 
@@ -319,6 +322,7 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
         *http_api.routes,
         *log_stream.routes,
         *storage.routes,
+        *admin_status.routes,
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         WebSocketRoute("/api/sync", sync_endpoint),
         WebSocketRoute("/api/{version}/sync", sync_endpoint),

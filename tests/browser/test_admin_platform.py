@@ -1,0 +1,219 @@
+"""The console's Logs, Schedules, Files and Health sections: their system functions and endpoints over HTTP with
+the admin key (and refused without it), then each view in a real headless Chromium against a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from tests.support.server import ADMIN_KEY, RippleServer, run_server
+
+CRON_MODULES = ["tests.support.testing_app", "tests.support.cron_app"]
+# A 1x1 PNG (a red pixel).
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.fixture
+async def ripple(fresh_dsn: str, tmp_path: Path) -> AsyncIterator[RippleServer]:
+    """A server whose file URLs name its port (known only once it listens), files kept in the test's folder."""
+    async with run_server(fresh_dsn, storage_dir=tmp_path / "files") as server:
+        assert server.services.storage is not None
+        server.services.storage.base_url = server.url
+        yield server
+
+
+async def admin_query(ripple: RippleServer, path: str, args: dict[str, Any] | None = None) -> Any:
+    response = await ripple.http("query", path, args or {}, admin=True, fmt="json")
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "success", body
+    return body["value"]
+
+
+async def admin_mutation(ripple: RippleServer, path: str, args: dict[str, Any] | None = None) -> Any:
+    response = await ripple.http("mutation", path, args or {}, admin=True, fmt="json")
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "success", body
+    return body["value"]
+
+
+async def wait_for(check: Any, timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still {value!r} after {timeout_s} s")
+        await asyncio.sleep(0.02)
+
+
+async def upload(ripple: RippleServer, data: bytes, content_type: str) -> str:
+    url = await admin_mutation(ripple, "_system/platform:generateUploadUrl")
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(url, content=data, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+    return str(response.json()["storageId"])
+
+
+# The system functions and endpoints over HTTP.
+
+
+async def test_system_functions_need_the_admin_key(ripple: RippleServer) -> None:
+    for kind, path in [
+        ("query", "_system/platform:scheduled"),
+        ("query", "_system/platform:files"),
+        ("query", "_system/platform:cronRuns"),
+        ("mutation", "_system/platform:generateUploadUrl"),
+    ]:
+        anonymous = await ripple.http(kind, path, {}, fmt="json")
+        assert anonymous.status_code != 200 or anonymous.json()["status"] == "error", anonymous.text
+        assert "Could not find public function" in anonymous.text
+        signed_in = await ripple.http(kind, path, {}, token=ripple.token("mallory"), fmt="json")
+        assert "Could not find public function" in signed_in.text
+    async with httpx.AsyncClient(base_url=ripple.url, timeout=30) as http:
+        for endpoint in ("/api/admin/health", "/api/admin/crons"):
+            refused = await http.get(endpoint)
+            assert refused.status_code == 401 and "admin key" in refused.json()["message"]
+            wrong = await http.get(endpoint, headers={"Authorization": "Convex not-the-key"})
+            assert wrong.status_code == 401
+            user = await http.get(endpoint, headers={"Authorization": f"Bearer {ripple.token('mallory')}"})
+            assert user.status_code == 401
+
+
+async def test_scheduled_functions_page_newest_first_filter_by_state_and_cancel(ripple: RippleServer) -> None:
+    later = [await ripple.call("testing:schedule", {"delayMs": 60_000, "twitchId": f"later{i}"}) for i in range(3)]
+    soon = await ripple.call("testing:schedule", {"delayMs": 0, "twitchId": "soon"})
+
+    async def soon_done() -> bool:
+        page = (await admin_query(ripple, "_system/platform:scheduled", {"state": "success"}))["page"]
+        return [doc["_id"] for doc in page] == [soon]
+
+    await wait_for(soon_done)
+    everything = await admin_query(ripple, "_system/platform:scheduled")
+    assert [doc["_id"] for doc in everything["page"]] == [soon, *reversed(later)]
+    assert everything["isDone"] is True
+    assert everything["page"][0]["name"] == "testing:scheduledInsert"
+    assert everything["page"][0]["args"] == [{"twitchId": "soon"}]
+
+    # Page by page, one at a time: every job once, newest first, then done.
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await admin_query(ripple, "_system/platform:scheduled", {"limit": 1, "cursor": cursor})
+        seen += [doc["_id"] for doc in page["page"]]
+        cursor = page["continueCursor"]
+        if page["isDone"]:
+            break
+        assert len(seen) <= 4
+    assert seen == [soon, *reversed(later)]
+
+    pending = await admin_query(ripple, "_system/platform:scheduled", {"state": "pending", "limit": 2})
+    assert [doc["_id"] for doc in pending["page"]] == [later[2], later[1]] and pending["isDone"] is False
+    rest = await admin_query(
+        ripple, "_system/platform:scheduled", {"state": "pending", "limit": 2, "cursor": pending["continueCursor"]}
+    )
+    assert [doc["_id"] for doc in rest["page"]] == [later[0]] and rest["isDone"] is True
+
+    await admin_mutation(ripple, "_system/platform:cancel", {"id": later[1]})
+    canceled = await admin_query(ripple, "_system/platform:scheduled", {"state": "canceled"})
+    assert [doc["_id"] for doc in canceled["page"]] == [later[1]]
+    assert canceled["page"][0]["completedTime"] > 0
+
+    bad = await ripple.http("query", "_system/platform:scheduled", {"state": "done"}, admin=True, fmt="json")
+    assert "state must be one of pending, inProgress, success, failed, canceled" in bad.json()["errorMessage"]
+    bad_cursor = await ripple.http("query", "_system/platform:scheduled", {"cursor": "x"}, admin=True, fmt="json")
+    assert "is not one this function returned" in bad_cursor.json()["errorMessage"]
+
+
+async def test_files_list_with_size_type_and_url_and_delete(ripple: RippleServer) -> None:
+    first = await upload(ripple, b"hello", "text/plain")
+    image = await upload(ripple, PNG, "image/png")
+    listed = await admin_query(ripple, "_system/platform:files")
+    assert [doc["_id"] for doc in listed["page"]] == [image, first]
+    doc = listed["page"][0]
+    assert doc["size"] == len(PNG) and doc["contentType"] == "image/png" and doc["_creationTime"] > 0
+    assert doc["url"] == f"{ripple.url}/api/storage/{image}"
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(doc["url"])).content == PNG
+    one = await admin_query(ripple, "_system/platform:files", {"limit": 1})
+    assert [d["_id"] for d in one["page"]] == [image] and one["isDone"] is False
+    two = await admin_query(ripple, "_system/platform:files", {"limit": 1, "cursor": one["continueCursor"]})
+    assert [d["_id"] for d in two["page"]] == [first] and two["isDone"] is True
+
+    await admin_mutation(ripple, "_system/platform:deleteFile", {"storageId": first})
+    assert [d["_id"] for d in (await admin_query(ripple, "_system/platform:files"))["page"]] == [image]
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"{ripple.url}/api/storage/{first}")).status_code == 404
+
+
+async def test_health_figures_are_those_of_metrics(ripple: RippleServer) -> None:
+    async with httpx.AsyncClient(base_url=ripple.url, timeout=30) as http:
+        figures = (await http.get("/api/admin/health", headers={"Authorization": f"Convex {ADMIN_KEY}"})).json()
+        metrics = (await http.get("/metrics")).text
+    assert figures["sockets"] == 0 and figures["subscriptions"] == 0 and figures["queryInstances"] == 0
+    assert f"ripple_connections {float(figures['sockets'])}" in metrics
+    for key in ("hubLagSeconds", "hubLagCommits", "rounds", "reruns", "functionCalls", "monotonicS"):
+        assert isinstance(figures[key], (int, float)), key
+
+
+async def test_cron_jobs_with_schedule_last_run_and_next_run(fresh_dsn: str, tmp_path: Path) -> None:
+    async with run_server(
+        fresh_dsn, modules=CRON_MODULES, crons_enabled=True, storage_dir=tmp_path / "files"
+    ) as ripple:
+        async with httpx.AsyncClient(base_url=ripple.url, timeout=30) as http:
+            declared = (await http.get("/api/admin/crons", headers={"Authorization": f"Convex {ADMIN_KEY}"})).json()
+        assert declared["enabled"] is True
+        jobs = {job["name"]: job for job in declared["jobs"]}
+        assert jobs["tick"]["function"] == "crontest:tick" and jobs["tick"]["args"] == {"label": "cron-tick"}
+        assert jobs["tick"]["schedule"] == {"kind": "interval", "everyMs": 200.0}
+        assert jobs["tick"]["nextRun"] > time.time() * 1000 - 1000
+
+        async def ran() -> dict[str, Any] | None:
+            runs = {run["name"]: run for run in await admin_query(ripple, "_system/platform:cronRuns")}
+            finished = ("success", "failed")
+            if all(
+                runs.get(n, {}).get("lastRun") and runs[n]["lastRun"]["state"]["kind"] in finished
+                for n in ("tick", "fails")
+            ):
+                return runs
+            return None
+
+        runs = await wait_for(ran)
+        assert runs["tick"]["lastRun"]["state"]["kind"] == "success"
+        assert runs["fails"]["lastRun"]["state"] == {"kind": "failed", "error": "the cron job failed on purpose"}
+        assert runs["tick"]["lastRun"]["name"] == "crontest:tick" and runs["tick"]["lastTick"] > 0
+
+
+async def test_the_log_stream_carries_an_errors_traceback(ripple: RippleServer) -> None:
+    records: list[str] = []
+
+    async def read() -> None:
+        async with httpx.AsyncClient(base_url=ripple.url, timeout=30) as http:
+            headers = {"Authorization": f"Convex {ADMIN_KEY}"}
+            async with http.stream("GET", "/api/logs?function=testing:buggy", headers=headers) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        records.append(line[6:])
+
+    reader = asyncio.create_task(read())
+    try:
+        await asyncio.sleep(0.3)
+        failed = await ripple.http("mutation", "testing:buggy", {"key": "missing"}, fmt="json")
+        assert failed.json()["status"] == "error"
+        await wait_for(lambda: asyncio.sleep(0, any('"type":"call"' in r for r in records)))
+    finally:
+        reader.cancel()
+    call = next(json.loads(r) for r in records if '"type":"call"' in r)
+    assert call["outcome"] == "uncaught" and call["error"] == "KeyError: 'missing'"
+    assert "Traceback (most recent call last)" in call["traceback"] and "return {}[key]" in call["traceback"]
