@@ -13,9 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import expect
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from tests.support.browser import artifact, chromium_page
 from tests.support.server import ADMIN_KEY, RippleServer, run_server
+from tests.support.ws import SyncClient
 
 CRON_MODULES = ["tests.support.testing_app", "tests.support.cron_app"]
 # A 1x1 PNG (a red pixel).
@@ -217,3 +220,188 @@ async def test_the_log_stream_carries_an_errors_traceback(ripple: RippleServer) 
     call = next(json.loads(r) for r in records if '"type":"call"' in r)
     assert call["outcome"] == "uncaught" and call["error"] == "KeyError: 'missing'"
     assert "Traceback (most recent call last)" in call["traceback"] and "return {}[key]" in call["traceback"]
+
+
+# The views in Chromium.
+
+
+async def open_console(page: Any, ripple: RippleServer, section: str) -> None:
+    """Open the console, give the admin key once, and go to `section`."""
+    await page.goto(f"{ripple.url}/_admin/#{section}")
+    await page.get_by_label("Admin key").fill(ADMIN_KEY)
+    await page.get_by_test_id("key-submit").click()
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "admin")
+    await page.get_by_test_id(f"nav-{section}").click()
+    await expect(page.get_by_test_id("view")).to_have_attribute("data-section", section)
+
+
+async def no_horizontal_scroll(page: Any) -> None:
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.wait_for_timeout(100)
+    width = await page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width[0] <= width[1], f"the page is {width[0]} px wide at 390 px"
+
+
+async def test_logs_view_shows_lines_and_tracebacks_filtered(ripple: RippleServer) -> None:
+    async with chromium_page() as page:
+        await open_console(page, ripple, "logs")
+        await expect(page.get_by_test_id("log-status")).to_contain_text("Live")
+        said = await ripple.http("query", "testing:chattyCount", {"twitchId": "v1", "tag": "hello-console"}, fmt="json")
+        assert said.json()["status"] == "success"
+        failed = await ripple.http("mutation", "testing:buggy", {"key": "missing"}, fmt="json")
+        assert failed.json()["status"] == "error"
+
+        rows = page.get_by_test_id("log-row")
+        line = rows.filter(has_text="hello-console read v1")
+        await expect(line).to_have_count(1)
+        await expect(rows.filter(has_text="hello-console counted")).to_have_count(1)
+        traceback = page.get_by_test_id("log-traceback")
+        await expect(traceback).to_have_count(1)
+        await traceback.locator("summary").click()
+        await expect(traceback).to_contain_text("KeyError: 'missing'")
+        await expect(traceback).to_contain_text("return {}[key]")
+        await page.screenshot(path=artifact("admin-logs.png"), full_page=True)
+
+        # By function: only testing:buggy's line ("looking up missing") and its call.
+        await page.get_by_label("Function").fill("testing:buggy")
+        await expect(rows.filter(has_text="hello-console")).to_have_count(0)
+        await expect(rows.filter(has_text="looking up missing")).to_have_count(1)
+        assert set(await rows.evaluate_all("rs => rs.map(r => r.dataset.function)")) == {"testing:buggy"}
+        await page.get_by_label("Function").fill("")
+
+        # By level: errors only, so the buggy call and nothing it printed.
+        await page.get_by_label("Level").select_option("error")
+        await expect(rows.filter(has_text="looking up missing")).to_have_count(0)
+        await expect(rows.filter(has_text="uncaught")).to_have_count(1)
+        assert set(await rows.evaluate_all("rs => rs.map(r => r.dataset.level)")) == {"error"}
+        await page.get_by_label("Level").select_option("debug")
+
+        # By request id: the chatty call's lines and its call record, nothing of the other call.
+        request = await line.get_attribute("data-request")
+        assert request
+        await page.get_by_label("Request id").fill(request)
+        await expect(rows.filter(has_text="looking up missing")).to_have_count(0)
+        await expect(rows).to_have_count(3)  # two lines and the call
+        await page.get_by_label("Request id").fill("")
+
+        # By user: the calls were anonymous; no user matches "alice".
+        await page.get_by_label("User").fill("anonymous")
+        await expect(rows.filter(has_text="hello-console read v1")).to_have_count(1)
+        await page.get_by_label("User").fill("alice")
+        await expect(rows).to_have_count(0)
+        await page.get_by_label("User").fill("")
+
+        # Paused, new records are counted but not shown; resumed, they appear.
+        await page.get_by_test_id("log-pause").click()
+        await ripple.http("query", "testing:chattyCount", {"twitchId": "v2", "tag": "while-paused"}, fmt="json")
+        await expect(page.get_by_test_id("log-status")).to_contain_text("Paused: 3 new records")
+        await expect(rows.filter(has_text="while-paused")).to_have_count(0)
+        await page.get_by_test_id("log-pause").click()
+        await expect(rows.filter(has_text="while-paused read v2")).to_have_count(1)
+
+        await no_horizontal_scroll(page)
+        await page.screenshot(path=artifact("admin-logs-390.png"), full_page=True)
+        assert page.console_errors == []
+
+
+async def test_schedules_view_moves_pending_to_success_live_and_cancels(ripple: RippleServer) -> None:
+    async with chromium_page() as page:
+        await open_console(page, ripple, "schedules")
+        await expect(page.get_by_test_id("crons-note")).to_contain_text("turned off")
+        soon = await ripple.call("testing:schedule", {"delayMs": 1500, "twitchId": "soon"})
+        later = await ripple.call("testing:schedule", {"delayMs": 600_000, "twitchId": "later"})
+        await expect(page.get_by_test_id(f"job-state-{soon}")).to_have_text("pending")
+        await expect(page.get_by_test_id(f"job-state-{soon}")).to_have_text("success", timeout=10_000)
+        await expect(page.get_by_test_id(f"cancel-{soon}")).to_have_count(0)
+
+        await expect(page.get_by_test_id(f"job-state-{later}")).to_have_text("pending")
+        cancel = page.get_by_test_id(f"cancel-{later}")
+        await cancel.focus()
+        await page.keyboard.press("Enter")  # asks first
+        await expect(cancel).to_have_text("Confirm cancel")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_test_id(f"job-state-{later}")).to_have_text("canceled")
+        assert (await ripple.call("testing:job", {"id": later}))["state"]["kind"] == "canceled"
+
+        await page.get_by_label("State").select_option("success")
+        await expect(page.get_by_test_id(f"job-{later}")).to_have_count(0)
+        await expect(page.get_by_test_id(f"job-{soon}")).to_be_visible()
+        await page.get_by_label("State").select_option("")
+        await page.screenshot(path=artifact("admin-schedules.png"), full_page=True)
+        await no_horizontal_scroll(page)
+        await page.screenshot(path=artifact("admin-schedules-390.png"), full_page=True)
+        assert page.console_errors == []
+
+
+async def test_schedules_view_shows_crons_last_and_next_run(fresh_dsn: str, tmp_path: Path) -> None:
+    async with (
+        run_server(fresh_dsn, modules=CRON_MODULES, crons_enabled=True, storage_dir=tmp_path / "f") as ripple,
+        chromium_page() as page,
+    ):
+        await open_console(page, ripple, "schedules")
+        await expect(page.get_by_test_id("cron-tick")).to_contain_text("crontest:tick")
+        await expect(page.get_by_test_id("cron-tick")).to_contain_text("every 200 ms")
+        await expect(page.get_by_test_id("cron-state-tick")).to_have_text("success")
+        await expect(page.get_by_test_id("cron-state-fails")).to_have_text("failed")
+        await expect(page.get_by_test_id("cron-fails")).to_contain_text("the cron job failed on purpose")
+        assert (await page.get_by_test_id("cron-next-tick").text_content()) not in ("", "—")
+        await page.screenshot(path=artifact("admin-crons.png"), full_page=True)
+        assert page.console_errors == []
+
+
+async def test_files_view_previews_an_uploaded_image_and_deletes(ripple: RippleServer) -> None:
+    async with chromium_page() as page:
+        await open_console(page, ripple, "files")
+        text = await upload(ripple, b"plain words", "text/plain")
+        await expect(page.get_by_test_id(f"file-type-{text}")).to_have_text("text/plain")
+        await expect(page.get_by_test_id(f"file-size-{text}")).to_have_text("11 B")
+
+        # Upload through the page's own file input.
+        await page.get_by_label("Upload a file").set_input_files(
+            {"name": "pixel.png", "mimeType": "image/png", "buffer": PNG}
+        )
+        await expect(page.get_by_test_id("files-status")).to_contain_text("Uploaded pixel.png as ")
+        image = (await page.get_by_test_id("files-status").text_content() or "").rsplit(" ", 1)[1].rstrip(".")
+        preview = page.get_by_test_id(f"file-preview-{image}")
+        await expect(preview).to_be_visible()
+        await page.wait_for_function(
+            "id => { const img = document.querySelector(`[data-testid=file-preview-${id}]`);"
+            " return img && img.complete && img.naturalWidth === 1; }",
+            arg=image,
+        )
+        link = page.get_by_test_id(f"file-link-{image}")
+        assert await link.get_attribute("href") == f"{ripple.url}/api/storage/{image}"
+        await page.screenshot(path=artifact("admin-files.png"), full_page=True)
+
+        delete = page.get_by_test_id(f"delete-{text}")
+        await delete.click()
+        await expect(delete).to_have_text("Confirm delete")
+        await delete.click()
+        await expect(page.get_by_test_id(f"file-{text}")).to_have_count(0)
+        assert [d["_id"] for d in (await admin_query(ripple, "_system/platform:files"))["page"]] == [image]
+        await no_horizontal_scroll(page)
+        await page.screenshot(path=artifact("admin-files-390.png"), full_page=True)
+        assert page.console_errors == []
+
+
+async def test_health_view_follows_sockets_and_subscriptions(ripple: RippleServer) -> None:
+    async with chromium_page() as page:
+        await open_console(page, ripple, "health")
+        # The console's own client is one socket, subscribed to nothing in this section.
+        await expect(page.get_by_test_id("health-sockets")).to_have_text("1")
+        await expect(page.get_by_test_id("health-subscriptions")).to_have_text("0")
+        await expect(page.get_by_test_id("health-rounds")).not_to_have_text("—")
+        client = await SyncClient.connect(ripple.ws_url)
+        try:
+            await client.subscribe("testing:count", {"twitchId": "h1"})
+            await expect(page.get_by_test_id("health-sockets")).to_have_text("2")
+            await expect(page.get_by_test_id("health-subscriptions")).to_have_text("1")
+            await expect(page.get_by_test_id("health-instances")).to_have_text("1")
+            await page.screenshot(path=artifact("admin-health.png"), full_page=True)
+        finally:
+            await client.close()
+        await expect(page.get_by_test_id("health-sockets")).to_have_text("1")
+        await expect(page.get_by_test_id("health-subscriptions")).to_have_text("0")
+        await no_horizontal_scroll(page)
+        await page.screenshot(path=artifact("admin-health-390.png"), full_page=True)
+        assert page.console_errors == []
