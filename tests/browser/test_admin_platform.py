@@ -214,7 +214,11 @@ async def test_the_log_stream_carries_an_errors_traceback(ripple: RippleServer) 
         await asyncio.sleep(0.3)
         failed = await ripple.http("mutation", "testing:buggy", {"key": "missing"}, fmt="json")
         assert failed.json()["status"] == "error"
-        await wait_for(lambda: asyncio.sleep(0, any('"type":"call"' in r for r in records)))
+
+        async def called() -> bool:
+            return any('"type":"call"' in r for r in records)
+
+        await wait_for(called)
     finally:
         reader.cancel()
     call = next(json.loads(r) for r in records if '"type":"call"' in r)
