@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, http_api, log_stream, storage
+from server.admin import status as admin_status
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
 from server.crons import CronExecutor, find_crons
@@ -49,8 +50,9 @@ __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
 log = logging.getLogger("ripple")
 
 BUILTIN_MODULES = "server.apps"
-# The admin console's system functions (`_system/...`), registered with every set of app modules.
-SYSTEM_MODULES = ("server.admin.data",)
+# The admin console's system functions (`_system/...`, internal, so admin only), registered with every set of
+# app modules.
+SYSTEM_MODULES = ("server.admin.data", "server.admin.platform")
 _BROWSER_DIR = shared_path("client_examples/browser")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -321,6 +323,7 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
         *http_api.routes,
         *log_stream.routes,
         *storage.routes,
+        *admin_status.routes,
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         WebSocketRoute("/api/sync", sync_endpoint),
         WebSocketRoute("/api/{version}/sync", sync_endpoint),

@@ -3,7 +3,8 @@
 Two kinds of record, the same fields the `ripple.functions` server log has:
 
 - `{"type": "call", "function", "kind", "transport", "request_id", "caller", "duration_ms", "outcome", "level", "ts"}`
-  once per finished call (hub runs included);
+  once per finished call (hub runs included); a failed call adds `"error"` (its message, as the server log has it)
+  and, for an app bug or a refused statement (`outcome` uncaught or database), `"traceback"`;
 - `{"type": "line", "function", "request_id", "level", "message", "ts"}` for each line a function printed or logged.
 
 Filters (query string): `function=<path>`, `request=<id>`, `level=<least level: debug|info|warn|error>`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -84,8 +86,13 @@ class LogStream:
 
     def call_finished(self, record: CallRecord) -> None:
         if self.readers:
-            level = "error" if record.outcome in ("uncaught", "database") else "info"
-            self._publish({"type": "call", **record.fields(), "level": level, "ts": _now()})
+            bug = record.outcome in ("uncaught", "database")
+            entry = {"type": "call", **record.fields(), "level": "error" if bug else "info", "ts": _now()}
+            if record.error is not None:
+                entry["error"] = f"{type(record.error).__name__}: {record.error}"
+                if bug:
+                    entry["traceback"] = "".join(traceback.format_exception(record.error))
+            self._publish(entry)
 
     def line(self, call: CallLog, level: str, text: str) -> None:
         if self.readers:
