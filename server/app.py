@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import __version__, http_api, log_stream, storage
 from server.admin import status as admin_status
+from server.admin import system_functions
 from server.auth import AuthConfig, Authenticator, AuthProvider
 from server.config import Settings, shared_path
 from server.crons import CronExecutor, find_crons
@@ -50,9 +51,6 @@ __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
 log = logging.getLogger("ripple")
 
 BUILTIN_MODULES = "server.apps"
-# The admin console's system functions (`_system/...`, internal, so admin only), registered with every set of
-# app modules.
-SYSTEM_MODULES = ("server.admin.data", "server.admin.platform")
 _BROWSER_DIR = shared_path("client_examples/browser")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -92,7 +90,8 @@ class _Observers:
 
 def load_modules(extra: list[str]) -> None:
     """Import the app modules; their decorators register their functions."""
-    for name in [BUILTIN_MODULES, *SYSTEM_MODULES, *extra]:
+    system_functions()  # the admin console's, with every set of app modules
+    for name in [BUILTIN_MODULES, *extra]:
         importlib.import_module(name)
 
 

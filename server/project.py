@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.admin import system_functions
 from server.functions.registry import Registry, collect_into
 
 __all__ = ["PACKAGE", "LoadFailed", "Project", "ProjectError", "init_project"]
@@ -92,6 +93,8 @@ class Project:
             del sys.modules[name]
         importlib.invalidate_caches()
         fresh = Registry()
+        for spec in system_functions():  # the admin console's; imported outside collect_into, once
+            fresh.add(spec)
         try:
             with collect_into(fresh):
                 for name in self.module_names():

@@ -119,14 +119,18 @@ async def test_patch_insert_delete_commit_and_reach_a_subscriber(ripple: RippleS
 
 
 async def test_functions_list_kind_visibility_and_schema_without_system_ones(ripple: RippleServer) -> None:
-    listed = {f["path"]: f for f in await _admin(ripple, "query", "_system/data:functions", {})}
+    async with httpx.AsyncClient(base_url=ripple.url) as http:
+        refused = await http.get("/api/admin/functions")
+        assert refused.status_code == 401 and "admin key" in refused.json()["message"]
+        reply = await http.get("/api/admin/functions", headers={"Authorization": f"Convex {ADMIN_KEY}"})
+    listed = {f["path"]: f for f in reply.json()["functions"]}
     assert not any(path.startswith("_system/") for path in listed)
     secret = listed["testing:secret"]
     assert (secret["kind"], secret["visibility"]) == ("query", "internal")
-    schema = json.loads(listed["testing:insert"]["argsSchema"])
+    schema = listed["testing:insert"]["argsSchema"]
     assert set(schema["required"]) == {"table", "doc"}
     assert listed["testing:insert"]["kind"] == "mutation"
-    paged = json.loads(listed["testing:videosPage"]["argsSchema"])
+    paged = listed["testing:videosPage"]["argsSchema"]
     assert "paginationOpts" in paged["properties"]
 
 

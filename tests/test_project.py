@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from server.cli import main
 from server.functions.registry import module_name
 from server.project import Project, ProjectError
+from tests.clients.driver import ClientDriver
 from tests.support.ws import SyncClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +76,14 @@ async def pin(ctx, body: str) -> str:
 """
 
 
+_SHOUT = """
+
+@mutation
+async def shout(ctx, body: str) -> str:
+    return body.upper()
+"""
+
+
 def _updated(qid: int) -> Callable[[dict[str, Any]], Any]:
     def matches(message: dict[str, Any]) -> Any:
         return message["type"] == "Transition" and [
@@ -90,9 +100,9 @@ def _value(message: dict[str, Any], qid: int) -> Any:
 class _Dev:
     """`ripple dev` on a project, in a process of its own; its stderr is collected in a file."""
 
-    def __init__(self, project: Path, dsn: str) -> None:
+    def __init__(self, project: Path, dsn: str, **settings: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
-        env.update(PYTHONPATH=str(ROOT), DATABASE_URL=dsn, RIPPLE_DATA_DIR=str(project / ".ripple"))
+        env.update(PYTHONPATH=str(ROOT), DATABASE_URL=dsn, RIPPLE_DATA_DIR=str(project / ".ripple"), **settings)
         self.err_path = project.parent / "dev.err"
         self.err = self.err_path.open("w")
         self.proc = subprocess.Popen(
@@ -162,6 +172,38 @@ async def test_dev_reloads_code_and_schema_under_a_live_subscription(tmp_path: P
         assert [(r["body"], r.get("pinned")) for r in rows] == [("b", None), ("pinned", True)]
     finally:
         await client.close()
+        dev.stop()
+
+
+async def test_dev_reload_reaches_a_subscribed_npm_client_and_the_console(tmp_path: Path, fresh_dsn: str) -> None:
+    """The official npm client stays connected across a reload and gets the new code's result; the admin console's
+    system functions and function list serve the project's code, the reloaded one included."""
+    project = tmp_path / "chat"
+    assert main(["init", str(project)]) == 0
+    probe = project / "functions" / "probe.py"
+    probe.write_text(_PROBE.format(version="one"))
+    key = "dev-console-admin-key"
+    dev = _Dev(project, fresh_dsn, RIPPLE_ADMIN_KEY=key)
+    try:
+        await dev.started()
+        url = dev.url.replace("ws://", "http://").removesuffix("/api/sync")
+        async with await ClientDriver.start("node", url) as client, httpx.AsyncClient(base_url=url) as http:
+            await client.subscribe("v", "probe:version", {})
+            assert (await client.next_update("v"))["value"] == "one"
+
+            probe.write_text(_PROBE.format(version="two, reloaded") + _SHOUT)
+            update = await client.expect(lambda e: e.get("event") == "update" and e.get("value") == "two, reloaded")
+            assert update["id"] == "v"
+            result = await client.call("mutation", "probe:shout", {"body": "after reload"})
+            assert result["event"] == "result" and result["value"] == "AFTER RELOAD", result
+
+            admin = {"Authorization": f"Convex {key}"}
+            listed = (await http.get("/api/admin/functions", headers=admin)).json()["functions"]
+            assert {"probe:version", "probe:shout", "messages:send"} <= {f["path"] for f in listed}
+            tables = await http.post("/api/query", json={"path": "_system/data:tables", "args": {}}, headers=admin)
+            assert tables.json()["status"] == "success", tables.text
+            assert "messages" in {t["name"] for t in tables.json()["value"]}
+    finally:
         dev.stop()
 
 

@@ -477,6 +477,22 @@ class _GenerationsModule(_Module):
         return self._watch("generations:listByParent", _args(parentId=parent_id))
 
 
+class _ImageGenerationModule(_Module):
+    """The functions of `imageGeneration`."""
+
+    def generate_shot_images(
+        self,
+        *,
+        shot_id: SceneShotsId,
+        prompt: str | None | _Omitted = OMITTED,
+        parent_image_id: ShotImagesId | None | _Omitted = OMITTED,
+    ) -> dict[str, Any]:
+        """Mutation `imageGeneration:generateShotImages`."""
+        return self._client.mutation(
+            "imageGeneration:generateShotImages", _args(shotId=shot_id, prompt=prompt, parentImageId=parent_image_id)
+        )
+
+
 class _ProjectRedesignModule(_Module):
     """The functions of `projectRedesign`."""
 
@@ -895,9 +911,9 @@ class _VideosModule(_Module):
         """Mutation `videos:completeJob`."""
         return self._client.mutation("videos:completeJob", _args(twitchId=twitch_id, jobId=job_id, urls=urls))
 
-    def create(self, *, twitch_id: str, title: str) -> str:
+    def create(self, *, twitch_id: str, title: str, callback_url: str | None | _Omitted = OMITTED) -> str:
         """Mutation `videos:create`."""
-        return self._client.mutation("videos:create", _args(twitchId=twitch_id, title=title))
+        return self._client.mutation("videos:create", _args(twitchId=twitch_id, title=title, callbackUrl=callback_url))
 
     def get_by_twitch_id(self, *, twitch_id: str) -> dict[str, Any] | None:
         """Query `videos:getByTwitchId`."""
@@ -1038,6 +1054,7 @@ class Api(_Module):
         self.agents = _AgentsModule(client)
         self.generate_animation = _GenerateAnimationModule(client)
         self.generations = _GenerationsModule(client)
+        self.image_generation = _ImageGenerationModule(client)
         self.project_redesign = _ProjectRedesignModule(client)
         self.videos = _VideosModule(client)
         self.workflows = _WorkflowsModule(client)

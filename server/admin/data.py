@@ -8,21 +8,16 @@ re-run by the hub like any query: a page of documents changes when a commit touc
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
-
-from pydantic import BaseModel
 
 from server.database.catalog import Table
 from server.database.reads import IndexRange
 from server.database.sql import quote_ident
 from server.errors import ArgumentError
-from server.functions.registry import internal_mutation, internal_query, registry
+from server.functions.registry import internal_mutation, internal_query
 from server.values import to_camel, to_snake
 
-__all__ = ["COUNT_CAP", "SYSTEM_PREFIX"]
-
-SYSTEM_PREFIX = "_system/"
+__all__ = ["COUNT_CAP"]
 # Counting stops here: a table's count costs at most this many index entries, and the console shows "100000+".
 COUNT_CAP = 100_000
 _MAX_PAGE = 200
@@ -163,28 +158,3 @@ async def file(ctx: Any, storage_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     return {**row, "url": await ctx.storage.get_url(storage_id)}
-
-
-def _args_schema(model: type[BaseModel]) -> str:
-    """The pydantic model's JSON schema, by wire names, as a JSON string: its `$defs`/`$ref` keys are not valid
-    Convex field names. A parameter type with no JSON schema gives `{}` (anything), said in the description."""
-    try:
-        schema = model.model_json_schema(by_alias=True)
-    except Exception as exc:  # a type pydantic cannot describe: accept anything, say why
-        schema = {"type": "object", "description": f"no schema: {exc}"}
-    return json.dumps(schema)
-
-
-@internal_query(name="_system/data:functions")
-async def functions(ctx: Any) -> list[dict[str, Any]]:
-    """Every registered function but these system ones: path, kind, visibility, argument JSON schema."""
-    return [
-        {
-            "path": spec.path,
-            "kind": spec.kind.value,
-            "visibility": spec.visibility.value,
-            "argsSchema": _args_schema(spec.args),
-        }
-        for spec in sorted(registry, key=lambda s: s.path)
-        if not spec.path.startswith(SYSTEM_PREFIX)
-    ]

@@ -1,4 +1,4 @@
-"""Admin-only JSON for the console's figures that are not data: `GET /api/admin/health` and `GET /api/admin/crons`.
+"""Admin-only JSON for what the console shows that is not data: `GET /api/admin/health`, `/crons`, `/functions`.
 
 Health figures live in this process (the metrics registry, the hub's counters) and change without any commit, so
 no subscription can carry them: the console polls this endpoint (every 2 s) instead. It returns counters, not
@@ -6,7 +6,8 @@ rates, with the server's monotonic clock; the view computes rounds and re-runs p
 between two polls, so a missed poll widens the window instead of skewing the rate.
 
 The declared cron jobs are code, read at start (server/crons.py), so they come from the process too; their runs
-are data, live through `_system/platform:cronRuns` (server/admin/platform.py).
+are data, live through `_system/platform:cronRuns` (server/admin/platform.py). The functions are code as well: the
+list is the registry serving now (after a `ripple dev` reload, the new one), not a query.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.admin import SYSTEM_PREFIX
 from server.crons import CronJob, CronSchedule
 from server.errors import RequestError
 from server.http_api import caller_from_header
@@ -118,7 +121,33 @@ async def crons(request: Request) -> Response:
     )
 
 
+def _args_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema by wire names; a type pydantic cannot describe accepts anything, and says why."""
+    try:
+        return model.model_json_schema(by_alias=True)
+    except Exception as exc:
+        return {"type": "object", "description": f"no schema: {exc}"}
+
+
+async def functions(request: Request) -> Response:
+    services = await _admin(request)
+    if isinstance(services, Response):
+        return services
+    listed = [
+        {
+            "path": spec.path,
+            "kind": spec.kind.value,
+            "visibility": spec.visibility.value,
+            "argsSchema": _args_schema(spec.args),
+        }
+        for spec in sorted(services.runner.registry, key=lambda s: s.path)
+        if not spec.path.startswith(SYSTEM_PREFIX)
+    ]
+    return JSONResponse({"functions": listed}, headers={"cache-control": "no-store"})
+
+
 routes = [
     Route("/api/admin/health", health, methods=["GET"]),
     Route("/api/admin/crons", crons, methods=["GET"]),
+    Route("/api/admin/functions", functions, methods=["GET"]),
 ]

@@ -29,6 +29,9 @@ export declare const api: {
     list: FunctionReference<"query", "public", { paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
     listByParent: FunctionReference<"query", "public", { parentId: Id<"generations"> }, Array<Record<string, any>>>;
   };
+  imageGeneration: {
+    generateShotImages: FunctionReference<"mutation", "public", { shotId: Id<"sceneShots">; prompt?: string | null; parentImageId?: Id<"shotImages"> | null }, Record<string, any>>;
+  };
   projectRedesign: {
     batchCreateShotImages: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; iterationNumber: number; iterationPrompt: string; images: Array<{ variantNumber: number; imageUrl: string; imageStorageId?: string | null; replicateImageId?: string | null; status?: string | null; metadata?: Record<string, any> | null }>; parentImageId?: Id<"shotImages"> | null }, Array<string>>;
     createProjectScene: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneNumber: number; title: string; description: string }, string>;
@@ -63,7 +66,7 @@ export declare const api: {
   };
   videos: {
     completeJob: FunctionReference<"mutation", "public", { twitchId: string; jobId: string; urls?: { transcriptUrl?: string | null; chatUrl?: string | null; audiowaveUrl?: string | null; transcriptAnalysisUrl?: string | null; transcriptWordUrl?: string | null } | null }, null>;
-    create: FunctionReference<"mutation", "public", { twitchId: string; title: string }, string>;
+    create: FunctionReference<"mutation", "public", { twitchId: string; title: string; callbackUrl?: string | null }, string>;
     getByTwitchId: FunctionReference<"query", "public", { twitchId: string }, Record<string, any> | null>;
     getJobById: FunctionReference<"query", "public", { jobId: string }, Record<string, any> | null>;
     listByStatus: FunctionReference<"query", "public", { status?: string | null; limit?: number | null }, Array<Record<string, any>>>;
@@ -89,7 +92,17 @@ export declare const internal: {
     store: FunctionReference<"mutation", "internal", { userId: string; prompt: string; code: string; rawCode: string; createdAt?: number | null; durationInFrames?: number | null; fps?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; model?: string | null }, string>;
     updatePartial: FunctionReference<"mutation", "internal", { id: Id<"generations">; rawCode: string; code?: string | null }, boolean>;
   };
+  imageGeneration: {
+    completeImage: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; storageId: Id<"_storage"> }, boolean>;
+    failImage: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; error: string }, boolean>;
+    imagesToStart: FunctionReference<"query", "internal", { imageIds: Array<Id<"shotImages">> }, Array<Record<string, any>>>;
+    predictionFinished: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; status: string; outputUrl?: string | null; error?: string | null }, string>;
+    predictionsStarted: FunctionReference<"mutation", "internal", { started: Array<{ imageId: string; predictionId: string }>; refused: Array<{ imageId: string; error: string }> }, null>;
+    startPredictions: FunctionReference<"action", "internal", { imageIds: Array<Id<"shotImages">> }, Record<string, number>>;
+    storeOutput: FunctionReference<"action", "internal", { imageId: Id<"shotImages">; predictionId: string; outputUrl: string }, string | null>;
+  };
   videos: {
     failStalledJobs: FunctionReference<"mutation", "internal", { staleAfterMinutes?: number }, number>;
+    sendCallback: FunctionReference<"action", "internal", { url: string; payload: Record<string, any> }, null>;
   };
 };

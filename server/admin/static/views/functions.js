@@ -31,17 +31,22 @@ export function mount(root, ctx, params) {
     ),
   );
 
-  const stopList = ctx.client.onUpdate(
-    "_system/data:functions",
-    {},
-    (found) => {
-      functions = found;
+  // The functions are code, not data: listed by the server from the registry serving now (GET /api/admin/functions).
+  let stopped = false;
+  const stopList = () => {
+    stopped = true;
+  };
+  fetch("/api/admin/functions", { headers: { Authorization: `Convex ${ctx.adminKey}` }, cache: "no-store" })
+    .then(async (response) => {
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(body.message || `The server answered ${response.status}.`);
+      if (stopped) return;
+      functions = body.functions;
       renderList();
       const wanted = params.get("path");
       if (!selected && wanted) choose(functions.find((f) => f.path === wanted));
-    },
-    (err) => details.replaceChildren(el("p", { class: "error", role: "alert" }, `Listing functions failed: ${errorText(err)}`)),
-  );
+    })
+    .catch((err) => details.replaceChildren(el("p", { class: "error", role: "alert" }, `Listing functions failed: ${errorText(err)}`)));
   search.addEventListener("input", renderList);
 
   function renderList() {
@@ -67,7 +72,7 @@ export function mount(root, ctx, params) {
     stopLive();
     selected = fn;
     renderList();
-    const schema = JSON.parse(fn.argsSchema);
+    const schema = fn.argsSchema;
     const template = {};
     for (const name of schema.required || []) template[name] = exampleOf(resolve(schema, schema.properties?.[name] || {}));
     const argsText = el("textarea", { id: "fn-args", rows: "8", spellcheck: "false", "data-testid": "fn-args" });
