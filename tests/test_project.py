@@ -45,7 +45,10 @@ def test_init_writes_a_project_whose_own_test_passes(tmp_path: Path, pg_server: 
     project = tmp_path / "chat"
     assert main(["init", str(project)]) == 0
     specs = Project.open(project).load()
-    assert sorted(s.path for s in specs) == ["messages:list", "messages:send"]
+    paths = sorted(s.path for s in specs)
+    # The project's own functions, and the admin console's system functions every registry carries.
+    assert [p for p in paths if not p.startswith("_system/")] == ["messages:list", "messages:send"]
+    assert "_system/data:tables" in paths
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL", "PYTEST_"))}
     env.update(PYTHONPATH=str(ROOT), RIPPLE_TEST_DATABASE_URL=pg_server)
     done = subprocess.run(
@@ -191,9 +194,22 @@ async def test_dev_reload_reaches_a_subscribed_npm_client_and_the_console(tmp_pa
             await client.subscribe("v", "probe:version", {})
             assert (await client.next_update("v"))["value"] == "one"
 
+            generated = project / "_generated"
+            assert "version: FunctionReference" in (generated / "api.d.ts").read_text()  # written at start
+            assert "shout" not in (generated / "api.py").read_text()
+
             probe.write_text(_PROBE.format(version="two, reloaded") + _SHOUT)
             update = await client.expect(lambda e: e.get("event") == "update" and e.get("value") == "two, reloaded")
             assert update["id"] == "v"
+            for _ in range(100):  # ...and rewritten after the reload
+                if "shout" in (generated / "api.py").read_text():
+                    break
+                await asyncio.sleep(0.1)
+            assert (
+                'shout: FunctionReference<"mutation", "public", { body: string }, string>'
+                in (generated / "api.d.ts").read_text()
+            )
+            assert "def shout(self, *, body: str) -> str:" in (generated / "api.py").read_text()
             result = await client.call("mutation", "probe:shout", {"body": "after reload"})
             assert result["event"] == "result" and result["value"] == "AFTER RELOAD", result
 
