@@ -382,13 +382,14 @@ const storyboardViews = new Map();
 
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
-function setMeter(name, progress, detail, complete) {
+/** `tone`: "ok" (complete), "active", or "bad"; true/false mean complete or not. */
+function setMeter(name, progress, detail, tone) {
   const pct = percent(progress);
   const text = $(`${name}-progress`);
   text.textContent = `${pct}%`;
   text.dataset.value = String(num(progress) ?? pct);
   setBar($(`${name}-bar`), pct);
-  $(`${name}-bar`).dataset.tone = complete ? "ok" : "active";
+  $(`${name}-bar`).dataset.tone = tone === true ? "ok" : tone === false ? "active" : tone;
   $(`${name}-detail`).textContent = detail;
 }
 
@@ -409,8 +410,10 @@ function renderImageProgress(p) {
     ["processing", num(p.imagesProcessing) ?? 0, "generating", "active"],
     ["failed", num(p.imagesFailed) ?? 0, "failed", "bad"],
   ];
+  const failed = num(p.imagesFailed) ?? 0;
   const finished = total > 0 && counts.every(([state, n]) => state === "failed" || n === 0);
-  setMeter("images", p.imageProgress ?? 0, total ? `${complete} of ${total} complete` : "no images yet", finished);
+  const tone = failed ? "bad" : finished ? "ok" : "active";
+  setMeter("images", p.imageProgress ?? 0, total ? `${complete} of ${total} complete` : "no images yet", tone);
   const badges = $("images-counts");
   badges.replaceChildren();
   for (const [state, n, label, tone] of counts) {
