@@ -1,12 +1,13 @@
 /**
- * dashboard.js: the live dashboard. Every panel is a query subscription; the DOM is updated in place
- * (keyed rows) so progress bars animate instead of flickering. Server data is only ever written with
- * textContent, never innerHTML.
+ * dashboard.js: the live dashboard. Every panel is a query subscription of the official Convex browser client
+ * (`convex/browser`, the global `convex` from /_static/convex/browser.bundle.js), the same client a Convex app
+ * ships, so this page also shows that it works against Ripple unchanged. The DOM is updated in place (keyed rows)
+ * so progress bars animate instead of flickering. Server data is only ever written with textContent or as
+ * attributes, never innerHTML.
  *
  * URL shortcuts: ?token=<JWT>&project=<projectId>&generation=<generationId>&server=<base URL>
  *   &stallAfter=<seconds> (how long an unfinished job may go without a report before it shows as stalled)
  */
-import { RippleClient } from "./ripple.js";
 
 const TOKEN_KEY = "ripple.dashboard.token";
 const $ = (id) => document.getElementById(id);
@@ -65,6 +66,7 @@ function reconcile(list, cache, items, keyOf, create, update) {
   });
   for (const [key, view] of cache) {
     if (seen.has(key)) continue;
+    view.destroy?.();
     view.root.remove();
     cache.delete(key);
   }
@@ -75,15 +77,6 @@ function safeHref(url) {
   try {
     const parsed = new URL(url, location.href);
     return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
-  } catch {
-    return null;
-  }
-}
-
-function jwtSubject(token) {
-  try {
-    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    return JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "="))).sub ?? null;
   } catch {
     return null;
   }
@@ -112,8 +105,7 @@ setParam("token", null); // keep the JWT out of history, bookmarks and screensho
 // ---- Connection and auth -----------------------------------------------------------------------
 
 const CONNECTION_LABELS = {
-  connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…",
-  fatal: "Stopped", closed: "Closed",
+  connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…", fatal: "Stopped",
 };
 
 function renderConnection(state, detail) {
@@ -125,12 +117,71 @@ function renderConnection(state, detail) {
   document.body.dataset.connection = state;
 }
 
+/** The official client's ConnectionState -> the three states people need; it retries for ever, never gives up. */
+function connectionOf(state) {
+  if (state.isWebSocketConnected) return ["connected", ""];
+  if (!state.hasEverConnected) return ["connecting", ""];
+  const tries = state.connectionRetries;
+  return ["reconnecting", tries ? `${tries} attempt${tries === 1 ? "" : "s"} so far` : ""];
+}
+
+const serverBase = params.get("server") || location.origin;
+const client = (() => {
+  try {
+    // The client wants an absolute http(s) URL without a trailing slash (it appends /api/<version>/sync).
+    const url = new URL(serverBase, location.href).href.replace(/\/+$/, "");
+    return new convex.ConvexClient(url, { unsavedChangesWarning: false });
+  } catch (error) {
+    // A bad ?server= (or the bundle missing): say so instead of a blank page; panels stay empty.
+    renderConnection("fatal", error?.message ?? String(error));
+    return null;
+  }
+})();
+
+if (client) {
+  const show = () => renderConnection(...connectionOf(client.connectionState()));
+  client.subscribeToConnectionState(show);
+  show();
+}
+
+/** No-op unsubscribe for when there is no client, so callers need not check. */
+function subscribe(path, args, onResult, onError) {
+  if (!client) return () => {};
+  return client.onUpdate(path, args, onResult, onError);
+}
+
+/**
+ * What the sign-in shows: "none", "pending" (sent, not yet confirmed), "confirmed" or "error". The official
+ * client reports only true/false, so a refusal is explained from the token itself where it can be (expired).
+ */
 let signedIn = false;
+let currentToken = null;
+/** Bumped by every setAuth, so a late answer about an older token changes nothing. */
+let authGeneration = 0;
+
+function jwtClaims(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
+  } catch {
+    return null;
+  }
+}
+
+function refusalReason(token) {
+  const claims = jwtClaims(token);
+  if (!claims) return "that is not a JWT; make one with: ripple token --sub alice";
+  const who = claims.sub ?? "alice";
+  if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+    return `the token expired; make a new one with: ripple token --sub ${who}`;
+  }
+  return `the server refused the token (another secret or issuer?); make one with: ripple token --sub ${who}`;
+}
 
 function renderAuth(state, detail) {
   const status = $("auth-status");
   status.dataset.state = state;
-  const who = jwtSubject(client.token ?? "");
+  const who = jwtClaims(currentToken ?? "")?.sub ?? null;
   status.textContent = {
     none: "Signed out",
     pending: "Signing in…",
@@ -149,11 +200,30 @@ function renderAuth(state, detail) {
   }
 }
 
-const serverBase = params.get("server") || location.origin;
-const client = new RippleClient(serverBase, {
-  onConnectionChange: renderConnection,
-  onAuthChange: renderAuth,
-});
+/**
+ * Sign in with a fixed token (null signs out). The client asks `fetchToken` again when the server refuses the
+ * token or it expires; a fixed token cannot be refreshed, so the same one comes back and the client gives up,
+ * reporting false: shown as a failed sign-in with the reason.
+ */
+function signIn(token) {
+  if (!client) return;
+  const generation = ++authGeneration;
+  currentToken = token;
+  if (token === null) {
+    client.setAuth(async () => null, () => {});
+    renderAuth("none");
+    return;
+  }
+  renderAuth("pending");
+  client.setAuth(async () => token, (confirmed) => {
+    if (generation !== authGeneration) return;
+    if (confirmed) renderAuth("confirmed");
+    else {
+      currentToken = null;
+      renderAuth("error", refusalReason(token));
+    }
+  });
+}
 
 $("auth-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -161,12 +231,12 @@ $("auth-form").addEventListener("submit", (event) => {
   if (!token) return;
   $("token-input").value = "";
   storage.set(token);
-  client.setAuth(token);
+  signIn(token);
 });
 
 $("sign-out").addEventListener("click", () => {
   storage.clear();
-  client.setAuth(null);
+  signIn(null);
 });
 
 // ---- Video jobs --------------------------------------------------------------------------------
@@ -293,7 +363,7 @@ function updateJobView(view, job) {
   renderJobAge(view);
 }
 
-client.subscribe("videos:listByStatus", {}, (jobs) => {
+subscribe("videos:listByStatus", {}, (jobs) => {
   hideError($("jobs-error"));
   const list = Array.isArray(jobs) ? jobs : [];
   $("jobs-empty").hidden = list.length > 0;
@@ -310,14 +380,52 @@ client.subscribe("videos:listByStatus", {}, (jobs) => {
 let projectWatch = [];
 const storyboardViews = new Map();
 
-function setMeter(name, progress, done, total, complete) {
-  const pct = percent(progress ?? (num(total) ? (100 * num(done)) / num(total) : 0));
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
+/** `tone`: "ok" (complete), "active", or "bad"; true/false mean complete or not. */
+function setMeter(name, progress, detail, tone) {
+  const pct = percent(progress);
   const text = $(`${name}-progress`);
   text.textContent = `${pct}%`;
   text.dataset.value = String(num(progress) ?? pct);
   setBar($(`${name}-bar`), pct);
-  $(`${name}-bar`).dataset.tone = complete ? "ok" : "active";
-  $(`${name}-detail`).textContent = `${num(done) ?? 0} of ${num(total) ?? 0} shots${complete ? " · complete" : ""}`;
+  $(`${name}-bar`).dataset.tone = tone === true ? "ok" : tone === false ? "active" : tone;
+  $(`${name}-detail`).textContent = detail;
+}
+
+function shotMeter(name, progress, done, total, complete) {
+  const pct = progress ?? (num(total) ? (100 * num(done)) / num(total) : 0);
+  setMeter(name, pct, `${num(done) ?? 0} of ${num(total) ?? 0} shots${complete ? " · complete" : ""}`, complete);
+}
+
+/**
+ * The project's images: the bar is the share finished (complete or failed, as the server counts it); the badges
+ * say how many still wait, are being generated, or failed, so a failure is never hidden inside a full bar.
+ */
+function renderImageProgress(p) {
+  const total = num(p.totalImages) ?? 0;
+  const complete = num(p.imagesComplete) ?? 0;
+  const counts = [
+    ["pending", num(p.imagesPending) ?? 0, "pending", "idle"],
+    ["processing", num(p.imagesProcessing) ?? 0, "generating", "active"],
+    ["failed", num(p.imagesFailed) ?? 0, "failed", "bad"],
+  ];
+  const failed = num(p.imagesFailed) ?? 0;
+  const finished = total > 0 && counts.every(([state, n]) => state === "failed" || n === 0);
+  const tone = failed ? "bad" : finished ? "ok" : "active";
+  setMeter("images", p.imageProgress ?? 0, total ? `${complete} of ${total} complete` : "no images yet", tone);
+  const badges = $("images-counts");
+  badges.replaceChildren();
+  for (const [state, n, label, tone] of counts) {
+    if (!n) continue;
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.dataset.tone = tone;
+    badge.dataset.testid = `images-${state}`;
+    badge.textContent = `${n} ${label}`;
+    badges.append(badge);
+  }
+  badges.hidden = badges.childElementCount === 0;
 }
 
 function renderProgress(progress) {
@@ -327,45 +435,102 @@ function renderProgress(progress) {
     return;
   }
   const p = progress;
-  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   $("project-summary").textContent = `${plural(num(p.totalScenes) ?? 0, "scene")} · ${plural(num(p.totalShots) ?? 0, "shot")}`;
-  setMeter("selection", p.selectionProgress, p.shotsWithSelections, p.totalShots, p.isSelectionComplete);
-  setMeter("animation", p.animationProgress, p.shotsWithAnimations, p.totalShots, p.isAnimationComplete);
+  shotMeter("selection", p.selectionProgress, p.shotsWithSelections, p.totalShots, p.isSelectionComplete);
+  shotMeter("animation", p.animationProgress, p.shotsWithAnimations, p.totalShots, p.isAnimationComplete);
+  renderImageProgress(p);
 }
 
 function createStoryboardView() {
   const root = fromTemplate(`
     <li class="shot">
+      <a class="thumb" target="_blank" rel="noopener" hidden><img alt="" width="72" height="72" decoding="async"></a>
+      <span class="thumb placeholder"></span>
       <div class="shot-text"><strong class="where"></strong> <span class="muted scene-title"></span>
         <div class="description"></div><div class="muted image"></div></div>
-      <div class="shot-side"><a class="image-link" target="_blank" rel="noopener" hidden>image</a>
-        <a class="video" target="_blank" rel="noopener" hidden>video</a>
+      <div class="shot-side"><a class="video" target="_blank" rel="noopener" hidden>video</a>
         <span class="badge anim"></span></div>
     </li>`);
   const q = (selector) => root.querySelector(selector);
-  return { root, where: q(".where"), sceneTitle: q(".scene-title"), description: q(".description"),
-    image: q(".image"), imageLink: q(".image-link"), video: q(".video"), anim: q(".anim") };
+  const view = { root, where: q(".where"), sceneTitle: q(".scene-title"), description: q(".description"),
+    image: q(".image"), thumb: q("a.thumb"), img: q("a.thumb img"), placeholder: q(".placeholder"),
+    video: q(".video"), anim: q(".anim"), statusKey: null, stopStatus: null, row: null };
+  // A URL that does not load (moved, or a provider's link that expired) is shown as such, not as a broken icon.
+  view.img.addEventListener("error", () => showPlaceholder(view, "broken", "Image did not load"));
+  view.destroy = () => watchImageStatus(view, null);
+  return view;
 }
 
 /** Numbers as people write them: 2, not 2.0 (they arrive as floats). */
 const count = (value) => (num(value) === null ? "?" : String(num(value)));
 
+const IMAGE_STATES = {
+  none: "No image", unknown: "Not ready", pending: "Pending", processing: "Generating…", failed: "Failed",
+  complete: "No file", broken: "Image did not load",
+};
+
+function showPlaceholder(view, state, text, title = "") {
+  view.thumb.hidden = true;
+  view.placeholder.hidden = false;
+  view.placeholder.dataset.state = state;
+  view.placeholder.textContent = text ?? IMAGE_STATES[state] ?? state;
+  view.placeholder.title = title;
+  view.placeholder.setAttribute("role", "img");
+  view.placeholder.setAttribute("aria-label", `${view.where.textContent}: ${view.placeholder.textContent}`);
+}
+
+/**
+ * The storyboard row carries the selected image's URL, which stays "" until the image is made; only then is its
+ * status needed, so only then does the row follow that image's iteration (projectRedesign:getShotImages), and it
+ * lets go as soon as the URL arrives. `key` null stops following.
+ */
+function watchImageStatus(view, key, shotId, iterationNumber, imageId) {
+  if (view.statusKey === key) return;
+  view.stopStatus?.();
+  view.stopStatus = null;
+  view.statusKey = key;
+  if (key === null) return;
+  view.stopStatus = subscribe("projectRedesign:getShotImages", { shotId, iterationNumber }, (images) => {
+    const image = (Array.isArray(images) ? images : []).find((img) => img._id === imageId);
+    if (!image) return showPlaceholder(view, "unknown");
+    const error = image.status === "failed" ? image.metadata?.error ?? "" : "";
+    showPlaceholder(view, IMAGE_STATES[image.status] ? image.status : "unknown", null, error);
+  }, (error) => showPlaceholder(view, "unknown", null, error?.message ?? String(error)));
+}
+
 /** One row per shot (projectRedesign:getStoryboard): numbers, never ids, because ids mean nothing to a reader. */
 function updateStoryboardView(view, row) {
   const where = `Scene ${count(row.sceneNumber)} · Shot ${count(row.shotNumber)}`;
-  view.root.dataset.testid = `shot-${count(row.sceneNumber)}-${count(row.shotNumber)}`;
+  const slug = `${count(row.sceneNumber)}-${count(row.shotNumber)}`;
+  view.root.dataset.testid = `shot-${slug}`;
   view.where.textContent = where;
   view.sceneTitle.textContent = row.sceneTitle ? `· ${row.sceneTitle}` : "";
   view.description.textContent = row.description ?? "";
   const image = row.selectedImage;
-  view.image.textContent = image
-    ? `selected: iteration ${count(image.iterationNumber)}, variant ${count(image.variantNumber)}`
-    : "no image selected";
+  const which = image ? `iteration ${count(image.iterationNumber)}, variant ${count(image.variantNumber)}` : "";
+  view.image.textContent = image ? `selected: ${which}` : "no image selected";
+  view.placeholder.dataset.testid = `image-state-${slug}`;
+  view.img.dataset.testid = `thumb-${slug}`;
   const imageHref = image?.imageUrl ? safeHref(image.imageUrl) : null;
-  view.imageLink.hidden = !imageHref;
   if (imageHref) {
-    view.imageLink.href = imageHref;
-    view.imageLink.setAttribute("aria-label", `Selected image of ${where}`);
+    watchImageStatus(view, null);
+    view.thumb.href = imageHref;
+    view.thumb.setAttribute("aria-label", `Open the selected image of ${where}`);
+    view.img.alt = `Selected image of ${where}${row.description ? `: ${row.description}` : ""} (${which})`;
+    if (view.img.getAttribute("src") !== imageHref) {
+      view.img.src = imageHref;
+      view.thumb.hidden = false;
+      view.placeholder.hidden = true;
+    }
+  } else if (image) {
+    if (view.statusKey === null) showPlaceholder(view, image.imageUrl ? "broken" : "unknown");
+    view.img.removeAttribute("src");
+    const shotId = row.shotId;
+    watchImageStatus(view, `${shotId}|${image._id}`, shotId, num(image.iterationNumber), image._id);
+  } else {
+    watchImageStatus(view, null);
+    view.img.removeAttribute("src");
+    showPlaceholder(view, "none");
   }
   const selection = row.selection;
   const status = selection ? selection.animationStatus ?? "pending" : "not selected";
@@ -378,6 +543,12 @@ function updateStoryboardView(view, row) {
     view.video.href = href;
     view.video.setAttribute("aria-label", `Animated video of ${where}`);
   }
+}
+
+function clearStoryboard() {
+  for (const view of storyboardViews.values()) view.destroy();
+  storyboardViews.clear();
+  $("storyboard-list").replaceChildren();
 }
 
 function renderStoryboard(rows) {
@@ -397,22 +568,22 @@ function watchProject() {
   setParam("project", projectId);
   hideError($("project-error"));
   hideError($("storyboard-error"));
-  $("storyboard-list").replaceChildren();
-  storyboardViews.clear();
+  clearStoryboard();
   $("project-summary").textContent = "";
   const ready = Boolean(projectId && signedIn);
   $("project-body").hidden = !ready;
   $("project-notice").hidden = ready;
   $("project-notice").textContent = signedIn ? "Enter a project id." : "Sign in to see project progress.";
   if (!ready) return;
-  setMeter("selection", 0, 0, 0, false);
-  setMeter("animation", 0, 0, 0, false);
+  shotMeter("selection", 0, 0, 0, false);
+  shotMeter("animation", 0, 0, 0, false);
+  renderImageProgress({});
   $("storyboard-empty").hidden = false;
   $("storyboard-empty").textContent = "Loading storyboard…";
   projectWatch = [
-    client.subscribe("projectRedesign:getProjectProgress", { projectId }, renderProgress,
+    subscribe("projectRedesign:getProjectProgress", { projectId }, renderProgress,
       (error) => showError($("project-error"), error)),
-    client.subscribe("projectRedesign:getStoryboard", { projectId }, renderStoryboard,
+    subscribe("projectRedesign:getStoryboard", { projectId }, renderStoryboard,
       (error) => { $("storyboard-empty").hidden = true; showError($("storyboard-error"), error); }),
   ];
 }
@@ -491,7 +662,7 @@ function watchChain() {
   $("chain-notice").textContent = !signedIn ? "Sign in to see refinement chains."
     : ready ? "Loading chain…" : "Enter a generation id.";
   if (!ready) return;
-  chainWatch = client.subscribe("generations:getRefinementChain", { generationId }, renderChain, (error) => {
+  chainWatch = subscribe("generations:getRefinementChain", { generationId }, renderChain, (error) => {
     $("chain-notice").hidden = true;
     showError($("chain-error"), error);
   });
@@ -510,4 +681,4 @@ renderAuth("none");
 watchProject();
 watchChain();
 const savedToken = storage.get();
-if (savedToken) client.setAuth(savedToken); // triggers renderAuth("pending"), which subscribes the panels
+if (savedToken) signIn(savedToken); // renders "pending", which subscribes the panels

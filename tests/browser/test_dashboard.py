@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import struct
 import time
+import zlib
 from typing import Any
 
+import httpx
 from playwright.async_api import expect
 
+import tests.support.testing_app  # noqa: F401  (registers testing:uploadUrl, to store a file)
 from tests.support.browser import artifact, chromium_page
 from tests.support.server import RippleServer
 
@@ -258,4 +262,149 @@ async def test_job_age_uses_the_servers_clock_when_the_browsers_is_wrong(ripple:
         updated = page.get_by_test_id("updated-skew1")
         await expect(updated).to_have_text(re.compile(r"^updated (just now|[0-9]s ago)$"))
         await expect(page.get_by_test_id("job-skew1")).to_have_attribute("data-stalled", "false")
+        assert page.console_errors == []
+
+
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A real PNG of one colour, so the browser decodes it (a thumbnail that only has a src proves nothing)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+async def test_selected_images_show_their_state_and_appear_when_complete(ripple: RippleServer) -> None:
+    # The port is the OS's choice, so file URLs learn it here (RIPPLE_PUBLIC_URL in a deployment).
+    assert ripple.services.storage is not None
+    ripple.services.storage.base_url = ripple.url
+    project = await ripple.call("projectRedesign:createRedesignProject", {"prompt": "Tokyo"}, user="alice")
+    made = await ripple.call(
+        "projectRedesign:createSceneWithShots",
+        {
+            "projectId": project,
+            "sceneNumber": 3,
+            "title": "Harbour",
+            "description": "Dusk",
+            "shots": [{"shotNumber": n, "description": f"cranes {n}", "initialPrompt": "p"} for n in (1, 2, 3)],
+        },
+        user="alice",
+    )
+    scene = made["sceneId"]
+
+    async def selected_image(shot: str, status: str, metadata: dict[str, Any] | None = None) -> str:
+        image: str = await ripple.call(
+            "projectRedesign:createShotImage",
+            {
+                "projectId": project,
+                "sceneId": scene,
+                "shotId": shot,
+                "iterationNumber": 0,
+                "variantNumber": 2,
+                "imageUrl": "",
+                "iterationPrompt": "cranes at dusk",
+                "status": status,
+                **({"metadata": metadata} if metadata else {}),
+            },
+            user="alice",
+        )
+        await ripple.call(
+            "projectRedesign:selectMasterShot",
+            {"projectId": project, "sceneId": scene, "shotId": shot, "selectedImageId": image},
+            user="alice",
+        )
+        return image
+
+    waiting = await selected_image(made["shotIds"][0], "pending")
+    await selected_image(made["shotIds"][1], "failed", {"error": "the provider refused the prompt"})
+
+    async with chromium_page(width=390, height=844) as page:
+        await page.goto(f"{ripple.url}/?token={ripple.token('alice')}&project={project}")
+        await expect(page.get_by_test_id("auth-status")).to_have_text("Signed in as alice")
+        # Not made yet: the tile says which state each selected image is in; the project counts them.
+        pending, failed = page.get_by_test_id("image-state-3-1"), page.get_by_test_id("image-state-3-2")
+        await expect(pending).to_have_text("Pending")
+        await expect(failed).to_have_text("Failed")
+        await expect(failed).to_have_attribute("title", "the provider refused the prompt")
+        await expect(page.get_by_test_id("image-state-3-3")).to_have_text("No image")
+        await expect(page.get_by_test_id("images-detail")).to_have_text("0 of 2 complete")
+        await expect(page.get_by_test_id("images-pending")).to_have_text("1 pending")
+        await expect(page.get_by_test_id("images-failed")).to_have_text("1 failed")
+        await expect(page.get_by_test_id("images-progress")).to_have_text("50%")
+
+        await ripple.call("projectRedesign:updateShotImage", {"imageId": waiting, "status": "processing"}, user="alice")
+        await expect(pending).to_have_text("Generating…")
+        await expect(page.get_by_test_id("images-processing")).to_have_text("1 generating")
+        await expect(page.get_by_test_id("images-pending")).to_have_count(0)
+
+        # The image completes the way image generation completes it: a stored file, then completeImage.
+        async with httpx.AsyncClient(timeout=30) as http:
+            upload = await http.post(
+                await ripple.call("testing:uploadUrl"),
+                content=_png(24, 16, (30, 120, 200)),
+                headers={"Content-Type": "image/png"},
+            )
+        assert upload.status_code == 200, upload.text
+        args = {"imageId": waiting, "predictionId": "p-1", "storageId": upload.json()["storageId"]}
+        assert await ripple.call("imageGeneration:completeImage", args, internal=True) is True
+
+        thumb = page.get_by_test_id("thumb-3-1")
+        await expect(thumb).to_be_visible()
+        await expect(pending).to_be_hidden()
+        alt = "Selected image of Scene 3 · Shot 1: cranes 1 (iteration 0, variant 2)"
+        await expect(thumb).to_have_attribute("alt", alt)
+        assert (await thumb.get_attribute("src") or "").startswith(f"{ripple.url}/api/storage/")
+        # Decoded, not just requested: the stored file is served to the page and is the PNG that was stored.
+        await page.wait_for_function(
+            """() => { const img = document.querySelector('[data-testid="thumb-3-1"]');
+                       return img && img.complete && img.naturalWidth === 24; }"""
+        )
+        await expect(page.get_by_test_id("images-detail")).to_have_text("1 of 2 complete")
+        await expect(page.get_by_test_id("images-progress")).to_have_text("100%")
+        # Finished, but not all made: the bar says so as well as the badge.
+        await expect(page.locator("#images-bar")).to_have_attribute("data-tone", "bad")
+        await expect(page.get_by_test_id("images-processing")).to_have_count(0)
+        await expect(failed).to_have_text("Failed")
+
+        await page.wait_for_timeout(600)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390, await _widest(page)
+        await page.screenshot(path=artifact("dashboard-images-390.png"), full_page=True)
+        assert await _low_contrast(page) == []
+        assert page.console_errors == []
+
+
+async def test_a_refused_token_says_why_and_errors_stay_in_their_panel(ripple: RippleServer) -> None:
+    project = await ripple.call("projectRedesign:createRedesignProject", {"prompt": "Tokyo"}, user="alice")
+    expired = ripple.token("alice", ttl_s=-60)
+    async with chromium_page() as page:
+        # A malformed generation id fails that panel's query only; the jobs panel stays live.
+        await page.goto(f"{ripple.url}/?token={expired}&project={project}&generation=not-an-id")
+        status = page.get_by_test_id("auth-status")
+        await expect(status).to_have_attribute("data-state", "error")
+        await expect(status).to_have_text(
+            "Sign-in failed: the token expired; make a new one with: ripple token --sub alice"
+        )
+        await expect(page.get_by_test_id("project-notice")).to_have_text("Sign in to see project progress.")
+        assert await page.evaluate("localStorage.getItem('ripple.dashboard.token')") is None
+
+        await page.get_by_test_id("token-input").fill(ripple.token("alice"))
+        await page.get_by_test_id("sign-in").click()
+        await expect(status).to_have_text("Signed in as alice")
+        await expect(page.get_by_test_id("project-summary")).to_have_text("0 scenes · 0 shots")
+        chain_error = page.get_by_test_id("chain-error")
+        await expect(chain_error).to_be_visible()
+        await expect(chain_error).to_contain_text("not-an-id")
+        await expect(page.get_by_test_id("project-error")).to_be_hidden()
+        await ripple.call("videos:create", {"twitchId": "still1", "title": "Still live"}, user="bob")
+        await expect(page.get_by_test_id("job-still1")).to_be_visible()
+
+        await page.get_by_test_id("sign-out").click()
+        await expect(status).to_have_text("Signed out")
+        await expect(page.get_by_test_id("project-notice")).to_have_text("Sign in to see project progress.")
+        await expect(page.get_by_test_id("chain-error")).to_be_hidden()
+        await page.reload()
+        await expect(page.get_by_test_id("connection-status")).to_have_attribute("data-state", "connected")
+        await expect(status).to_have_text("Signed out")
         assert page.console_errors == []
