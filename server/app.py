@@ -17,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -114,6 +115,12 @@ def authenticator_for(settings: Settings) -> Authenticator:
             key_refetch_interval_s=settings.auth_key_refetch_interval_s,
         )
     )
+
+
+def _pages(directory: Path) -> ASGIApp:
+    """Static files, gzipped for browsers that take it: the vendored client is 159 KB raw, 33 KB gzipped. Only
+    pages are compressed; the API's small JSON replies are not worth the CPU."""
+    return GZipMiddleware(StaticFiles(directory=directory, html=True), minimum_size=1024)
 
 
 class _CollapseSlashes:
@@ -328,10 +335,10 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
         WebSocketRoute("/api/{version}/sync", sync_endpoint),
     ]
     # The admin console and the vendored official browser client ship in the package, so a pip install has them.
-    routes.append(Mount("/_static", StaticFiles(directory=_PACKAGE_DIR / "static"), name="static"))
-    routes.append(Mount("/_admin", StaticFiles(directory=_PACKAGE_DIR / "admin" / "static", html=True), name="admin"))
+    routes.append(Mount("/_static", _pages(_PACKAGE_DIR / "static"), name="static"))
+    routes.append(Mount("/_admin", _pages(_PACKAGE_DIR / "admin" / "static"), name="admin"))
     if _BROWSER_DIR.is_dir():
-        routes.append(Mount("/", StaticFiles(directory=_BROWSER_DIR, html=True), name="dashboard"))
+        routes.append(Mount("/", _pages(_BROWSER_DIR), name="dashboard"))
     middleware = [
         Middleware(_CollapseSlashes),
         Middleware(SiteRoutes, prefix=settings.site_prefix),  # before CORS: HTTP actions set their own headers

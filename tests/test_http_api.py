@@ -8,6 +8,7 @@ import json
 import time
 
 import asyncpg
+import httpx
 import jwt
 import pytest
 
@@ -236,3 +237,18 @@ async def test_an_admin_reaches_internal_functions_over_http_and_sync(ripple: Ri
     assert "Could not find public function" in failed["modifications"][0]["errorMessage"]
     await admin.close()
     await user.close()
+
+
+async def test_pages_and_the_vendored_client_are_served_gzipped(ripple: RippleServer) -> None:
+    async with httpx.AsyncClient(base_url=ripple.url) as http:
+        bundle = await http.get("/_static/convex/browser.bundle.js", headers={"Accept-Encoding": "gzip"})
+        assert bundle.status_code == 200 and bundle.headers["content-encoding"] == "gzip"
+        assert bundle.num_bytes_downloaded < 60_000 and "ConvexClient" in bundle.text
+        plain = await http.get("/_static/convex/browser.bundle.js", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers and len(plain.content) > 150_000
+        console = await http.get("/_admin/")
+        assert console.status_code == 200 and "Ripple admin console" in console.text
+        api = await http.post(
+            "/api/query", json={"path": "testing:secret", "args": {}}, headers={"Accept-Encoding": "gzip"}
+        )
+        assert "content-encoding" not in api.headers  # the API's JSON is not compressed
