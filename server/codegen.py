@@ -30,7 +30,7 @@ from server.functions.registry import FunctionSpec, Visibility
 from server.functions.validation import IdCheck
 from server.values import to_camel
 
-__all__ = ["CodegenError", "Doc", "DocOf", "render", "run", "write_files"]
+__all__ = ["CodegenError", "Doc", "DocOf", "TypeWriter", "render", "run", "write_files"]
 
 HEADER = """/* eslint-disable */
 /**
@@ -66,75 +66,112 @@ _SCALARS: dict[Any, str] = {str: "string", int: "number", float: "number", bool:
 _COLUMN_TYPES = {ColumnType.TEXT: "string", ColumnType.NUMBER: "number", ColumnType.BOOLEAN: "boolean"}
 
 
-class _Types:
-    """Python annotation → TypeScript type text, for one function (named in errors)."""
+class TypeWriter:
+    """Python annotation → a client language's type text, for one function (named in errors).
+
+    The walk over annotations is one, here; each client language (TypeScript below, Python in
+    codegen_python.py) says how it writes each kind of type."""
+
+    language = "TypeScript"
+    any_type = "any"
 
     def __init__(self, where: str, tables: Iterable[str]) -> None:
         self.where = where
         self.tables = set(tables)
-        self._models: list[type[BaseModel]] = []  # the models being expanded: a cycle has no finite inline type
+        self._expanding: list[type[BaseModel]] = []  # models being expanded inline: a cycle has no finite form
 
     def table(self, name: str, what: str) -> str:
+        """`name`, checked to be a table of schema.sql."""
         if name not in self.tables:
             known = ", ".join(sorted(self.tables))
             raise CodegenError(f'{self.where}: {what}("{name}") names no table of schema.sql; the tables are: {known}')
-        return json.dumps(name)
+        return name
 
     def of(self, tp: Any) -> str:
         if tp is Any or tp is object or tp is inspect.Parameter.empty:
-            return "any"
+            return self.any_type
         if tp is None or tp is type(None):
-            return "null"
-        if tp in _SCALARS:
-            return _SCALARS[tp]
+            return self.null()
+        if tp in (str, int, float, bool, bytes):
+            return self.scalar(tp)
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin is Annotated:
             for meta in tp.__metadata__:
                 check = getattr(meta, "func", None)
                 if isinstance(check, IdCheck):
-                    return f"Id<{self.table(check.table, 'Id')}>"
+                    return self.id(self.table(check.table, "Id"))
                 if isinstance(meta, DocOf):
-                    return f"Doc<{self.table(meta.table, 'Doc')}>"
+                    return self.doc(self.table(meta.table, "Doc"))
             return self.of(args[0])
         if origin is Literal:
-            return " | ".join(json.dumps(a.value if isinstance(a, enum.Enum) else a) for a in args)
+            return self.literal([a.value if isinstance(a, enum.Enum) else a for a in args])
         if origin is Union or origin is types.UnionType:
-            parts: list[str] = []
-            for arg in args:
-                text = self.of(arg)
-                if text not in parts:
-                    parts.append(text)
-            return "any" if "any" in parts else " | ".join(parts)
+            parts = list(dict.fromkeys(self.of(arg) for arg in args))
+            return self.any_type if self.any_type in parts else self.union(parts)
         if origin in (list, set, frozenset, Sequence) or tp in (list, set, frozenset):
-            return f"Array<{self.of(args[0]) if args else 'any'}>"
+            return self.array(self.of(args[0]) if args else self.any_type)
         if origin is tuple:
             if len(args) == 2 and args[1] is Ellipsis:
-                return f"Array<{self.of(args[0])}>"
-            return "[" + ", ".join(self.of(a) for a in args) + "]"
+                return self.array(self.of(args[0]))
+            return self.tuple_type([self.of(a) for a in args])
         if origin in (dict, Mapping) or tp is dict:
             if args and args[0] is not str:
                 raise CodegenError(f"{self.where}: {_name(tp)} has non-string keys; Convex objects have string keys")
-            return f"Record<string, {self.of(args[1]) if args else 'any'}>"
+            return self.record(self.of(args[1]) if args else self.any_type)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             return self.model(tp)
         raise CodegenError(
-            f"{self.where}: no TypeScript type for {_name(tp)}; use str, int, float, bool, None, list, dict[str, ...], "
-            'Literal, a union, a pydantic model, Id("table") or Any'
+            f"{self.where}: no {self.language} type for {_name(tp)}; use str, int, float, bool, None, list, "
+            'dict[str, ...], Literal, a union, a pydantic model, Id("table") or Any'
         )
 
+    @staticmethod
+    def model_fields(model: type[BaseModel]) -> list[tuple[str, Any, bool]]:
+        """A model's fields as its wire form has them: (name or alias, annotation, optional)."""
+        return [
+            (info.alias or name, field_annotation(info), not info.is_required())
+            for name, info in model.model_fields.items()
+        ]
+
+    # How TypeScript writes each kind.
+
+    def null(self) -> str:
+        return "null"
+
+    def scalar(self, tp: type) -> str:
+        return _SCALARS[tp]
+
+    def id(self, table: str) -> str:
+        return f"Id<{json.dumps(table)}>"
+
+    def doc(self, table: str) -> str:
+        return f"Doc<{json.dumps(table)}>"
+
+    def literal(self, values: list[Any]) -> str:
+        return " | ".join(json.dumps(v) for v in values)
+
+    def union(self, parts: list[str]) -> str:
+        return " | ".join(parts)
+
+    def array(self, item: str) -> str:
+        return f"Array<{item}>"
+
+    def tuple_type(self, items: list[str]) -> str:
+        return "[" + ", ".join(items) + "]"
+
+    def record(self, value: str) -> str:
+        return f"Record<string, {value}>"
+
     def model(self, model: type[BaseModel]) -> str:
-        """A pydantic model as the object its wire form is: camelCase aliases, `?:` where a field has a default."""
-        if model in self._models:
+        """A pydantic model inline, as the object its wire form is: `?:` where a field has a default."""
+        if model in self._expanding:
             raise CodegenError(f"{self.where}: {model.__name__} contains itself; a recursive type has no inline form")
-        self._models.append(model)
+        self._expanding.append(model)
         try:
-            return self.fields(
-                (info.alias or name, field_annotation(info), not info.is_required())
-                for name, info in model.model_fields.items()
-            )
+            return self.fields(self.model_fields(model))
         finally:
-            self._models.pop()
+            self._expanding.pop()
 
     def fields(self, fields: Iterable[tuple[str, Any, bool]]) -> str:
         parts = [f"{_key(name)}{'?' if optional else ''}: {self.of(tp)}" for name, tp, optional in fields]
@@ -166,7 +203,7 @@ def function_type(spec: FunctionSpec, tables: Iterable[str]) -> str:
     Convex's pagination convention: an argument `paginationOpts` given as a plain dict is `PaginationOptions`,
     and then a result annotated as a plain dict is the `PaginationResult` that `.paginate()` returns, so that
     `usePaginatedQuery` accepts the function."""
-    ts = _Types(spec.path, tables)
+    ts = TypeWriter(spec.path, tables)
     args = []
     paginated = False
     for name, info in spec.args.model_fields.items():

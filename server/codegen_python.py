@@ -15,21 +15,17 @@ A type with no Python-typing equivalent is a `CodegenError` naming the function,
 
 from __future__ import annotations
 
-import enum
-import inspect
 import json
 import keyword
 import typing
-from collections.abc import Iterable, Mapping, Sequence
-from types import UnionType
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
-from server.codegen import CodegenError, DocOf, field_annotation, is_untyped_dict
+from server.codegen import CodegenError, TypeWriter, field_annotation, is_untyped_dict
 from server.database.catalog import Catalog, ColumnType, Table
 from server.functions.registry import FunctionKind, FunctionSpec, Visibility
-from server.functions.validation import IdCheck
 from server.values import to_camel, to_snake
 
 __all__ = ["render_python"]
@@ -109,17 +105,19 @@ def _attr(name: str) -> str:
     return snake + "_" if keyword.iskeyword(snake) else snake
 
 
-class _Types:
-    """Python annotation → the text of a type for the generated module, for one function (named in errors).
+class _Types(TypeWriter):
+    """Python annotation → the text of a type in the generated module, for one function (named in errors).
 
-    Pydantic models become TypedDicts (their wire, camelCase keys), collected in `models` for the module to
-    declare once."""
+    Pydantic models become TypedDicts (their wire keys), collected in `models` for the module to declare once."""
+
+    language = "Python client"
+    any_type = "Any"
 
     def __init__(
         self, where: str, tables: Mapping[str, str], models: dict[str, str], shadowed: frozenset[str] = frozenset()
     ) -> None:
-        self.where = where
-        self.tables = tables  # convex name → class name
+        super().__init__(where, tables)
+        self.names = tables  # convex name → class name
         self.models = models  # TypedDict name → its declaration
         self.shadowed = shadowed  # builtins that a method of the class being written hides (`def list`)
 
@@ -127,68 +125,40 @@ class _Types:
         """`list`, or `builtins.list` inside a class with a method named `list` (annotations resolve there)."""
         return f"builtins.{name}" if name in self.shadowed else name
 
-    def table(self, name: str, what: str) -> str:
-        if name not in self.tables:
-            known = ", ".join(sorted(self.tables))
-            raise CodegenError(f'{self.where}: {what}("{name}") names no table of schema.sql; the tables are: {known}')
-        return self.tables[name]
+    def null(self) -> str:
+        return "None"
 
-    def of(self, tp: Any) -> str:
-        if tp is Any or tp is object or tp is inspect.Parameter.empty:
-            return "Any"
-        if tp is None or tp is type(None):
-            return "None"
-        if tp in _SCALARS:
-            return self.builtin(_SCALARS[tp])
-        origin = typing.get_origin(tp)
-        args = typing.get_args(tp)
-        if origin is Annotated:
-            for meta in tp.__metadata__:
-                check = getattr(meta, "func", None)
-                if isinstance(check, IdCheck):
-                    return self.table(check.table, "Id") + "Id"
-                if isinstance(meta, DocOf):
-                    return self.table(meta.table, "Doc")
-            return self.of(args[0])
-        if origin is Literal:
-            return "Literal[" + ", ".join(_literal(a.value if isinstance(a, enum.Enum) else a) for a in args) + "]"
-        if origin is Union or origin is UnionType:
-            parts: list[str] = []
-            for arg in args:
-                text = self.of(arg)
-                if text not in parts:
-                    parts.append(text)
-            return "Any" if "Any" in parts else " | ".join(parts)
-        if origin in (list, set, frozenset, Sequence) or tp in (list, set, frozenset):
-            return f"{self.builtin('list')}[{self.of(args[0]) if args else 'Any'}]"
-        if origin is tuple:
-            if len(args) == 2 and args[1] is Ellipsis:
-                return f"{self.builtin('list')}[{self.of(args[0])}]"
-            return f"{self.builtin('list')}[" + " | ".join(dict.fromkeys(self.of(a) for a in args)) + "]"
-        if origin in (dict, Mapping) or tp is dict:
-            if args and args[0] is not str:
-                raise CodegenError(f"{self.where}: {tp!r} has non-string keys; Convex objects have string keys")
-            return f"{self.builtin('dict')}[{self.builtin('str')}, {self.of(args[1]) if args else 'Any'}]"
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            return self.model(tp)
-        raise CodegenError(
-            f"{self.where}: no Python client type for {getattr(tp, '__name__', repr(tp))}; use str, int, float, bool, "
-            'None, list, dict[str, ...], Literal, a union, a pydantic model, Id("table") or Any'
-        )
+    def scalar(self, tp: type) -> str:
+        return self.builtin(_SCALARS[tp])
+
+    def id(self, table: str) -> str:
+        return self.names[table] + "Id"
+
+    def doc(self, table: str) -> str:
+        return self.names[table]
+
+    def literal(self, values: list[Any]) -> str:
+        return "Literal[" + ", ".join(_literal(v) for v in values) + "]"
+
+    def array(self, item: str) -> str:
+        return f"{self.builtin('list')}[{item}]"
+
+    def tuple_type(self, items: list[str]) -> str:
+        return self.array(" | ".join(dict.fromkeys(items)))
+
+    def record(self, value: str) -> str:
+        return f"{self.builtin('dict')}[{self.builtin('str')}, {value}]"
 
     def model(self, model: type[BaseModel]) -> str:
         name = model.__name__
-        if name in self.tables.values():
+        if name in self.names.values():
             raise CodegenError(
                 f"{self.where}: the model {name} has the name of a table's document type; rename the model"
             )
         if name in self.models:
             return name
         self.models[name] = ""  # reserved: a model that contains itself refers to itself by name
-        fields = [
-            (info.alias or to_camel(field), self.of(field_annotation(info)), not info.is_required())
-            for field, info in model.model_fields.items()
-        ]
+        fields = [(key, self.of(tp), optional) for key, tp, optional in self.model_fields(model)]
         self.models[name] = _typed_dict(name, fields)
         return name
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
 
 from server.codegen import CodegenError
 from server.codegen_python import render_python
@@ -29,6 +30,8 @@ def spec(handler: Any, path: str, kind: FunctionKind = FunctionKind.QUERY) -> Fu
 
 
 class Shot(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel)  # the wire keys are the aliases, as the server reads them
+
     shot_number: int
     kind: Literal["wide", "close"] = "wide"
 
