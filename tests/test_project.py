@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_module_names_are_paths_below_the_functions_package() -> None:
     assert module_name("functions.messages") == "messages"
     assert module_name("functions.admin.user_roles") == "admin/userRoles"
-    assert module_name("server.apps.generate_animation") == "generateAnimation"
+    assert module_name("functions.generate_animation") == "generateAnimation"
     assert module_name("some_app.notes") == "notes"
 
 

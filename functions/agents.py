@@ -20,8 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from server import Id, mutation, query
-from server.apps._model import (
+from functions._model import (
     AppError,
     WireModel,
     check_choice,
@@ -32,6 +31,7 @@ from server.apps._model import (
     token_of,
     workflow_or_none,
 )
+from server import Id, mutation, query
 from server.errors import ArgumentError
 
 SESSION_STATUSES = ("idle", "running", "completed", "failed")

@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from server import Id, mutation, query
-from server.apps._model import (
+from functions._model import (
     AppError,
     check_choice,
     check_number,
@@ -31,7 +30,7 @@ from server.apps._model import (
     round_percent,
     token_of,
 )
-from server.apps._redesign import (
+from functions._redesign import (
     ANIMATION_STATUSES,
     IMAGE_STATUSES,
     REDESIGN_STATUSES,
@@ -53,6 +52,7 @@ from server.apps._redesign import (
     selection_of,
     selection_target,
 )
+from server import Id, mutation, query
 from server.errors import ArgumentError
 
 # Projects.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from functions._model import AppError, WireModel, now_ms, owned, token_of
 from server import Id, internal_mutation, internal_query, query
-from server.apps._model import AppError, WireModel, now_ms, owned, token_of
 
 if TYPE_CHECKING:  # mypy sees a string; at run time the argument is checked to name a generation (a file)
     GenerationId = str

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server import Id, mutation, query
-from server.apps._model import (
+from functions._model import (
     WORKFLOW_STATUSES,
     check_choice,
     check_text,
@@ -20,6 +19,7 @@ from server.apps._model import (
     token_of,
     workflow_or_none,
 )
+from server import Id, mutation, query
 
 
 @mutation

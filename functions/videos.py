@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 
+from functions._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
 from server import internal_action, internal_mutation, mutation, query
-from server.apps._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
 from server.errors import ArgumentError
 from server.functions import calllog
 
-log = logging.getLogger("ripple.apps.videos")
+log = logging.getLogger(__name__)
 
 STATUSES = (
     "Queued",
@@ -277,7 +277,7 @@ async def list_by_status(ctx: Any, status: str | None = None, limit: int | None 
     return await q.order("desc").take(n)
 
 
-# A job in a processing stage with no report for this long is failed by the seed cron (server/apps/crons.py).
+# A job in a processing stage with no report for this long is failed by the seed cron (functions/crons.py).
 STALE_AFTER_MINUTES = 30.0
 _STALE_BATCH = 100
 
