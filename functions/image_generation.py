@@ -27,6 +27,7 @@ from functions._model import AppError, WireModel, check_text, now_ms, token_of
 from functions._redesign import VARIANTS_PER_ITERATION, image_of_shot, insert_images, load_child
 from functions.replicate import ImageApi, ReplicateError, image_api_settings
 from server import Id, internal_action, internal_mutation, internal_query, mutation
+from server.codegen import Doc
 
 if TYPE_CHECKING:  # mypy sees strings; at run time each argument is checked to name a row of its table
     ShotId = str
@@ -85,7 +86,7 @@ async def generate_shot_images(
 
 
 @internal_query
-async def images_to_start(ctx: Any, image_ids: list[ImageId]) -> list[dict[str, Any]]:
+async def images_to_start(ctx: Any, image_ids: list[ImageId]) -> list[Doc("shotImages")]:
     """The rows among `image_ids` still pending (a deleted or finished one needs no prediction)."""
     images = [await ctx.db.get(image_id) for image_id in image_ids]
     return [img for img in images if img is not None and img["status"] == "pending"]
