@@ -5,19 +5,27 @@
 #
 # With DATABASE_URL set it uses that PostgreSQL (see compose.yaml); without it, it starts the embedded
 # PostgreSQL 16 that pgserver ships, as this non-root user, with its data in the /data volume.
+#
+# It serves the seed project (schema.sql and functions/, installed as data files under share/ripple). To serve
+# your own project instead, copy its folder in and point RIPPLE_PROJECT at it (or give it to `ripple serve`):
+#
+#   FROM ripple
+#   COPY --chown=10001:10001 . /project
+#   ENV RIPPLE_PROJECT=/project
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     RIPPLE_DATA_DIR=/data \
-    RIPPLE_SCHEMA_PATH=/app/schema.sql \
     RIPPLE_PORT=8000 \
     XDG_RUNTIME_DIR=/tmp
 
 WORKDIR /app
 COPY pyproject.toml README.md schema.sql ./
 COPY server ./server
+COPY functions ./functions
+COPY client_examples/browser ./client_examples/browser
 RUN pip install --no-cache-dir . \
     && groupadd --gid 10001 ripple \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin ripple \

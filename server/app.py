@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -44,6 +43,7 @@ from server.hub.supervise import Supervisor
 from server.log_stream import LogStream
 from server.metrics import Metrics
 from server.project import PACKAGE as PROJECT_PACKAGE
+from server.project import package_modules
 from server.scheduler import ScheduleExecutor
 from server.sync.socket import sync_endpoint, watch_sessions
 
@@ -51,7 +51,6 @@ __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
 
 log = logging.getLogger("ripple")
 
-BUILTIN_MODULES = "server.apps"
 _BROWSER_DIR = shared_path("client_examples/browser")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -89,11 +88,12 @@ class _Observers:
         self.stream.line(call, level, text)
 
 
-def load_modules(extra: list[str]) -> None:
-    """Import the app modules; their decorators register their functions."""
+def load_modules(modules: list[str]) -> None:
+    """Import app modules into the process's registry (a package with every module below it); their decorators
+    register their functions. For servers given no project's registry: the test helpers' (server/testing.py)."""
     system_functions()  # the admin console's, with every set of app modules
-    for name in [BUILTIN_MODULES, *extra]:
-        importlib.import_module(name)
+    for name in modules:
+        package_modules(name)
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
@@ -214,22 +214,23 @@ def _close_for_outage(sessions: set[Any]) -> None:
 
 
 def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None) -> Starlette:
-    """The app. `registry` serves a project's functions (server/project.py) instead of the built-in and
-    `settings.modules` ones; `app.state.services` holds what a reload (server/devserver.py) swaps."""
+    """The app. `registry` serves a project's functions (server/project.py, loaded with `settings.modules`);
+    without one, the process's registry serves `settings.modules` (imported at start) and whatever the caller
+    imported. `app.state.services` holds what a reload (server/devserver.py) swaps."""
     metrics = Metrics()
     stream = LogStream()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # A project's http.py and crons.py, as a Convex app's convex/http.ts and convex/crons.ts, and those of the
+        # extra modules (read at start; `ripple dev` does not reload them).
+        modules = list(settings.modules)
         if registry is None:
-            load_modules(settings.modules)
-            http_routes = find_router(f"{BUILTIN_MODULES}.http", settings.modules)
-            cron_jobs = find_crons(f"{BUILTIN_MODULES}.crons", settings.modules) if settings.crons_enabled else []
+            load_modules(modules)
         else:
-            # A project folder (server/project.py) has loaded its package: its http.py and crons.py are there, as
-            # a Convex app's convex/http.ts and convex/crons.ts (read at start; `ripple dev` does not reload them).
-            http_routes = find_router(PROJECT_PACKAGE, [])
-            cron_jobs = find_crons(PROJECT_PACKAGE, []) if settings.crons_enabled else []
+            modules.insert(0, PROJECT_PACKAGE)  # a project folder (server/project.py) has loaded its package
+        http_routes = find_router(modules)
+        cron_jobs = find_crons(modules) if settings.crons_enabled else []
         route = await connection_plan(settings, dsn)
         pool = await create_pool(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, pooled=route.pooled

@@ -1,4 +1,4 @@
-"""`ripple`: serve (the seed apps, or a project folder), create a project, develop one with reload, mint a
+"""`ripple`: serve a project folder (by default the seed apps'), create a project, develop one with reload, mint a
 development token, call a function, watch a query live, follow the function log, generate typed client code, run
 the benchmark."""
 
@@ -8,7 +8,6 @@ import argparse
 import errno
 import gc
 import json
-import os
 import signal
 import socket
 import sys
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server.config import Settings
+    from server.project import Project
 
 __all__ = ["main"]
 
@@ -73,29 +73,24 @@ def _bind_or_explain(host: str, port: int) -> socket.socket | str:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import GracefulServer, create_app, load_modules
+    from server.app import GracefulServer, create_app
     from server.database.embedded import EmbeddedPostgres
     from server.dev_auth import AuthSetupError, dev_secret_path, ensure_dev_secret, plan_auth
-    from server.functions.registry import Registry
-    from server.project import LoadFailed, Project, ProjectError
+    from server.project import LoadFailed, ProjectError
 
     settings = args.settings
     settings.host, settings.port = args.host, args.port
     settings.schema_allow_destructive = args.allow_destructive_schema
     production = args.production or settings.env == "production"
     command = args.command
-    project: Project | None = None
-    registry: Registry | None = None
-    project_path = args.path or os.environ.get("RIPPLE_PROJECT") or ("." if command == "dev" else None)
-    if project_path:
-        try:
-            project = Project.open(project_path)
-            registry = project.load()
-        except (ProjectError, LoadFailed) as exc:
-            print(f"ripple {command}: {exc}", file=sys.stderr)
-            return 1
-        settings.schema_path = project.schema_path
-        print(f"ripple: serving the project in {project.root} ({sum(1 for _ in registry)} functions)", flush=True)
+    try:
+        project = _project(args)
+        registry = project.load()
+    except (ProjectError, LoadFailed) as exc:
+        print(f"ripple {command}: {exc}", file=sys.stderr)
+        return 1
+    settings.schema_path = project.schema_path
+    print(f"ripple: serving the project in {project.root} ({sum(1 for _ in registry)} functions)", flush=True)
     try:
         plan = plan_auth(settings, production)
     except AuthSetupError as exc:
@@ -134,8 +129,6 @@ def _serve(args: argparse.Namespace) -> int:
             print("ripple: using DATABASE_URL", flush=True)
         print(f"ripple: serving on {_listen_url(settings)}", flush=True)
         app = create_app(settings, dsn, registry=registry)
-        if registry is None:
-            load_modules(settings.modules)
         _tune_gc(settings.gc_gen0_threshold)
         # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turned into KeyboardInterrupt here, that
         # re-raise unwinds to the `finally` below, so the embedded PostgreSQL is stopped too.
@@ -151,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
             ws_ping_timeout=settings.ws_ping_timeout_s,
             timeout_graceful_shutdown=5,
         )
-        if command == "dev" and project is not None:
+        if command == "dev":
             from server.devserver import DevServer
 
             DevServer(config, project).run(sockets=[sock])
@@ -164,6 +157,20 @@ def _serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _project(args: argparse.Namespace) -> Project:
+    """The project to serve: PATH, else RIPPLE_PROJECT, else the current folder (`dev`) or the seed applications;
+    with the RIPPLE_MODULES entries loaded beside its functions.
+
+    Raises:
+        ProjectError: the folder is not a project, or no PATH was given and the seed project is not installed.
+    """
+    from server.project import Project, seed_project
+
+    settings = args.settings
+    path = args.path or settings.project or ("." if args.command == "dev" else None)
+    return Project.open(path, settings.modules) if path else seed_project(settings.modules)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -286,9 +293,16 @@ def _logs(args: argparse.Namespace) -> int:
 def _codegen(args: argparse.Namespace) -> int:
     from server.codegen import CodegenError, run
     from server.database.embedded import EmbeddedPostgres
+    from server.project import LoadFailed, ProjectError
 
     settings = args.settings
     out = Path(args.out)
+    try:
+        project = _project(args)
+        registry = project.load()
+    except (ProjectError, LoadFailed) as exc:
+        print(f"ripple codegen: {exc}", file=sys.stderr)
+        return 1
     embedded: EmbeddedPostgres | None = None
     dsn = settings.database_url
     try:
@@ -296,7 +310,7 @@ def _codegen(args: argparse.Namespace) -> int:
             embedded = EmbeddedPostgres()
             dsn = embedded.start(Path(settings.data_dir).resolve() / "pgdata")
         python = Path(args.python) if args.python else None
-        changed = run(dsn, Path(settings.schema_path), settings.modules, out, python)
+        changed = run(dsn, project.schema_path, registry, out, python)
     except CodegenError as exc:
         print(f"ripple codegen: {exc}", file=sys.stderr)
         return 1
@@ -385,8 +399,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     serve.add_argument(
         "path",
         nargs="?",
-        help="a project folder (schema.sql and functions/) to serve; default: RIPPLE_PROJECT, else the built-in "
-        "seed apps",
+        help="a project folder (schema.sql and functions/) to serve; default: RIPPLE_PROJECT, else the seed "
+        "applications shipped with Ripple",
     )
     serve.add_argument(
         "--host", default=settings.host, help="interface to listen on (default: %(default)s, from RIPPLE_HOST)"
@@ -471,6 +485,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "Write Convex's _generated/ files from the Python functions and schema.sql, so that `api.module.fn` is "
         "typed for the npm client. Reads the tables from DATABASE_URL, else from the embedded PostgreSQL in "
         "RIPPLE_DATA_DIR (applying schema.sql first, as `serve` does).",
+    )
+    codegen.add_argument(
+        "path",
+        nargs="?",
+        help="the project folder (schema.sql and functions/) to generate for; default: RIPPLE_PROJECT, else the "
+        "seed applications shipped with Ripple",
     )
     codegen.add_argument("--out", default="convex/_generated", help="the folder to write the files into")
     codegen.add_argument(

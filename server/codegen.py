@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel
 
 from server.database.catalog import Catalog, ColumnType, Table
-from server.functions.registry import FunctionSpec, Visibility
+from server.functions.registry import FunctionSpec, Registry, Visibility
 from server.functions.validation import IdCheck
 from server.values import to_camel
 
@@ -360,15 +360,12 @@ async def _catalog(dsn: str, schema_path: Path) -> Catalog:
         await conn.close()
 
 
-def run(dsn: str, schema_path: Path, modules: Sequence[str], out: Path, python: Path | None = None) -> list[str]:
-    """Load the app modules, read the tables from the database (after applying schema.sql, as `serve` does) and
-    write the generated files into `out` (and the typed Python client into `python`, when given); returns the
-    names of the files that changed."""
-    from server.app import load_modules
+def run(dsn: str, schema_path: Path, registry: Registry, out: Path, python: Path | None = None) -> list[str]:
+    """Read the tables from the database (after applying schema.sql, as `serve` does) and write the files for
+    `registry`'s functions (a loaded project's) into `out` (and the typed Python client into `python`, when given);
+    returns the names of the files that changed."""
     from server.codegen_python import render_python
-    from server.functions.registry import registry
 
-    load_modules(list(modules))
     catalog = asyncio.run(_catalog(dsn, schema_path))
     changed = write_files(out, render(registry, catalog))
     if python is not None:

@@ -26,7 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["AuthProviderSetting", "Settings", "get_settings", "shared_path"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-# Where `pip install .` (not editable) puts schema.sql and the dashboard: see [tool.setuptools.data-files].
+# Where `pip install .` (not editable) puts the seed project (schema.sql, functions/) and the dashboard: see
+# [tool.setuptools.data-files].
 _INSTALLED_SHARE = Path(sys.prefix) / "share" / "ripple"
 
 
@@ -96,6 +97,10 @@ class Settings(BaseSettings):
     # found out at start (a LISTEN there that does not hear a NOTIFY within a second is behind one).
     database_pooled: bool | None = None
     data_dir: Path = Path(".ripple")
+    # The project folder (schema.sql and functions/) `ripple serve` and `ripple codegen` serve when given no PATH.
+    # Unset: the seed applications shipped with Ripple (`ripple dev`: the current folder).
+    project: Path | None = None
+    # The schema a server given no project applies (the test helpers'); a project's is its own schema.sql.
     schema_path: Path = shared_path("schema.sql")
     # A changed schema.sql that would drop or retype data, or add a NOT NULL existing rows may break, stops the start
     # (naming the statements); set for the one start that should run them (`ripple serve --allow-destructive-schema`).
@@ -118,7 +123,8 @@ class Settings(BaseSettings):
     # credentials are allowed unless `cors_allow_credentials`, which needs explicit origins.
     cors_origins: list[str] = ["*"]
     cors_allow_credentials: bool = False
-    # Extra app modules to load ("package.module"), beyond the built-in ones.
+    # Extra app modules to serve beside the project's functions, as a JSON list of importable names (a package
+    # with every module below it); loaded into the same registry, anew on each `ripple dev` reload.
     modules: list[str] = []
     # HTTP actions (a module's `http = HttpRouter()`, as Convex's http.ts) are served on the main port under this
     # prefix: route "/hook" is http://host:port/http/hook (Convex's cloud serves them on a separate .convex.site

@@ -165,15 +165,15 @@ def _crons_of(module: ModuleType) -> Crons | None:
     return found if isinstance(found, Crons) else None
 
 
-def find_crons(builtin: str, extra: list[str]) -> list[CronJob]:
-    """The jobs of the built-in apps' `crons` module and of every RIPPLE_MODULES entry that defines `crons` (or,
-    for a package, whose `crons` submodule does), as `http.py` is found (server/http_actions.py).
+def find_crons(modules: list[str]) -> list[CronJob]:
+    """The jobs of every module of `modules` (a project's package, RIPPLE_MODULES entries) that defines `crons`
+    (or, for a package, whose `crons` submodule does), as `http.py` is found (server/http_actions.py).
 
     Raises:
         ValueError: two modules declare a job of the same name.
     """
     jobs: dict[str, CronJob] = {}
-    for name in [builtin, *extra]:
+    for name in modules:
         if importlib.util.find_spec(name) is None:
             continue
         module = importlib.import_module(name)

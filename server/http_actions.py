@@ -157,15 +157,15 @@ def _router_of(module: ModuleType) -> HttpRouter | None:
     return found if isinstance(found, HttpRouter) else None
 
 
-def find_router(builtin: str, extra: list[str]) -> HttpRouter:
-    """The routes of the built-in apps' `http` module and of every RIPPLE_MODULES entry that defines an `http` router
-    (or, for a package, whose `http` submodule does), merged.
+def find_router(modules: list[str]) -> HttpRouter:
+    """The routes of every module of `modules` (a project's package, RIPPLE_MODULES entries) that defines an `http`
+    router (or, for a package, whose `http` submodule does), merged.
 
     Raises:
         ValueError: two modules declare the same route.
     """
     merged = HttpRouter()
-    for name in [builtin, *extra]:
+    for name in modules:
         module = importlib.import_module(name)
         if hasattr(module, "__path__") and importlib.util.find_spec(f"{name}.http") is not None:
             module = importlib.import_module(f"{name}.http")

@@ -4,21 +4,32 @@ paths are the Convex module names (`functions/messages.py` → `messages:*`, `fu
 
 Loading imports every module of the package anew into a fresh `Registry`; the caller swaps it in only when the
 whole load succeeded, so a module with a syntax or import error never replaces code that works.
+
+The seed applications are such a project, shipped with Ripple (`seed_project()`): the repository root in a source
+checkout, `share/ripple/` where a wheel installed it. `ripple serve` serves it when given no other.
+
+Every project's package is named `functions`, and a process has one `sys.modules`: the project loaded first keeps
+the name. Loading another one beside it (a test inspecting a second project) imports that one's modules, registers
+them, then gives the name back, so the first project's code and later imports of `functions.*` stay its own.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import shutil
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from server.admin import system_functions
+from server.config import shared_path
 from server.functions.registry import Registry, collect_into
 
-__all__ = ["PACKAGE", "LoadFailed", "Project", "ProjectError", "init_project"]
+__all__ = ["PACKAGE", "LoadFailed", "Project", "ProjectError", "init_project", "package_modules", "seed_project"]
 
 PACKAGE = "functions"
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "project"
@@ -38,10 +49,14 @@ class LoadFailed(Exception):
 
 @dataclass(frozen=True)
 class Project:
+    """`extra_modules` (RIPPLE_MODULES: importable names, a package with all its modules) are loaded with the
+    package, into the same registry, and anew on each reload."""
+
     root: Path
+    extra_modules: tuple[str, ...] = ()
 
     @classmethod
-    def open(cls, path: Path | str) -> Project:
+    def open(cls, path: Path | str, extra_modules: Sequence[str] = ()) -> Project:
         """The project at `path`.
 
         Raises:
@@ -56,7 +71,7 @@ class Project:
                 f"{root} is not a Ripple project: it has no {' and no '.join(missing)}; "
                 f"create one with `ripple init DIR`"
             )
-        return cls(root)
+        return cls(root, tuple(extra_modules))
 
     @property
     def schema_path(self) -> Path:
@@ -79,18 +94,21 @@ class Project:
         return names
 
     def load(self) -> Registry:
-        """Import the package anew into a new registry, leaving the modules loaded before in place on failure.
+        """Import the package (and the extra modules) anew into a new registry, leaving the modules loaded before
+        in place on failure.
 
         Raises:
             LoadFailed: a module failed to import (syntax error, import error, an exception at import, two
                 functions with one name); the message names the file and the error.
         """
         root = str(self.root)
-        if root not in sys.path:
+        added = root not in sys.path
+        if added:
             sys.path.insert(0, root)
-        old = {name: mod for name, mod in sys.modules.items() if name == PACKAGE or name.startswith(PACKAGE + ".")}
-        for name in old:
-            del sys.modules[name]
+        holder = _package_root()
+        borrowed = holder is not None and holder != self.root  # another project holds the name: give it back
+        names = (PACKAGE, *self.extra_modules)
+        old = _take_modules(names)
         importlib.invalidate_caches()
         fresh = Registry()
         for spec in system_functions():  # the admin console's; imported outside collect_into, once
@@ -99,12 +117,60 @@ class Project:
             with collect_into(fresh):
                 for name in self.module_names():
                     importlib.import_module(name)
+                for name in self.extra_modules:
+                    package_modules(name)
         except Exception as error:
-            for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
-                del sys.modules[name]
+            _take_modules(names)
             sys.modules.update(old)
             raise LoadFailed(_describe(error, self.root)) from error
+        finally:
+            if borrowed:
+                _take_modules(names)
+                sys.modules.update(old)
+                if added:
+                    sys.path.remove(root)
         return fresh
+
+
+def _package_root() -> Path | None:
+    """The root of the project whose `functions` package this process has imported, if any."""
+    module = sys.modules.get(PACKAGE)
+    file = getattr(module, "__file__", None)
+    return Path(file).resolve().parent.parent if file else None
+
+
+def _take_modules(names: Sequence[str]) -> dict[str, ModuleType]:
+    """Remove `names` and their submodules from `sys.modules`; returns what was removed."""
+    taken = {n: m for n, m in sys.modules.items() if any(n == p or n.startswith(p + ".") for p in names)}
+    for name in taken:
+        del sys.modules[name]
+    return taken
+
+
+def package_modules(name: str) -> list[ModuleType]:
+    """Import `name` and, when it is a package, every module below it (sorted, so loads are repeatable): the
+    functions of a package register without its `__init__` importing them, as a project's do."""
+    module = importlib.import_module(name)
+    found = [module]
+    for info in sorted(pkgutil.walk_packages(getattr(module, "__path__", []), prefix=f"{name}."), key=lambda i: i.name):
+        found.append(importlib.import_module(info.name))
+    return found
+
+
+def seed_project(extra_modules: Sequence[str] = ()) -> Project:
+    """The seed applications' project, shipped with Ripple: in a source checkout the repository root, where a
+    wheel is installed its data files (`share/ripple/schema.sql`, `share/ripple/functions/`).
+
+    Raises:
+        ProjectError: neither holds the seed project (an install without its data files).
+    """
+    try:
+        return Project.open(shared_path(PACKAGE).parent, extra_modules)
+    except ProjectError as error:
+        raise ProjectError(
+            f"the seed project is not installed ({error}); give a project folder: `ripple serve PATH` or "
+            "RIPPLE_PROJECT=PATH"
+        ) from None
 
 
 def _describe(error: Exception, root: Path) -> str:

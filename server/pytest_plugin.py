@@ -63,7 +63,7 @@ def ripple_postgres() -> Iterator[str]:
 
 @pytest.fixture
 def ripple_modules(pytestconfig: pytest.Config) -> list[str]:
-    """The app modules to serve ("package.module"), besides Ripple's built-in ones."""
+    """The app modules to serve ("package.module"; a package with every module below it)."""
     return list(pytestconfig.getini("ripple_modules"))
 
 

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
-from server.apps import crons as seed_crons
+from functions import crons as seed_crons
 from server.crons import CronExecutor, Crons, CronSchedule, IntervalSchedule
 from tests.support.server import ADMIN_KEY, ISSUER, JWT_SECRET, ROOT, run_server
 

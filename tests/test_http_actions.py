@@ -1,6 +1,6 @@
 """HTTP actions (Convex's http.ts): routing, site prefix, auth, errors with request ids, body limit, CORS, metrics.
 
-A real server on a real socket, its routes from the seed app (server/apps/http.py) and tests/support/http_app.py.
+A real server on a real socket, its routes from the seed app (functions/http.py) and tests/support/http_app.py.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 
 from server.cli import main
 from server.functions.registry import module_name
-from server.project import Project, ProjectError
+from server.project import Project, ProjectError, seed_project
 from tests.clients.driver import ClientDriver
 from tests.support.ws import SyncClient
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_module_names_are_paths_below_the_functions_package() -> None:
     assert module_name("functions.messages") == "messages"
     assert module_name("functions.admin.user_roles") == "admin/userRoles"
-    assert module_name("server.apps.generate_animation") == "generateAnimation"
+    assert module_name("functions.generate_animation") == "generateAnimation"
     assert module_name("some_app.notes") == "notes"
 
 
@@ -60,6 +60,25 @@ def test_init_writes_a_project_whose_own_test_passes(tmp_path: Path, pg_server: 
         timeout=120,
     )
     assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_second_project_loads_beside_the_seed_without_taking_its_package(tmp_path: Path) -> None:
+    """One process, two `functions` packages: the seed's (imported as the suite's servers import it) keeps the
+    name; the second project's functions are loaded and registered all the same."""
+    import functions.generations as seed_generations
+
+    project = tmp_path / "chat"
+    assert main(["init", str(project)]) == 0
+    paths = {s.path for s in Project.open(project).load()}
+    assert {"messages:list", "messages:send"} <= paths and "generations:listByParent" not in paths
+    import functions.generations
+
+    assert functions.generations is seed_generations and sys.modules["functions"].__file__ == str(
+        ROOT / "functions" / "__init__.py"
+    )
+    assert str(project) not in sys.path
+    assert "messages" not in {n.rpartition(".")[2] for n in sys.modules if n.startswith("functions.")}
+    assert seed_project().root == ROOT  # what `ripple serve` serves when given no project, in a source checkout
 
 
 _PROBE = """

@@ -13,13 +13,13 @@ import argparse
 import signal
 import sys
 import time
-from typing import Any
 
 from convex import ConvexClient
-from ripple_api import Api
+from ripple_api import Api, Videos
 
 
-def describe(job: dict[str, Any] | None) -> str:
+def describe(job: Videos | None) -> str:
+    """One line for the job: the typed document (`Videos`, from ripple_api.py) lets mypy check every field name."""
     if job is None:
         return "waiting for the job to start"
     line = f"{job['status']:<18} {job.get('progressPercentage', 0):5.1f}%"

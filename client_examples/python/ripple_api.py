@@ -290,6 +290,48 @@ class ShotInput(TypedDict):
     initialPrompt: NotRequired[str | None]
 
 
+class ImageGroup(TypedDict):
+    iterationNumber: float
+    images: list[ShotImages]
+    prompt: str
+    parentImage: ShotImages | None
+
+
+class ProjectProgress(TypedDict):
+    totalImages: float
+    imagesPending: float
+    imagesProcessing: float
+    imagesComplete: float
+    imagesFailed: float
+    imageProgress: float
+    totalScenes: float
+    totalShots: float
+    shotsWithSelections: float
+    shotsWithAnimations: float
+    selectionProgress: float
+    animationProgress: float
+    isSelectionComplete: bool
+    isAnimationComplete: bool
+
+
+class StoryboardRow(TypedDict):
+    sceneId: ProjectScenesId
+    sceneNumber: float
+    sceneTitle: str
+    shotId: SceneShotsId
+    shotNumber: float
+    description: str
+    selection: StoryboardSelections | None
+    selectedImage: SelectedImage | None
+
+
+class SelectedImage(TypedDict):
+    _id: ShotImagesId
+    iterationNumber: float
+    variantNumber: float
+    imageUrl: str
+
+
 class JobUrls(TypedDict):
     transcriptUrl: NotRequired[str | None]
     chatUrl: NotRequired[str | None]
@@ -324,11 +366,11 @@ class _AgentsModule(_Module):
             ),
         )
 
-    def get_agent_session(self, *, session_id: AgentSessionsId) -> dict[str, Any] | None:
+    def get_agent_session(self, *, session_id: AgentSessionsId) -> AgentSessions | None:
         """Query `agents:getAgentSession`."""
         return self._client.query("agents:getAgentSession", _args(sessionId=session_id))
 
-    def watch_get_agent_session(self, *, session_id: AgentSessionsId) -> Iterator[dict[str, Any] | None]:
+    def watch_get_agent_session(self, *, session_id: AgentSessionsId) -> Iterator[AgentSessions | None]:
         """`agents:getAgentSession`, live: its result now, then again each time a commit changes it."""
         return self._watch("agents:getAgentSession", _args(sessionId=session_id))
 
@@ -345,7 +387,7 @@ class _AgentsModule(_Module):
         *,
         workflow_id: WorkflowsId,
         status: str | None | _Omitted = OMITTED,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AgentSessions]:
         """Query `agents:listSessionsByWorkflow`."""
         return self._client.query("agents:listSessionsByWorkflow", _args(workflowId=workflow_id, status=status))
 
@@ -354,7 +396,7 @@ class _AgentsModule(_Module):
         *,
         workflow_id: WorkflowsId,
         status: str | None | _Omitted = OMITTED,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Iterator[list[AgentSessions]]:
         """`agents:listSessionsByWorkflow`, live: its result now, then again each time a commit changes it."""
         return self._watch("agents:listSessionsByWorkflow", _args(workflowId=workflow_id, status=status))
 
@@ -444,19 +486,19 @@ class _GenerateAnimationModule(_Module):
 class _GenerationsModule(_Module):
     """The functions of `generations`."""
 
-    def get(self, *, id: GenerationsId) -> dict[str, Any]:
+    def get(self, *, id: GenerationsId) -> Generations:
         """Query `generations:get`."""
         return self._client.query("generations:get", _args(id=id))
 
-    def watch_get(self, *, id: GenerationsId) -> Iterator[dict[str, Any]]:
+    def watch_get(self, *, id: GenerationsId) -> Iterator[Generations]:
         """`generations:get`, live: its result now, then again each time a commit changes it."""
         return self._watch("generations:get", _args(id=id))
 
-    def get_refinement_chain(self, *, generation_id: GenerationsId) -> builtins.list[dict[str, Any]]:
+    def get_refinement_chain(self, *, generation_id: GenerationsId) -> builtins.list[Generations]:
         """Query `generations:getRefinementChain`."""
         return self._client.query("generations:getRefinementChain", _args(generationId=generation_id))
 
-    def watch_get_refinement_chain(self, *, generation_id: GenerationsId) -> Iterator[builtins.list[dict[str, Any]]]:
+    def watch_get_refinement_chain(self, *, generation_id: GenerationsId) -> Iterator[builtins.list[Generations]]:
         """`generations:getRefinementChain`, live: its result now, then again each time a commit changes it."""
         return self._watch("generations:getRefinementChain", _args(generationId=generation_id))
 
@@ -468,11 +510,11 @@ class _GenerationsModule(_Module):
         """`generations:list`, live: its result now, then again each time a commit changes it."""
         return self._watch("generations:list", _args(paginationOpts=pagination_opts))
 
-    def list_by_parent(self, *, parent_id: GenerationsId) -> builtins.list[dict[str, Any]]:
+    def list_by_parent(self, *, parent_id: GenerationsId) -> builtins.list[Generations]:
         """Query `generations:listByParent`."""
         return self._client.query("generations:listByParent", _args(parentId=parent_id))
 
-    def watch_list_by_parent(self, *, parent_id: GenerationsId) -> Iterator[builtins.list[dict[str, Any]]]:
+    def watch_list_by_parent(self, *, parent_id: GenerationsId) -> Iterator[builtins.list[Generations]]:
         """`generations:listByParent`, live: its result now, then again each time a commit changes it."""
         return self._watch("generations:listByParent", _args(parentId=parent_id))
 
@@ -675,11 +717,11 @@ class _ProjectRedesignModule(_Module):
         """Mutation `projectRedesign:deleteShotImage`."""
         return self._client.mutation("projectRedesign:deleteShotImage", _args(imageId=image_id))
 
-    def get_grouped_shot_images(self, *, shot_id: SceneShotsId) -> list[dict[str, Any]]:
+    def get_grouped_shot_images(self, *, shot_id: SceneShotsId) -> list[ImageGroup]:
         """Query `projectRedesign:getGroupedShotImages`."""
         return self._client.query("projectRedesign:getGroupedShotImages", _args(shotId=shot_id))
 
-    def watch_get_grouped_shot_images(self, *, shot_id: SceneShotsId) -> Iterator[list[dict[str, Any]]]:
+    def watch_get_grouped_shot_images(self, *, shot_id: SceneShotsId) -> Iterator[list[ImageGroup]]:
         """`projectRedesign:getGroupedShotImages`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getGroupedShotImages", _args(shotId=shot_id))
 
@@ -691,35 +733,35 @@ class _ProjectRedesignModule(_Module):
         """`projectRedesign:getLatestIterationNumber`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getLatestIterationNumber", _args(shotId=shot_id))
 
-    def get_project(self, *, project_id: VideoProjectsId) -> dict[str, Any] | None:
+    def get_project(self, *, project_id: VideoProjectsId) -> VideoProjects | None:
         """Query `projectRedesign:getProject`."""
         return self._client.query("projectRedesign:getProject", _args(projectId=project_id))
 
-    def watch_get_project(self, *, project_id: VideoProjectsId) -> Iterator[dict[str, Any] | None]:
+    def watch_get_project(self, *, project_id: VideoProjectsId) -> Iterator[VideoProjects | None]:
         """`projectRedesign:getProject`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getProject", _args(projectId=project_id))
 
-    def get_project_progress(self, *, project_id: VideoProjectsId) -> dict[str, Any] | None:
+    def get_project_progress(self, *, project_id: VideoProjectsId) -> ProjectProgress | None:
         """Query `projectRedesign:getProjectProgress`."""
         return self._client.query("projectRedesign:getProjectProgress", _args(projectId=project_id))
 
-    def watch_get_project_progress(self, *, project_id: VideoProjectsId) -> Iterator[dict[str, Any] | None]:
+    def watch_get_project_progress(self, *, project_id: VideoProjectsId) -> Iterator[ProjectProgress | None]:
         """`projectRedesign:getProjectProgress`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getProjectProgress", _args(projectId=project_id))
 
-    def get_project_scenes(self, *, project_id: VideoProjectsId) -> list[dict[str, Any]]:
+    def get_project_scenes(self, *, project_id: VideoProjectsId) -> list[ProjectScenes]:
         """Query `projectRedesign:getProjectScenes`."""
         return self._client.query("projectRedesign:getProjectScenes", _args(projectId=project_id))
 
-    def watch_get_project_scenes(self, *, project_id: VideoProjectsId) -> Iterator[list[dict[str, Any]]]:
+    def watch_get_project_scenes(self, *, project_id: VideoProjectsId) -> Iterator[list[ProjectScenes]]:
         """`projectRedesign:getProjectScenes`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getProjectScenes", _args(projectId=project_id))
 
-    def get_scene_shots(self, *, scene_id: ProjectScenesId) -> list[dict[str, Any]]:
+    def get_scene_shots(self, *, scene_id: ProjectScenesId) -> list[SceneShots]:
         """Query `projectRedesign:getSceneShots`."""
         return self._client.query("projectRedesign:getSceneShots", _args(sceneId=scene_id))
 
-    def watch_get_scene_shots(self, *, scene_id: ProjectScenesId) -> Iterator[list[dict[str, Any]]]:
+    def watch_get_scene_shots(self, *, scene_id: ProjectScenesId) -> Iterator[list[SceneShots]]:
         """`projectRedesign:getSceneShots`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getSceneShots", _args(sceneId=scene_id))
 
@@ -736,7 +778,7 @@ class _ProjectRedesignModule(_Module):
         *,
         shot_id: SceneShotsId,
         iteration_number: float | None | _Omitted = OMITTED,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ShotImages]:
         """Query `projectRedesign:getShotImages`."""
         return self._client.query(
             "projectRedesign:getShotImages", _args(shotId=shot_id, iterationNumber=iteration_number)
@@ -747,23 +789,23 @@ class _ProjectRedesignModule(_Module):
         *,
         shot_id: SceneShotsId,
         iteration_number: float | None | _Omitted = OMITTED,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Iterator[list[ShotImages]]:
         """`projectRedesign:getShotImages`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getShotImages", _args(shotId=shot_id, iterationNumber=iteration_number))
 
-    def get_storyboard(self, *, project_id: VideoProjectsId) -> list[dict[str, Any]]:
+    def get_storyboard(self, *, project_id: VideoProjectsId) -> list[StoryboardRow]:
         """Query `projectRedesign:getStoryboard`."""
         return self._client.query("projectRedesign:getStoryboard", _args(projectId=project_id))
 
-    def watch_get_storyboard(self, *, project_id: VideoProjectsId) -> Iterator[list[dict[str, Any]]]:
+    def watch_get_storyboard(self, *, project_id: VideoProjectsId) -> Iterator[list[StoryboardRow]]:
         """`projectRedesign:getStoryboard`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getStoryboard", _args(projectId=project_id))
 
-    def get_storyboard_selections(self, *, project_id: VideoProjectsId) -> list[dict[str, Any]]:
+    def get_storyboard_selections(self, *, project_id: VideoProjectsId) -> list[StoryboardSelections]:
         """Query `projectRedesign:getStoryboardSelections`."""
         return self._client.query("projectRedesign:getStoryboardSelections", _args(projectId=project_id))
 
-    def watch_get_storyboard_selections(self, *, project_id: VideoProjectsId) -> Iterator[list[dict[str, Any]]]:
+    def watch_get_storyboard_selections(self, *, project_id: VideoProjectsId) -> Iterator[list[StoryboardSelections]]:
         """`projectRedesign:getStoryboardSelections`, live: its result now, then again each time a commit changes it."""
         return self._watch("projectRedesign:getStoryboardSelections", _args(projectId=project_id))
 
@@ -915,19 +957,19 @@ class _VideosModule(_Module):
         """Mutation `videos:create`."""
         return self._client.mutation("videos:create", _args(twitchId=twitch_id, title=title, callbackUrl=callback_url))
 
-    def get_by_twitch_id(self, *, twitch_id: str) -> dict[str, Any] | None:
+    def get_by_twitch_id(self, *, twitch_id: str) -> Videos | None:
         """Query `videos:getByTwitchId`."""
         return self._client.query("videos:getByTwitchId", _args(twitchId=twitch_id))
 
-    def watch_get_by_twitch_id(self, *, twitch_id: str) -> Iterator[dict[str, Any] | None]:
+    def watch_get_by_twitch_id(self, *, twitch_id: str) -> Iterator[Videos | None]:
         """`videos:getByTwitchId`, live: its result now, then again each time a commit changes it."""
         return self._watch("videos:getByTwitchId", _args(twitchId=twitch_id))
 
-    def get_job_by_id(self, *, job_id: str) -> dict[str, Any] | None:
+    def get_job_by_id(self, *, job_id: str) -> Videos | None:
         """Query `videos:getJobById`."""
         return self._client.query("videos:getJobById", _args(jobId=job_id))
 
-    def watch_get_job_by_id(self, *, job_id: str) -> Iterator[dict[str, Any] | None]:
+    def watch_get_job_by_id(self, *, job_id: str) -> Iterator[Videos | None]:
         """`videos:getJobById`, live: its result now, then again each time a commit changes it."""
         return self._watch("videos:getJobById", _args(jobId=job_id))
 
@@ -936,7 +978,7 @@ class _VideosModule(_Module):
         *,
         status: str | None | _Omitted = OMITTED,
         limit: float | None | _Omitted = OMITTED,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Videos]:
         """Query `videos:listByStatus`."""
         return self._client.query("videos:listByStatus", _args(status=status, limit=limit))
 
@@ -945,7 +987,7 @@ class _VideosModule(_Module):
         *,
         status: str | None | _Omitted = OMITTED,
         limit: float | None | _Omitted = OMITTED,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Iterator[list[Videos]]:
         """`videos:listByStatus`, live: its result now, then again each time a commit changes it."""
         return self._watch("videos:listByStatus", _args(status=status, limit=limit))
 
@@ -1017,11 +1059,11 @@ class _WorkflowsModule(_Module):
             "workflows:createWorkflow", _args(task=task, currentStep=current_step, artifacts=artifacts)
         )
 
-    def get_workflow(self, *, workflow_id: WorkflowsId) -> dict[str, Any] | None:
+    def get_workflow(self, *, workflow_id: WorkflowsId) -> Workflows | None:
         """Query `workflows:getWorkflow`."""
         return self._client.query("workflows:getWorkflow", _args(workflowId=workflow_id))
 
-    def watch_get_workflow(self, *, workflow_id: WorkflowsId) -> Iterator[dict[str, Any] | None]:
+    def watch_get_workflow(self, *, workflow_id: WorkflowsId) -> Iterator[Workflows | None]:
         """`workflows:getWorkflow`, live: its result now, then again each time a commit changes it."""
         return self._watch("workflows:getWorkflow", _args(workflowId=workflow_id))
 

@@ -41,7 +41,6 @@ MAX_LINE_CHARS = 4096
 
 # Loggers whose records stay out of a client's logLines (they are still tagged with the request id).
 _SERVER_LOGGERS = ("ripple", "server.", "asyncpg", "httpx", "httpcore", "uvicorn", "starlette", "websockets")
-_APP_LOGGERS = ("server.apps",)  # the seed apps live inside the server package; their logs are app logs
 
 _LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR", "CRITICAL": "ERROR"}
 
@@ -170,7 +169,7 @@ def install() -> None:
                 record.request_id = call.request_id
                 record.function = call.path
             name = record.name
-            if name.startswith(_APP_LOGGERS) or not name.startswith(_SERVER_LOGGERS):
+            if not name.startswith(_SERVER_LOGGERS):
                 text = record.getMessage()
                 if record.exc_info and record.exc_info[1] is not None:
                     exc = record.exc_info[1]

@@ -1,8 +1,8 @@
 """The function registry: decorators that app modules use, wire names, and who may call what.
 
-`apps/generations.py: list_by_parent` registers as `generations:listByParent`; `name=` overrides the export
-name. Modules under a root package (`server.apps`, and a project's `functions`) are named by their path below
-it, as Convex names files under `convex/`: `functions/admin/users.py` is `admin/users`. Internal functions are
+`functions/generations.py: list_by_parent` registers as `generations:listByParent`; `name=` overrides the export
+name. Modules under a project's `functions` package are named by their path below it, as Convex names files
+under `convex/`: `functions/admin/users.py` is `admin/users`. Internal functions are
 found only by `ctx.run_*` from other functions, never by a client.
 """
 
@@ -102,7 +102,7 @@ registry = Registry()
 # Where decorators register: the process's `registry`, or a fresh one while `collect_into` loads code anew.
 _targets: list[Registry] = [registry]
 # Packages whose modules are named by their path below them (Convex: the file's path under `convex/`).
-MODULE_ROOTS = ("server.apps", "functions")
+MODULE_ROOTS = ("functions",)
 
 
 @contextmanager

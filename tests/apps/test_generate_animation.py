@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers testing:uploadUrl)
-from server.apps.claude import extract_code
-from server.apps.generate_animation import GENERATION_SYSTEM_PROMPT, REFINEMENT_SYSTEM_PROMPT
-from server.apps.reference_images import MAX_IMAGE_BYTES
+from functions.claude import extract_code
+from functions.generate_animation import GENERATION_SYSTEM_PROMPT, REFINEMENT_SYSTEM_PROMPT
+from functions.reference_images import MAX_IMAGE_BYTES
 from server.errors import AuthRequired, ConvexError, IdError, RippleError
 from tests.fakes.anthropic_api import FakeAnthropic, FakeScript, ReceivedImage, run_fake_anthropic
 from tests.support.server import RippleServer

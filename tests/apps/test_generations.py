@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server.apps.generations import MAX_CHAIN_LENGTH
+from functions.generations import MAX_CHAIN_LENGTH
 from server.errors import AuthRequired, ConvexError, FunctionNotFound, IdError, RippleError
 from tests.support.server import RippleServer
 

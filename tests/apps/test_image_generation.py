@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
+from functions.replicate import WebhookRefused, sign_webhook, verify_webhook
 from server import ConvexError
-from server.apps.replicate import WebhookRefused, sign_webhook, verify_webhook
 from tests.fakes.replicate_api import FakeReplicate, new_secret, run_fake_replicate
 from tests.support.server import RippleServer
 from tests.support.ws import SyncClient

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from functions.videos import CALLBACK_TIMEOUT_S
 from server import ConvexError
-from server.apps.videos import CALLBACK_TIMEOUT_S
 from server.errors import ArgumentError, AuthRequired
 from server.testing import RippleApp
 from tests.support.server import RippleServer

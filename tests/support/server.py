@@ -30,6 +30,11 @@ ISSUER = "https://ripple.test"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The seed project's package (the repository root's `functions/`), served by every in-process test server beside
+# the modules a test names, in the process's registry (with tests.support.testing_app's, once a test imports it).
+SEED = "functions"
+
+
 def test_settings(dsn: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": dsn,
@@ -45,6 +50,7 @@ def test_settings(dsn: str, **overrides: Any) -> Settings:
         "crons_enabled": False,
     }
     values.update(overrides)
+    values["modules"] = [SEED, *values.get("modules", [])]
     return Settings(**values)
 
 

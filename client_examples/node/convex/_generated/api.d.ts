@@ -13,9 +13,9 @@ import type { Doc, Id } from "./dataModel.js";
 export declare const api: {
   agents: {
     createAgentSession: FunctionReference<"mutation", "public", { input: string; variant: { kind: "planner_session"; agentType?: "planner"; plan?: string | null } | { kind: "coder_session"; agentType?: "coder"; code?: string | null; language?: string | null } | { kind: "reviewer_session"; agentType?: "reviewer"; review?: string | null; approved?: boolean | null }; workflowId?: Id<"workflows"> | null; status?: string | null; claudeSessionId?: string | null; metadata?: Record<string, any> | null }, string>;
-    getAgentSession: FunctionReference<"query", "public", { sessionId: Id<"agentSessions"> }, Record<string, any> | null>;
+    getAgentSession: FunctionReference<"query", "public", { sessionId: Id<"agentSessions"> }, Doc<"agentSessions"> | null>;
     listByStatus: FunctionReference<"query", "public", { status: string; paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
-    listSessionsByWorkflow: FunctionReference<"query", "public", { workflowId: Id<"workflows">; status?: string | null }, Array<Record<string, any>>>;
+    listSessionsByWorkflow: FunctionReference<"query", "public", { workflowId: Id<"workflows">; status?: string | null }, Array<Doc<"agentSessions">>>;
     updateAgentSession: FunctionReference<"mutation", "public", { sessionId: Id<"agentSessions">; status?: string | null; output?: string | null; error?: string | null; variant?: { kind: "planner_session"; agentType?: "planner"; plan?: string | null } | { kind: "coder_session"; agentType?: "coder"; code?: string | null; language?: string | null } | { kind: "reviewer_session"; agentType?: "reviewer"; review?: string | null; approved?: boolean | null } | null; claudeSessionId?: string | null }, null>;
   };
   generateAnimation: {
@@ -24,10 +24,10 @@ export declare const api: {
     refineAndPersist: FunctionReference<"action", "public", { parentGenerationId: Id<"generations">; refinementPrompt: string; conversationHistory: Array<{ role: "user" | "assistant"; content: string }> }, Record<string, any>>;
   };
   generations: {
-    get: FunctionReference<"query", "public", { id: Id<"generations"> }, Record<string, any>>;
-    getRefinementChain: FunctionReference<"query", "public", { generationId: Id<"generations"> }, Array<Record<string, any>>>;
+    get: FunctionReference<"query", "public", { id: Id<"generations"> }, Doc<"generations">>;
+    getRefinementChain: FunctionReference<"query", "public", { generationId: Id<"generations"> }, Array<Doc<"generations">>>;
     list: FunctionReference<"query", "public", { paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
-    listByParent: FunctionReference<"query", "public", { parentId: Id<"generations"> }, Array<Record<string, any>>>;
+    listByParent: FunctionReference<"query", "public", { parentId: Id<"generations"> }, Array<Doc<"generations">>>;
   };
   imageGeneration: {
     generateShotImages: FunctionReference<"mutation", "public", { shotId: Id<"sceneShots">; prompt?: string | null; parentImageId?: Id<"shotImages"> | null }, Record<string, any>>;
@@ -44,16 +44,16 @@ export declare const api: {
     deleteRedesignProject: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects"> }, null>;
     deleteSceneShot: FunctionReference<"mutation", "public", { shotId: Id<"sceneShots"> }, null>;
     deleteShotImage: FunctionReference<"mutation", "public", { imageId: Id<"shotImages"> }, null>;
-    getGroupedShotImages: FunctionReference<"query", "public", { shotId: Id<"sceneShots"> }, Array<Record<string, any>>>;
+    getGroupedShotImages: FunctionReference<"query", "public", { shotId: Id<"sceneShots"> }, Array<{ iterationNumber: number; images: Array<Doc<"shotImages">>; prompt: string; parentImage: Doc<"shotImages"> | null }>>;
     getLatestIterationNumber: FunctionReference<"query", "public", { shotId: Id<"sceneShots"> }, number>;
-    getProject: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Record<string, any> | null>;
-    getProjectProgress: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Record<string, any> | null>;
-    getProjectScenes: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<Record<string, any>>>;
-    getSceneShots: FunctionReference<"query", "public", { sceneId: Id<"projectScenes"> }, Array<Record<string, any>>>;
+    getProject: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Doc<"videoProjects"> | null>;
+    getProjectProgress: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, { totalImages: number; imagesPending: number; imagesProcessing: number; imagesComplete: number; imagesFailed: number; imageProgress: number; totalScenes: number; totalShots: number; shotsWithSelections: number; shotsWithAnimations: number; selectionProgress: number; animationProgress: number; isSelectionComplete: boolean; isAnimationComplete: boolean } | null>;
+    getProjectScenes: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<Doc<"projectScenes">>>;
+    getSceneShots: FunctionReference<"query", "public", { sceneId: Id<"projectScenes"> }, Array<Doc<"sceneShots">>>;
     getSceneStoryboardComplete: FunctionReference<"query", "public", { sceneId: Id<"projectScenes"> }, boolean | null>;
-    getShotImages: FunctionReference<"query", "public", { shotId: Id<"sceneShots">; iterationNumber?: number | null }, Array<Record<string, any>>>;
-    getStoryboard: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<Record<string, any>>>;
-    getStoryboardSelections: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<Record<string, any>>>;
+    getShotImages: FunctionReference<"query", "public", { shotId: Id<"sceneShots">; iterationNumber?: number | null }, Array<Doc<"shotImages">>>;
+    getStoryboard: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<{ sceneId: Id<"projectScenes">; sceneNumber: number; sceneTitle: string; shotId: Id<"sceneShots">; shotNumber: number; description: string; selection: Doc<"storyboardSelections"> | null; selectedImage: { _id: Id<"shotImages">; iterationNumber: number; variantNumber: number; imageUrl: string } | null }>>;
+    getStoryboardSelections: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<Doc<"storyboardSelections">>>;
     initializeProject: FunctionReference<"mutation", "public", { prompt: string; promptPlannerData: string; title?: string | null; userId?: string | null }, string>;
     selectMasterShot: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; selectedImageId: Id<"shotImages"> }, string>;
     toggleFavorite: FunctionReference<"mutation", "public", { imageId: Id<"shotImages"> }, boolean>;
@@ -67,16 +67,16 @@ export declare const api: {
   videos: {
     completeJob: FunctionReference<"mutation", "public", { twitchId: string; jobId: string; urls?: { transcriptUrl?: string | null; chatUrl?: string | null; audiowaveUrl?: string | null; transcriptAnalysisUrl?: string | null; transcriptWordUrl?: string | null } | null }, null>;
     create: FunctionReference<"mutation", "public", { twitchId: string; title: string; callbackUrl?: string | null }, string>;
-    getByTwitchId: FunctionReference<"query", "public", { twitchId: string }, Record<string, any> | null>;
-    getJobById: FunctionReference<"query", "public", { jobId: string }, Record<string, any> | null>;
-    listByStatus: FunctionReference<"query", "public", { status?: string | null; limit?: number | null }, Array<Record<string, any>>>;
+    getByTwitchId: FunctionReference<"query", "public", { twitchId: string }, Doc<"videos"> | null>;
+    getJobById: FunctionReference<"query", "public", { jobId: string }, Doc<"videos"> | null>;
+    listByStatus: FunctionReference<"query", "public", { status?: string | null; limit?: number | null }, Array<Doc<"videos">>>;
     updateJobError: FunctionReference<"mutation", "public", { twitchId: string; jobId: string; errorType: string; errorMessage: string; isRetryable: boolean; errorDetails?: string | null }, null>;
     updateJobProgress: FunctionReference<"mutation", "public", { twitchId: string; jobId: string; progressPercentage?: number | null; currentStage?: string | null; estimatedCompletionSeconds?: number | null; stageProgress?: Record<string, any> | null; status?: string | null }, null>;
   };
   workflows: {
     addArtifacts: FunctionReference<"mutation", "public", { workflowId: Id<"workflows">; artifacts: Array<string> }, Array<string>>;
     createWorkflow: FunctionReference<"mutation", "public", { task: string; currentStep?: string | null; artifacts?: Array<string> | null }, string>;
-    getWorkflow: FunctionReference<"query", "public", { workflowId: Id<"workflows"> }, Record<string, any> | null>;
+    getWorkflow: FunctionReference<"query", "public", { workflowId: Id<"workflows"> }, Doc<"workflows"> | null>;
     listByStatus: FunctionReference<"query", "public", { status: string; paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
     updateWorkflowStatus: FunctionReference<"mutation", "public", { workflowId: Id<"workflows">; status: string; currentStep?: string | null }, null>;
   };
@@ -87,7 +87,7 @@ export declare const internal: {
   generations: {
     complete: FunctionReference<"mutation", "internal", { id: Id<"generations">; status: "success" | "failed"; code?: string | null; rawCode?: string | null; durationInFrames?: number | null; fps?: number | null; model?: string | null; errorMessage?: string | null }, null>;
     createPending: FunctionReference<"mutation", "internal", { userId: string; prompt: string; createdAt: number; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null; model?: string | null }, string>;
-    getInternal: FunctionReference<"query", "internal", { id: Id<"generations"> }, Record<string, any> | null>;
+    getInternal: FunctionReference<"query", "internal", { id: Id<"generations"> }, Doc<"generations"> | null>;
     referenceFiles: FunctionReference<"query", "internal", { ids: Array<Id<"_storage">> }, Array<Record<string, any> | null>>;
     store: FunctionReference<"mutation", "internal", { userId: string; prompt: string; code: string; rawCode: string; createdAt?: number | null; durationInFrames?: number | null; fps?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; model?: string | null }, string>;
     updatePartial: FunctionReference<"mutation", "internal", { id: Id<"generations">; rawCode: string; code?: string | null }, boolean>;
@@ -95,7 +95,7 @@ export declare const internal: {
   imageGeneration: {
     completeImage: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; storageId: Id<"_storage"> }, boolean>;
     failImage: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; error: string }, boolean>;
-    imagesToStart: FunctionReference<"query", "internal", { imageIds: Array<Id<"shotImages">> }, Array<Record<string, any>>>;
+    imagesToStart: FunctionReference<"query", "internal", { imageIds: Array<Id<"shotImages">> }, Array<Doc<"shotImages">>>;
     predictionFinished: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; status: string; outputUrl?: string | null; error?: string | null }, string>;
     predictionsStarted: FunctionReference<"mutation", "internal", { started: Array<{ imageId: string; predictionId: string }>; refused: Array<{ imageId: string; error: string }> }, null>;
     startPredictions: FunctionReference<"action", "internal", { imageIds: Array<Id<"shotImages">> }, Record<string, number>>;

@@ -20,12 +20,13 @@ from typing import Any
 
 import httpx
 
+from functions._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
 from server import internal_action, internal_mutation, mutation, query
-from server.apps._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
+from server.codegen import Doc
 from server.errors import ArgumentError
 from server.functions import calllog
 
-log = logging.getLogger("ripple.apps.videos")
+log = logging.getLogger(__name__)
 
 STATUSES = (
     "Queued",
@@ -251,17 +252,17 @@ async def complete_job(ctx: Any, twitch_id: str, job_id: str, urls: JobUrls | No
 
 
 @query
-async def get_job_by_id(ctx: Any, job_id: str) -> dict[str, Any] | None:
+async def get_job_by_id(ctx: Any, job_id: str) -> Doc("videos") | None:
     return await ctx.db.query("videos").with_index("by_job_id", lambda q: q.eq("jobId", job_id)).first()
 
 
 @query
-async def get_by_twitch_id(ctx: Any, twitch_id: str) -> dict[str, Any] | None:
+async def get_by_twitch_id(ctx: Any, twitch_id: str) -> Doc("videos") | None:
     return await _by_twitch_id(ctx, twitch_id)
 
 
 @query
-async def list_by_status(ctx: Any, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+async def list_by_status(ctx: Any, status: str | None = None, limit: int | None = None) -> list[Doc("videos")]:
     """Newest first, at most `limit` (default 50, up to 500): jobs with `status`, or all jobs by createdAt."""
     fn = "videos:listByStatus"
     n = (
@@ -277,7 +278,7 @@ async def list_by_status(ctx: Any, status: str | None = None, limit: int | None 
     return await q.order("desc").take(n)
 
 
-# A job in a processing stage with no report for this long is failed by the seed cron (server/apps/crons.py).
+# A job in a processing stage with no report for this long is failed by the seed cron (functions/crons.py).
 STALE_AFTER_MINUTES = 30.0
 _STALE_BATCH = 100
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from server.apps import generations
-from server.apps.claude import ClaudeError
+from functions import generations
+from functions.claude import ClaudeError
 
 __all__ = ["MAX_IMAGE_BYTES", "MAX_REFERENCE_IMAGES", "SUPPORTED_MEDIA_TYPES", "ReferenceImageError", "image_blocks"]
 

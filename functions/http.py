@@ -4,7 +4,7 @@
 - `POST /videos/progress`: the video worker's progress webhook. Workers that cannot speak the Convex protocol
   POST the same JSON `videos:updateJobProgress` takes (`{"twitchId", "jobId", "progressPercentage", ...}`) with the
   shared secret, the admin key, in `Authorization: Convex <admin key>`; subscribers see the change at once.
-- `POST /replicate/webhook?imageId=<shotImages id>`: the image API's finished predictions (server/apps/
+- `POST /replicate/webhook?imageId=<shotImages id>`: the image API's finished predictions (functions/
   image_generation.py), signed as standard-webhooks specifies with RIPPLE_REPLICATE_WEBHOOK_SECRET. A delivery that
   is unsigned, wrongly signed or stale is refused with 401 and changes nothing; a repeated one is answered 200 and
   changes nothing, so the provider's retries are harmless.
@@ -18,9 +18,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from functions import image_generation
+from functions.replicate import WEBHOOK_PATH, WebhookRefused, image_api_settings, verify_webhook
 from server import ConvexError, HttpRouter, http_action
-from server.apps import image_generation
-from server.apps.replicate import WEBHOOK_PATH, WebhookRefused, image_api_settings, verify_webhook
 from server.errors import RippleError, describe
 
 http = HttpRouter()

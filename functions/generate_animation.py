@@ -12,15 +12,15 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from functions import generations
+from functions._model import AppError, now_ms, owned, token_of
+from functions.claude import Claude, ClaudeError, claude_settings, extract_code
+from functions.generations import ConversationTurn, GenerationId, StorageId
+from functions.reference_images import image_blocks
 from server import action
-from server.apps import generations
-from server.apps._model import AppError, now_ms, owned, token_of
-from server.apps.claude import Claude, ClaudeError, claude_settings, extract_code
-from server.apps.generations import ConversationTurn, GenerationId, StorageId
-from server.apps.reference_images import image_blocks
 from server.errors import describe
 
-log = logging.getLogger("ripple.apps.generate_animation")
+log = logging.getLogger(__name__)
 
 # What the composition is when the generation does not say.
 DEFAULT_FPS = 30.0

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "black-forest-labs/flux-schnell"
-# The seed app's route for the provider's webhooks, under the site prefix (server/apps/http.py).
+# The seed app's route for the provider's webhooks, under the site prefix (functions/http.py).
 WEBHOOK_PATH = "/replicate/webhook"
 # standard-webhooks refuses a timestamp this far from now either way: a captured delivery cannot be replayed later.
 WEBHOOK_TOLERANCE_S = 5 * 60

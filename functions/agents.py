@@ -20,8 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from server import Id, mutation, query
-from server.apps._model import (
+from functions._model import (
     AppError,
     WireModel,
     check_choice,
@@ -32,6 +31,8 @@ from server.apps._model import (
     token_of,
     workflow_or_none,
 )
+from server import Id, mutation, query
+from server.codegen import Doc
 from server.errors import ArgumentError
 
 SESSION_STATUSES = ("idle", "running", "completed", "failed")
@@ -151,7 +152,7 @@ async def create_agent_session(
 
 
 @query
-async def get_agent_session(ctx: Any, session_id: Id("agentSessions")) -> dict[str, Any] | None:
+async def get_agent_session(ctx: Any, session_id: Id("agentSessions")) -> Doc("agentSessions") | None:
     token = await token_of(ctx, "read an agent session")
     return owned(await ctx.db.get(session_id), token)
 
@@ -198,7 +199,7 @@ async def update_agent_session(
 @query
 async def list_sessions_by_workflow(
     ctx: Any, workflow_id: Id("workflows"), status: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[Doc("agentSessions")]:
     """The workflow's sessions, oldest first (optionally only those with `status`); [] for another's workflow."""
     token = await token_of(ctx, "list agent sessions")
     if status is not None:

@@ -21,9 +21,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from server import Id, mutation, query
-from server.apps._model import (
+from pydantic import Field
+
+from functions._model import (
     AppError,
+    WireModel,
     check_choice,
     check_number,
     check_text,
@@ -31,7 +33,7 @@ from server.apps._model import (
     round_percent,
     token_of,
 )
-from server.apps._redesign import (
+from functions._redesign import (
     ANIMATION_STATUSES,
     IMAGE_STATUSES,
     REDESIGN_STATUSES,
@@ -53,7 +55,61 @@ from server.apps._redesign import (
     selection_of,
     selection_target,
 )
+from server import Id, mutation, query
+from server.codegen import Doc
 from server.errors import ArgumentError
+
+# Result shapes: what the queries below return (as plain dicts), declared so `ripple codegen` gives clients their
+# types; the fields are camelCase as on the wire.
+
+
+class ImageGroup(WireModel):
+    """One iteration of a shot's images (getGroupedShotImages)."""
+
+    iteration_number: float
+    images: list[Doc("shotImages")]
+    prompt: str
+    parent_image: Doc("shotImages") | None
+
+
+class SelectedImage(WireModel):
+    id: Id("shotImages") = Field(alias="_id")
+    iteration_number: float
+    variant_number: float
+    image_url: str
+
+
+class StoryboardRow(WireModel):
+    """One shot of a storyboard with its scene's number and title and its selection (getStoryboard)."""
+
+    scene_id: Id("projectScenes")
+    scene_number: float
+    scene_title: str
+    shot_id: Id("sceneShots")
+    shot_number: float
+    description: str
+    selection: Doc("storyboardSelections") | None
+    selected_image: SelectedImage | None
+
+
+class ProjectProgress(WireModel):
+    """Selection, animation and image progress over a project's shots (getProjectProgress); percentages 0-100."""
+
+    total_images: int
+    images_pending: int
+    images_processing: int
+    images_complete: int
+    images_failed: int
+    image_progress: float
+    total_scenes: int
+    total_shots: int
+    shots_with_selections: int
+    shots_with_animations: int
+    selection_progress: float
+    animation_progress: float
+    is_selection_complete: bool
+    is_animation_complete: bool
+
 
 # Projects.
 
@@ -124,7 +180,7 @@ async def delete_redesign_project(ctx: Any, project_id: Id("videoProjects")) -> 
 
 
 @query
-async def get_project(ctx: Any, project_id: Id("videoProjects")) -> dict[str, Any] | None:
+async def get_project(ctx: Any, project_id: Id("videoProjects")) -> Doc("videoProjects") | None:
     token = await token_of(ctx, "read a project")
     return await owned_project(ctx, project_id, token)
 
@@ -198,7 +254,7 @@ async def delete_project_scene(ctx: Any, scene_id: Id("projectScenes")) -> None:
 
 
 @query
-async def get_project_scenes(ctx: Any, project_id: Id("videoProjects")) -> list[dict[str, Any]]:
+async def get_project_scenes(ctx: Any, project_id: Id("videoProjects")) -> list[Doc("projectScenes")]:
     """The project's scenes by sceneNumber."""
     token = await token_of(ctx, "read a project")
     if await owned_project(ctx, project_id, token) is None:
@@ -268,7 +324,7 @@ async def delete_scene_shot(ctx: Any, shot_id: Id("sceneShots")) -> None:
 
 
 @query
-async def get_scene_shots(ctx: Any, scene_id: Id("projectScenes")) -> list[dict[str, Any]]:
+async def get_scene_shots(ctx: Any, scene_id: Id("projectScenes")) -> list[Doc("sceneShots")]:
     """The scene's shots by shotNumber."""
     token = await token_of(ctx, "read a project")
     if await readable(ctx, scene_id, token) is None:
@@ -406,7 +462,7 @@ async def delete_shot_image(ctx: Any, image_id: Id("shotImages")) -> None:
 @query
 async def get_shot_images(
     ctx: Any, shot_id: Id("sceneShots"), iteration_number: float | None = None
-) -> list[dict[str, Any]]:
+) -> list[Doc("shotImages")]:
     """The shot's images by iteration then variant; only one iteration's when iterationNumber is given."""
     token = await token_of(ctx, "read a project")
     if await readable(ctx, shot_id, token) is None:
@@ -432,7 +488,7 @@ async def get_latest_iteration_number(ctx: Any, shot_id: Id("sceneShots")) -> fl
 
 
 @query
-async def get_grouped_shot_images(ctx: Any, shot_id: Id("sceneShots")) -> list[dict[str, Any]]:
+async def get_grouped_shot_images(ctx: Any, shot_id: Id("sceneShots")) -> list[ImageGroup]:
     """[{iterationNumber, images (by variant), prompt, parentImage (document or null)}] by iteration."""
     token = await token_of(ctx, "read a project")
     if await readable(ctx, shot_id, token) is None:
@@ -536,7 +592,7 @@ async def update_storyboard_animation(
 
 
 @query
-async def get_storyboard_selections(ctx: Any, project_id: Id("videoProjects")) -> list[dict[str, Any]]:
+async def get_storyboard_selections(ctx: Any, project_id: Id("videoProjects")) -> list[Doc("storyboardSelections")]:
     token = await token_of(ctx, "read a project")
     if await owned_project(ctx, project_id, token) is None:
         return []
@@ -546,7 +602,7 @@ async def get_storyboard_selections(ctx: Any, project_id: Id("videoProjects")) -
 
 
 @query
-async def get_storyboard(ctx: Any, project_id: Id("videoProjects")) -> list[dict[str, Any]]:
+async def get_storyboard(ctx: Any, project_id: Id("videoProjects")) -> list[StoryboardRow]:
     """Every shot of the project in scene then shot order, each with its scene's number and title and its
     storyboard selection (or None): what a storyboard view shows, where ids alone mean nothing to a reader.
 
@@ -609,7 +665,7 @@ async def get_scene_storyboard_complete(ctx: Any, scene_id: Id("projectScenes"))
 
 
 @query
-async def get_project_progress(ctx: Any, project_id: Id("videoProjects")) -> dict[str, Any] | None:
+async def get_project_progress(ctx: Any, project_id: Id("videoProjects")) -> ProjectProgress | None:
     """Selection and animation progress over the project's shots, and how many of its images are made (beyond the
     seed, for image generation: imageProgress is the share finished, complete or failed); percentages rounded to one
     decimal."""

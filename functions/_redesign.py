@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.apps._model import (
+from functions._model import (
     AppError,
     WireModel,
     check_choice,

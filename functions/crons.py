@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.apps import videos
+from functions import videos
 from server.crons import Crons
 
 crons = Crons()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from functions._model import AppError, WireModel, now_ms, owned, token_of
 from server import Id, internal_mutation, internal_query, query
-from server.apps._model import AppError, WireModel, now_ms, owned, token_of
+from server.codegen import Doc
 
 if TYPE_CHECKING:  # mypy sees a string; at run time the argument is checked to name a generation (a file)
     GenerationId = str
@@ -178,7 +179,7 @@ async def complete(
 
 
 @internal_query
-async def get_internal(ctx: Any, id: GenerationId) -> dict[str, Any] | None:
+async def get_internal(ctx: Any, id: GenerationId) -> Doc("generations") | None:
     """Any generation, without an ownership check: for actions that check ownership themselves."""
     return await ctx.db.get(id)
 
@@ -194,7 +195,7 @@ async def reference_files(ctx: Any, ids: list[StorageId]) -> list[dict[str, Any]
 
 
 @query
-async def get(ctx: Any, id: GenerationId) -> dict[str, Any]:
+async def get(ctx: Any, id: GenerationId) -> Doc("generations"):
     token = await token_of(ctx, "view generations")
     return await load_own(ctx, "generations:get", id, token)
 
@@ -212,7 +213,7 @@ async def list_own(ctx: Any, pagination_opts: dict[str, Any]) -> dict[str, Any]:
 
 
 @query
-async def list_by_parent(ctx: Any, parent_id: GenerationId) -> list[dict[str, Any]]:
+async def list_by_parent(ctx: Any, parent_id: GenerationId) -> list[Doc("generations")]:
     """The refinements of one generation, oldest first."""
     token = await token_of(ctx, "view refinements")
     await load_own(ctx, "generations:listByParent", parent_id, token)
@@ -226,7 +227,7 @@ async def list_by_parent(ctx: Any, parent_id: GenerationId) -> list[dict[str, An
 
 
 @query
-async def get_refinement_chain(ctx: Any, generation_id: GenerationId) -> list[dict[str, Any]]:
+async def get_refinement_chain(ctx: Any, generation_id: GenerationId) -> list[Doc("generations")]:
     """The generation and its ancestors, root first: original → V1 → V2 → ... → this one.
 
     Walks parent links up, stopping at a missing or foreign ancestor, at a cycle, or after MAX_CHAIN_LENGTH.

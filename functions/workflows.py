@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server import Id, mutation, query
-from server.apps._model import (
+from functions._model import (
     WORKFLOW_STATUSES,
     check_choice,
     check_text,
@@ -20,6 +19,8 @@ from server.apps._model import (
     token_of,
     workflow_or_none,
 )
+from server import Id, mutation, query
+from server.codegen import Doc
 
 
 @mutation
@@ -47,7 +48,7 @@ async def create_workflow(
 
 
 @query
-async def get_workflow(ctx: Any, workflow_id: Id("workflows")) -> dict[str, Any] | None:
+async def get_workflow(ctx: Any, workflow_id: Id("workflows")) -> Doc("workflows") | None:
     token = await token_of(ctx, "read a workflow")
     return await workflow_or_none(ctx, workflow_id, token)
 

@@ -6,7 +6,7 @@ The flow, one step per function, each safe to repeat:
 2. `startPredictions` (an action): one prediction per row at the provider, its webhook naming the row
    (`?imageId=...`); `predictionsStarted` records each `replicateImageId` and moves the rows to "processing", or a
    refused start to "failed" with the provider's message in `metadata.error`.
-3. The provider POSTs the finished prediction to `POST /replicate/webhook` (server/apps/http.py), which checks its
+3. The provider POSTs the finished prediction to `POST /replicate/webhook` (functions/http.py), which checks its
    signature and runs `predictionFinished`: "failed" or "canceled" fail the row; "succeeded" records the output URL
    and schedules `storeOutput`, which downloads the image into file storage and `completeImage` moves the row to
    "complete" with `imageStorageId` and `imageUrl` (the file's URL).
@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from functions._model import AppError, WireModel, check_text, now_ms, token_of
+from functions._redesign import VARIANTS_PER_ITERATION, image_of_shot, insert_images, load_child
+from functions.replicate import ImageApi, ReplicateError, image_api_settings
 from server import Id, internal_action, internal_mutation, internal_query, mutation
-from server.apps._model import AppError, WireModel, check_text, now_ms, token_of
-from server.apps._redesign import VARIANTS_PER_ITERATION, image_of_shot, insert_images, load_child
-from server.apps.replicate import ImageApi, ReplicateError, image_api_settings
+from server.codegen import Doc
 
 if TYPE_CHECKING:  # mypy sees strings; at run time each argument is checked to name a row of its table
     ShotId = str
@@ -37,7 +38,7 @@ else:
     ImageId = Id("shotImages")
     StorageId = Id("_storage")
 
-log = logging.getLogger("ripple.apps.image_generation")
+log = logging.getLogger(__name__)
 
 # A generated image larger than this is refused rather than stored (a 1440x1440 PNG is a few MiB).
 MAX_IMAGE_BYTES = 15 * 1024 * 1024
@@ -85,7 +86,7 @@ async def generate_shot_images(
 
 
 @internal_query
-async def images_to_start(ctx: Any, image_ids: list[ImageId]) -> list[dict[str, Any]]:
+async def images_to_start(ctx: Any, image_ids: list[ImageId]) -> list[Doc("shotImages")]:
     """The rows among `image_ids` still pending (a deleted or finished one needs no prediction)."""
     images = [await ctx.db.get(image_id) for image_id in image_ids]
     return [img for img in images if img is not None and img["status"] == "pending"]
