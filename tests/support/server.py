@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -144,46 +139,13 @@ def _free_port() -> int:
 
 @asynccontextmanager
 async def second_process(ripple: RippleServer) -> AsyncIterator[str]:
-    """Another `ripple serve` process on the same database; yields its base URL once it is healthy. Its log goes to
-    a temporary file (a pipe nobody reads would stall it once full), printed when it ends, so pytest shows it
-    with a failure."""
-    port = _free_port()
-    env = dict(
-        os.environ,
-        DATABASE_URL=ripple.settings.database_url,
-        RIPPLE_JWT_SECRET=JWT_SECRET,
-        RIPPLE_JWT_ISSUER=ISSUER,
-        RIPPLE_ADMIN_KEY=ADMIN_KEY,
-        RIPPLE_MODULES=json.dumps(["tests.support.testing_app"]),
-        PYTHONPATH=str(ROOT),
-    )
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url) as http:
-            for _ in range(100):
-                try:
-                    if (await http.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.seek(0)
-        text = log.read().decode(errors="replace")
-        log.close()
-        if text:
-            print(f"second process log:\n{text}", file=sys.stderr)
+    """Another `ripple serve` process on the same database, with the testing functions; yields its base URL once
+    it is healthy (tests/support/processes.py, which prints its log when it ends)."""
+    from tests.support.processes import serve_process  # it imports this module's settings
+
+    dsn = ripple.settings.database_url
+    async with serve_process(dsn, ["tests.support.testing_app"], RIPPLE_TEST_PROCESS="second") as other:
+        yield other.url
 
 
 __all__ = [
