@@ -31,8 +31,7 @@ from functions._model import (
     token_of,
     workflow_or_none,
 )
-from server import Id, mutation, query
-from server.codegen import Doc
+from server import Doc, Id, Page, mutation, query
 from server.errors import ArgumentError
 
 SESSION_STATUSES = ("idle", "running", "completed", "failed")
@@ -124,7 +123,7 @@ async def create_agent_session(
     status: str | None = None,
     claude_session_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> str:
+) -> Id("agentSessions"):
     """A new session (status "idle" unless given); `workflowId`, when given, must be the caller's workflow."""
     fn = "agents:createAgentSession"
     token = await token_of(ctx, "create an agent session")
@@ -216,7 +215,7 @@ async def list_sessions_by_workflow(
 
 
 @query
-async def list_by_status(ctx: Any, status: str, pagination_opts: dict[str, Any]) -> dict[str, Any]:
+async def list_by_status(ctx: Any, status: str, pagination_opts: dict[str, Any]) -> Page(Doc("agentSessions")):
     """The caller's sessions with `status`, oldest first, one page at a time (Convex `paginate`)."""
     token = await token_of(ctx, "list agent sessions")
     check_choice("agents:listByStatus", "status", status, SESSION_STATUSES)

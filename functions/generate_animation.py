@@ -8,7 +8,7 @@ with failure, which removes the row and re-raises a clear error. `refine` is the
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from pydantic import Field
 
@@ -42,6 +42,21 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Positive = Annotated[float, Field(gt=0)]
 
 
+class RefinedCode(TypedDict):
+    """Claude's reply and the component code taken out of it (refine: a preview, stored nowhere)."""
+
+    rawCode: str
+    code: str
+
+
+class Generated(RefinedCode):
+    """A finished, stored generation (generate, refineAndPersist): its id, its code and its composition."""
+
+    id: GenerationId
+    durationInFrames: float
+    fps: float
+
+
 @action
 async def generate(
     ctx: Any,
@@ -50,7 +65,7 @@ async def generate(
     duration_in_seconds: Positive | None = None,
     fps: Positive | None = None,
     reference_image_ids: list[StorageId] | None = None,
-) -> dict[str, Any]:
+) -> Generated:
     """A new generation from a prompt: {id, rawCode, code, durationInFrames, fps}.
 
     `referenceImageIds` are uploaded files Claude sees, as images, before the prompt.
@@ -82,7 +97,7 @@ async def refine(
     current_code: NonEmpty,
     refinement_prompt: NonEmpty,
     conversation_history: list[ConversationTurn] | None = None,
-) -> dict[str, Any]:
+) -> RefinedCode:
     """A preview of the refined code, {rawCode, code}; nothing is stored."""
     await token_of(ctx, "refine animations")
     claude = Claude.from_settings(claude_settings())
@@ -97,7 +112,7 @@ async def refine_and_persist(
     parent_generation_id: GenerationId,
     refinement_prompt: NonEmpty,
     conversation_history: list[ConversationTurn],
-) -> dict[str, Any]:
+) -> Generated:
     """A refinement stored as a child of the parent; keeps its prompt, aspect ratio, fps and duration."""
     fn = "generateAnimation:refineAndPersist"
     token = await token_of(ctx, "refine animations")

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from functions._model import AppError, WireModel, now_ms, owned, token_of
-from server import Id, internal_mutation, internal_query, query
-from server.codegen import Doc
+from server import Doc, Id, Page, internal_mutation, internal_query, query
 
 if TYPE_CHECKING:  # mypy sees a string; at run time the argument is checked to name a generation (a file)
     GenerationId = str
@@ -65,7 +64,7 @@ async def create_pending(
     refinement_prompt: str | None = None,
     conversation_history: list[ConversationTurn] | None = None,
     model: str | None = None,
-) -> str:
+) -> GenerationId:
     return await ctx.db.insert(
         "generations",
         {
@@ -108,7 +107,7 @@ async def store(
     parent_generation_id: GenerationId | None = None,
     refinement_prompt: str | None = None,
     model: str | None = None,
-) -> str:
+) -> GenerationId:
     """Insert a finished generation in one step (no pending phase)."""
     return await ctx.db.insert(
         "generations",
@@ -185,7 +184,7 @@ async def get_internal(ctx: Any, id: GenerationId) -> Doc("generations") | None:
 
 
 @internal_query
-async def reference_files(ctx: Any, ids: list[StorageId]) -> list[dict[str, Any] | None]:
+async def reference_files(ctx: Any, ids: list[StorageId]) -> list[Doc("_storage") | None]:
     """The `_storage` rows of a generation's reference images (None for a file gone): their type and size, which
     an action cannot read itself, so it can refuse what Claude would not take before reading any bytes."""
     return [await ctx.db.system.get(storage_id) for storage_id in ids]
@@ -201,7 +200,7 @@ async def get(ctx: Any, id: GenerationId) -> Doc("generations"):
 
 
 @query(name="list")
-async def list_own(ctx: Any, pagination_opts: dict[str, Any]) -> dict[str, Any]:
+async def list_own(ctx: Any, pagination_opts: dict[str, Any]) -> Page(Doc("generations")):
     """The caller's generations, newest first, one page at a time."""
     token = await token_of(ctx, "list generations")
     return await (

@@ -19,15 +19,14 @@ refused. A row deleted meanwhile (its shot deleted) ignores everything, and a fi
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
 
 from functions._model import AppError, WireModel, check_text, now_ms, token_of
 from functions._redesign import VARIANTS_PER_ITERATION, image_of_shot, insert_images, load_child
 from functions.replicate import ImageApi, ReplicateError, image_api_settings
-from server import Id, internal_action, internal_mutation, internal_query, mutation
-from server.codegen import Doc
+from server import Doc, Id, internal_action, internal_mutation, internal_query, mutation
 
 if TYPE_CHECKING:  # mypy sees strings; at run time each argument is checked to name a row of its table
     ShotId = str
@@ -56,10 +55,17 @@ class Refused(WireModel):
     error: str
 
 
+class IterationStarted(TypedDict):
+    """What generateShotImages made: the iteration's number and its pending rows, by variant."""
+
+    iterationNumber: float
+    imageIds: list[ImageId]
+
+
 @mutation
 async def generate_shot_images(
     ctx: Any, shot_id: ShotId, prompt: str | None = None, parent_image_id: ImageId | None = None
-) -> dict[str, Any]:
+) -> IterationStarted:
     """Ask for the shot's next iteration: six variants of `prompt` (default: the shot's initialPrompt, else its
     description). Returns {iterationNumber, imageIds}; the rows then move pending → processing → complete."""
     fn = "imageGeneration:generateShotImages"
@@ -192,7 +198,7 @@ async def prediction_finished(
 
 
 @internal_action
-async def store_output(ctx: Any, image_id: ImageId, prediction_id: str, output_url: str) -> str | None:
+async def store_output(ctx: Any, image_id: ImageId, prediction_id: str, output_url: str) -> StorageId | None:
     """Download the prediction's image into file storage and complete the row; returns the storage id (None when
     the row no longer wanted it). A download that fails fails the row, and this run, with the reason."""
     try:

@@ -19,13 +19,10 @@ one step at a time: forward to the next stage or back to the previous one (to re
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
-
-from pydantic import Field
+from typing import Any, TypedDict
 
 from functions._model import (
     AppError,
-    WireModel,
     check_choice,
     check_number,
     check_text,
@@ -55,60 +52,66 @@ from functions._redesign import (
     selection_of,
     selection_target,
 )
-from server import Id, mutation, query
-from server.codegen import Doc
+from server import Doc, Id, mutation, query
 from server.errors import ArgumentError
 
-# Result shapes: what the queries below return (as plain dicts), declared so `ripple codegen` gives clients their
-# types; the fields are camelCase as on the wire.
+# Result shapes: the dicts the functions below return, key for key as on the wire, so `ripple codegen` gives clients
+# their types.
 
 
-class ImageGroup(WireModel):
+class SceneWithShots(TypedDict):
+    """The ids createSceneWithShots made: the scene's, and its shots' in the order given."""
+
+    sceneId: Id("projectScenes")
+    shotIds: list[Id("sceneShots")]
+
+
+class ImageGroup(TypedDict):
     """One iteration of a shot's images (getGroupedShotImages)."""
 
-    iteration_number: float
+    iterationNumber: float
     images: list[Doc("shotImages")]
     prompt: str
-    parent_image: Doc("shotImages") | None
+    parentImage: Doc("shotImages") | None
 
 
-class SelectedImage(WireModel):
-    id: Id("shotImages") = Field(alias="_id")
-    iteration_number: float
-    variant_number: float
-    image_url: str
+class SelectedImage(TypedDict):
+    _id: Id("shotImages")
+    iterationNumber: float
+    variantNumber: float
+    imageUrl: str
 
 
-class StoryboardRow(WireModel):
+class StoryboardRow(TypedDict):
     """One shot of a storyboard with its scene's number and title and its selection (getStoryboard)."""
 
-    scene_id: Id("projectScenes")
-    scene_number: float
-    scene_title: str
-    shot_id: Id("sceneShots")
-    shot_number: float
+    sceneId: Id("projectScenes")
+    sceneNumber: float
+    sceneTitle: str
+    shotId: Id("sceneShots")
+    shotNumber: float
     description: str
     selection: Doc("storyboardSelections") | None
-    selected_image: SelectedImage | None
+    selectedImage: SelectedImage | None
 
 
-class ProjectProgress(WireModel):
+class ProjectProgress(TypedDict):
     """Selection, animation and image progress over a project's shots (getProjectProgress); percentages 0-100."""
 
-    total_images: int
-    images_pending: int
-    images_processing: int
-    images_complete: int
-    images_failed: int
-    image_progress: float
-    total_scenes: int
-    total_shots: int
-    shots_with_selections: int
-    shots_with_animations: int
-    selection_progress: float
-    animation_progress: float
-    is_selection_complete: bool
-    is_animation_complete: bool
+    totalImages: int
+    imagesPending: int
+    imagesProcessing: int
+    imagesComplete: int
+    imagesFailed: int
+    imageProgress: float
+    totalScenes: int
+    totalShots: int
+    shotsWithSelections: int
+    shotsWithAnimations: int
+    selectionProgress: float
+    animationProgress: float
+    isSelectionComplete: bool
+    isAnimationComplete: bool
 
 
 # Projects.
@@ -121,7 +124,7 @@ async def create_redesign_project(
     title: str | None = None,
     prompt_planner_data: str | None = None,
     user_id: str | None = None,
-) -> str:
+) -> Id("videoProjects"):
     """A new v2 project at "prompt_planning"; title defaults to the prompt."""
     return await insert_project(
         ctx, "projectRedesign:createRedesignProject", prompt, title, prompt_planner_data, user_id
@@ -131,7 +134,7 @@ async def create_redesign_project(
 @mutation
 async def initialize_project(
     ctx: Any, prompt: str, prompt_planner_data: str, title: str | None = None, user_id: str | None = None
-) -> str:
+) -> Id("videoProjects"):
     """createRedesignProject with the prompt planner's brain dump, in one transaction (the seed's composite)."""
     fn = "projectRedesign:initializeProject"
     return await insert_project(ctx, fn, prompt, title, prompt_planner_data, user_id)
@@ -191,7 +194,7 @@ async def get_project(ctx: Any, project_id: Id("videoProjects")) -> Doc("videoPr
 @mutation
 async def create_project_scene(
     ctx: Any, project_id: Id("videoProjects"), scene_number: float, title: str, description: str
-) -> str:
+) -> Id("projectScenes"):
     fn = "projectRedesign:createProjectScene"
     token = await token_of(ctx, "add a scene")
     await load_project(ctx, fn, project_id, token)
@@ -206,7 +209,7 @@ async def create_scene_with_shots(
     title: str,
     description: str,
     shots: list[ShotInput],
-) -> dict[str, Any]:
+) -> SceneWithShots:
     """A scene and its shots in one transaction: all are created or none. Returns {sceneId, shotIds}."""
     fn = "projectRedesign:createSceneWithShots"
     token = await token_of(ctx, "add a scene")
@@ -275,7 +278,7 @@ async def create_scene_shot(
     shot_number: float,
     description: str,
     initial_prompt: str | None = None,
-) -> str:
+) -> Id("sceneShots"):
     fn = "projectRedesign:createSceneShot"
     token = await token_of(ctx, "add a shot")
     await load_child(ctx, fn, "projectScenes", scene_id, token, projectId=project_id)
@@ -351,7 +354,7 @@ async def create_shot_image(
     status: str | None = None,
     is_favorite: bool | None = None,
     metadata: dict[str, Any] | None = None,
-) -> str:
+) -> Id("shotImages"):
     """One image of an iteration (status defaults to "complete", as in the seed)."""
     token = await token_of(ctx, "add an image")
     image = {
@@ -388,7 +391,7 @@ async def batch_create_shot_images(
     iteration_prompt: str,
     images: list[ImageInput],
     parent_image_id: Id("shotImages") | None = None,
-) -> list[str]:
+) -> list[Id("shotImages")]:
     """One iteration's variants (1 to 6, distinct variantNumbers), all or none; returns their ids in order."""
     fn = "projectRedesign:batchCreateShotImages"
     token = await token_of(ctx, "add images")
@@ -523,7 +526,7 @@ async def create_storyboard_selection(
     shot_id: Id("sceneShots"),
     selected_image_id: Id("shotImages"),
     animation_status: str | None = None,
-) -> str:
+) -> Id("storyboardSelections"):
     """The shot's storyboard selection (also set as the shot's selectedImageId); refused when the shot already has
     one: selectMasterShot changes it."""
     fn = "projectRedesign:createStoryboardSelection"
@@ -549,7 +552,7 @@ async def select_master_shot(
     scene_id: Id("projectScenes"),
     shot_id: Id("sceneShots"),
     selected_image_id: Id("shotImages"),
-) -> str:
+) -> Id("storyboardSelections"):
     """Create or move the shot's storyboard selection to this image and set the shot's selectedImageId.
     Moving it to another image resets its animation. Returns the selection id."""
     fn = "projectRedesign:selectMasterShot"

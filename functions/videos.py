@@ -21,8 +21,7 @@ from typing import Any
 import httpx
 
 from functions._model import AppError, WireModel, check_choice, check_number, check_text, now_ms
-from server import internal_action, internal_mutation, mutation, query
-from server.codegen import Doc
+from server import Doc, Id, internal_action, internal_mutation, mutation, query
 from server.errors import ArgumentError
 from server.functions import calllog
 
@@ -126,7 +125,7 @@ async def send_callback(ctx: Any, url: str, payload: dict[str, Any]) -> None:
 
 
 @mutation
-async def create(ctx: Any, twitch_id: str, title: str, callback_url: str | None = None) -> str:
+async def create(ctx: Any, twitch_id: str, title: str, callback_url: str | None = None) -> Id("videos"):
     """Queue a video; refused when a video with this twitchId exists. `callbackUrl` (http or https) is POSTed the
     video when its job completes or fails."""
     fn = "videos:create"

@@ -19,14 +19,13 @@ from functions._model import (
     token_of,
     workflow_or_none,
 )
-from server import Id, mutation, query
-from server.codegen import Doc
+from server import Doc, Id, Page, mutation, query
 
 
 @mutation
 async def create_workflow(
     ctx: Any, task: str, current_step: str | None = None, artifacts: list[str] | None = None
-) -> str:
+) -> Id("workflows"):
     fn = "workflows:createWorkflow"
     token = await token_of(ctx, "create a workflow")
     check_text(fn, "task", task)
@@ -94,7 +93,7 @@ async def add_artifacts(ctx: Any, workflow_id: Id("workflows"), artifacts: list[
 
 
 @query
-async def list_by_status(ctx: Any, status: str, pagination_opts: dict[str, Any]) -> dict[str, Any]:
+async def list_by_status(ctx: Any, status: str, pagination_opts: dict[str, Any]) -> Page(Doc("workflows")):
     """The caller's workflows with `status`, oldest first, one page at a time (Convex `paginate`)."""
     token = await token_of(ctx, "list workflows")
     check_choice("workflows:listByStatus", "status", status, WORKFLOW_STATUSES)

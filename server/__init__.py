@@ -14,14 +14,17 @@ from server.functions.registry import (
 )
 from server.functions.validation import Id
 from server.http_actions import HttpRouter, http_action
+from server.results import Doc, Page
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvexError",
     "Crons",
+    "Doc",
     "HttpRouter",
     "Id",
+    "Page",
     "__version__",
     "action",
     "http_action",

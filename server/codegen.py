@@ -19,7 +19,6 @@ import json
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -28,8 +27,10 @@ from pydantic import BaseModel
 from server.database.catalog import Catalog, ColumnType, Table
 from server.functions.registry import FunctionSpec, Registry, Visibility
 from server.functions.validation import IdCheck
+from server.results import Doc, DocOf, PageOf
 from server.values import to_camel
 
+# Doc and DocOf stay importable from here, where they were first defined (app modules import `from server`).
 __all__ = ["CodegenError", "Doc", "DocOf", "TypeWriter", "render", "run", "write_files"]
 
 HEADER = """/* eslint-disable */
@@ -45,21 +46,6 @@ HEADER = """/* eslint-disable */
 
 class CodegenError(Exception):
     """A signature or annotation with no TypeScript equivalent; the message names the function and the fix."""
-
-
-@dataclass(frozen=True, slots=True)
-class DocOf:
-    """Marks a result annotation as a document of `table`, so clients see `Doc<"table">`."""
-
-    table: str
-
-
-def Doc(table: str) -> Any:
-    """The type of a document of `table` (its Convex name), for return annotations: `-> list[Doc("videos")]`.
-
-    At run time it is a plain dict; only `ripple codegen` reads the marker (a bare `dict` would be
-    `Record<string, any>` for clients)."""
-    return Annotated[dict[str, Any], DocOf(table)]
 
 
 _SCALARS: dict[Any, str] = {str: "string", int: "number", float: "number", bool: "boolean", bytes: "ArrayBuffer"}
@@ -78,7 +64,7 @@ class TypeWriter:
     def __init__(self, where: str, tables: Iterable[str]) -> None:
         self.where = where
         self.tables = set(tables)
-        self._expanding: list[type[BaseModel]] = []  # models being expanded inline: a cycle has no finite form
+        self._expanding: list[Any] = []  # models being expanded inline: a cycle has no finite form
 
     def table(self, name: str, what: str) -> str:
         """`name`, checked to be a table of schema.sql."""
@@ -103,6 +89,8 @@ class TypeWriter:
                     return self.id(self.table(check.table, "Id"))
                 if isinstance(meta, DocOf):
                     return self.doc(self.table(meta.table, "Doc"))
+                if isinstance(meta, PageOf):
+                    return self.page(self.of(meta.item))
             return self.of(args[0])
         if origin is Literal:
             return self.literal([a.value if isinstance(a, enum.Enum) else a for a in args])
@@ -119,19 +107,26 @@ class TypeWriter:
             if args and args[0] is not str:
                 raise CodegenError(f"{self.where}: {_name(tp)} has non-string keys; Convex objects have string keys")
             return self.record(self.of(args[1]) if args else self.any_type)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if (isinstance(tp, type) and issubclass(tp, BaseModel)) or typing.is_typeddict(tp):
             return self.model(tp)
+        if typing.is_typeddict(origin):
+            raise CodegenError(
+                f"{self.where}: {_name(origin)} is a generic TypedDict; clients get no type for it: "
+                "declare a TypedDict per shape"
+            )
         raise CodegenError(
             f"{self.where}: no {self.language} type for {_name(tp)}; use str, int, float, bool, None, list, "
-            'dict[str, ...], Literal, a union, a pydantic model, Id("table") or Any'
+            'dict[str, ...], Literal, a union, a TypedDict, a pydantic model, Id("table"), Doc("table"), '
+            "Page(...) or Any"
         )
 
-    @staticmethod
-    def model_fields(model: type[BaseModel]) -> list[tuple[str, Any, bool]]:
-        """A model's fields as its wire form has them: (name or alias, annotation, optional)."""
+    def model_fields(self, shape: Any) -> list[tuple[str, Any, bool]]:
+        """A pydantic model's or TypedDict's fields as its wire form has them: (key, annotation, optional)."""
+        if typing.is_typeddict(shape):
+            return typed_dict_fields(shape, self.where)
         return [
             (info.alias or name, field_annotation(info), not info.is_required())
-            for name, info in model.model_fields.items()
+            for name, info in shape.model_fields.items()
         ]
 
     # How TypeScript writes each kind.
@@ -146,6 +141,8 @@ class TypeWriter:
         return f"Id<{json.dumps(table)}>"
 
     def doc(self, table: str) -> str:
+        if table.startswith("_"):  # a system table (`_storage`): Convex's own types describe it, not the DataModel
+            return f"DocumentByName<SystemDataModel, {json.dumps(table)}>"
         return f"Doc<{json.dumps(table)}>"
 
     def literal(self, values: list[Any]) -> str:
@@ -163,8 +160,12 @@ class TypeWriter:
     def record(self, value: str) -> str:
         return f"Record<string, {value}>"
 
-    def model(self, model: type[BaseModel]) -> str:
-        """A pydantic model inline, as the object its wire form is: `?:` where a field has a default."""
+    def page(self, item: str) -> str:
+        return f"PaginationResult<{item}>"
+
+    def model(self, model: Any) -> str:
+        """A pydantic model or TypedDict inline, as the object its wire form is: `?:` where a key may be absent (a
+        field with a default; `NotRequired`)."""
         if model in self._expanding:
             raise CodegenError(f"{self.where}: {model.__name__} contains itself; a recursive type has no inline form")
         self._expanding.append(model)
@@ -181,6 +182,26 @@ class TypeWriter:
 def field_annotation(info: Any) -> Any:
     """A field's annotation with the metadata pydantic split off it (where `Id("t")` lives) put back."""
     return Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+
+
+def typed_dict_fields(shape: Any, where: str) -> list[tuple[str, Any, bool]]:
+    """A TypedDict's keys: (key, annotation, may be absent).
+
+    `__optional_keys__` is not enough: under `from __future__ import annotations` (the annotations are strings
+    when the class is made) it knows only the class's totality, not `NotRequired[...]`/`Required[...]`. The
+    qualifiers are read from the evaluated annotations instead, and totality from `__optional_keys__`."""
+    try:
+        hints = typing.get_type_hints(shape, include_extras=True)
+    except NameError as exc:
+        raise CodegenError(f"{where}: the TypedDict {shape.__name__} names a type that is not defined: {exc}") from exc
+    fields = []
+    for key, hint in hints.items():
+        optional = key in shape.__optional_keys__
+        while typing.get_origin(hint) in (typing.Required, typing.NotRequired):
+            optional = typing.get_origin(hint) is typing.NotRequired
+            hint = typing.get_args(hint)[0]
+        fields.append((key, hint, optional))
+    return fields
 
 
 def _name(tp: Any) -> str:
@@ -202,7 +223,7 @@ def function_type(spec: FunctionSpec, tables: Iterable[str]) -> str:
 
     Convex's pagination convention: an argument `paginationOpts` given as a plain dict is `PaginationOptions`,
     and then a result annotated as a plain dict is the `PaginationResult` that `.paginate()` returns, so that
-    `usePaginatedQuery` accepts the function."""
+    `usePaginatedQuery` accepts the function. `-> Page(Doc("table"))` says what the page holds."""
     ts = TypeWriter(spec.path, tables)
     args = []
     paginated = False
@@ -217,10 +238,7 @@ def function_type(spec: FunctionSpec, tables: Iterable[str]) -> str:
     args_text = "{ " + "; ".join(f"{_key(n)}{'?' if o else ''}: {t}" for n, t, o in args) + " }" if args else "{}"
     hints = typing.get_type_hints(spec.handler, include_extras=True)
     returns = hints.get("return", Any)
-    if paginated and is_untyped_dict(returns):
-        result = "PaginationResult<Record<string, any>>"
-    else:
-        result = ts.of(returns)
+    result = ts.page(ts.record(ts.any_type)) if paginated and is_untyped_dict(returns) else ts.of(returns)
     return f'FunctionReference<"{spec.kind.value}", "{spec.visibility.value}", {args_text}, {result}>'
 
 
@@ -257,7 +275,9 @@ def api_dts(specs: Iterable[FunctionSpec], catalog: Catalog) -> str:
     internal = _tree((s for s in specs if s.visibility is Visibility.INTERNAL), tables)
     return (
         HEADER.format(what="Generated `api` utility: typed references to the deployment's functions.")
-        + 'import type { FunctionReference, PaginationOptions, PaginationResult } from "convex/server";\n'
+        + "import type {\n"
+        + "  DocumentByName,\n  FunctionReference,\n  PaginationOptions,\n  PaginationResult,\n  SystemDataModel,\n"
+        + '} from "convex/server";\n'
         + 'import type { Doc, Id } from "./dataModel.js";\n\n'
         + "/** The public functions: `useQuery(api.generations.listByParent, { parentId })`. */\n"
         + f"export declare const api: {_object(public, '')};\n\n"

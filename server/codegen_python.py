@@ -21,8 +21,6 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import BaseModel
-
 from server.codegen import CodegenError, TypeWriter, field_annotation, is_untyped_dict
 from server.database.catalog import Catalog, ColumnType, Table
 from server.functions.registry import FunctionKind, FunctionSpec, Visibility
@@ -47,7 +45,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator
-from typing import Any, Final, Literal, NewType, NotRequired, TypedDict
+from typing import Any, Final, Generic, Literal, NewType, NotRequired, TypedDict, TypeVar
 
 from convex import ConvexClient
 
@@ -79,10 +77,16 @@ class PaginationOpts(TypedDict):
     cursor: str | None
 
 
-class PaginationResult(TypedDict):
-    page: list[dict[str, Any]]
+_Item = TypeVar("_Item")
+
+
+class PaginationResult(TypedDict, Generic[_Item]):
+    """One page of a paginated query: `PaginationResult[Workflows]`, as `PaginationResult<Doc<"workflows">>`."""
+
+    page: list[_Item]
     isDone: bool
     continueCursor: str
+    splitCursor: NotRequired[str | None]
 '''
 
 _SCALARS: dict[Any, str] = {str: "str", int: "float", float: "float", bool: "bool", bytes: "bytes"}
@@ -108,13 +112,18 @@ def _attr(name: str) -> str:
 class _Types(TypeWriter):
     """Python annotation → the text of a type in the generated module, for one function (named in errors).
 
-    Pydantic models become TypedDicts (their wire keys), collected in `models` for the module to declare once."""
+    Pydantic models and TypedDicts become TypedDicts (their wire keys), collected in `models` (name → the class
+    and its declaration) for the module to declare once."""
 
     language = "Python client"
     any_type = "Any"
 
     def __init__(
-        self, where: str, tables: Mapping[str, str], models: dict[str, str], shadowed: frozenset[str] = frozenset()
+        self,
+        where: str,
+        tables: Mapping[str, str],
+        models: dict[str, tuple[Any, str]],
+        shadowed: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(where, tables)
         self.names = tables  # convex name → class name
@@ -149,18 +158,35 @@ class _Types(TypeWriter):
     def record(self, value: str) -> str:
         return f"{self.builtin('dict')}[{self.builtin('str')}, {value}]"
 
-    def model(self, model: type[BaseModel]) -> str:
-        name = model.__name__
-        if name in self.names.values():
+    def page(self, item: str) -> str:
+        return f"PaginationResult[{item}]"
+
+    def model(self, model: Any) -> str:
+        name: str = model.__name__
+        if name in self.names.values() or name in _RESERVED:
             raise CodegenError(
-                f"{self.where}: the model {name} has the name of a table's document type; rename the model"
+                f"{self.where}: the type {name} has the name of a type of the generated module; rename it"
             )
         if name in self.models:
+            first = self.models[name][0]
+            if first is not model:
+                raise CodegenError(
+                    f"{self.where}: two types are named {name} ({_qualname(first)}, {_qualname(model)}); "
+                    "the client declares each by name: rename one of them"
+                )
             return name
-        self.models[name] = ""  # reserved: a model that contains itself refers to itself by name
+        self.models[name] = (model, "")  # reserved: a model that contains itself refers to itself by name
         fields = [(key, self.of(tp), optional) for key, tp, optional in self.model_fields(model)]
-        self.models[name] = _typed_dict(name, fields)
+        self.models[name] = (model, _typed_dict(name, fields))
         return name
+
+
+# Names the module's header declares: a model of the same name would replace them.
+_RESERVED = frozenset({"PaginationOpts", "PaginationResult", "Api", "OMITTED"})
+
+
+def _qualname(tp: Any) -> str:
+    return f"{tp.__module__}.{tp.__qualname__}"
 
 
 def _typed_dict(name: str, fields: Iterable[tuple[str, str, bool]]) -> str:
@@ -199,7 +225,7 @@ def _method(spec: FunctionSpec, types: _Types) -> list[str]:
             params.append(f"{name}: {text} | _Omitted = OMITTED")
         wire.append(f"{key}={name}" if key.isidentifier() else f"**{{{json.dumps(key)}: {name}}}")
     returns = typing.get_type_hints(spec.handler, include_extras=True).get("return", Any)
-    result = "PaginationResult" if paginated and is_untyped_dict(returns) else types.of(returns)
+    result = types.page(types.record("Any")) if paginated and is_untyped_dict(returns) else types.of(returns)
     export = _attr(spec.path.rpartition(":")[2])
     method = spec.kind.value
     lines = [
@@ -253,7 +279,7 @@ def render_python(specs: Iterable[FunctionSpec], catalog: Catalog) -> str:
     tables = {t.convex_name: _class_name(t.convex_name) for t in app_tables}
     if len(set(tables.values())) < len(tables):
         raise CodegenError(f"two tables give the same Python type name: {sorted(tables)}; rename one of them")
-    models: dict[str, str] = {}
+    models: dict[str, tuple[Any, str]] = {}
     modules: dict[str, list[FunctionSpec]] = {}
     for spec in sorted(specs, key=lambda s: s.path):
         if spec.visibility is Visibility.PUBLIC and not spec.path.startswith("_system/"):
@@ -274,7 +300,7 @@ def render_python(specs: Iterable[FunctionSpec], catalog: Catalog) -> str:
         out += ["", "", _document(table, tables)]
     if models:
         out += ["", "", "# Argument and result models."]
-        for declaration in models.values():
+        for _, declaration in models.values():
             out += ["", "", declaration]
     out += _namespaces(bodies)
     return "\n".join(out).rstrip() + "\n"

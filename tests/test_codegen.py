@@ -10,14 +10,14 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, NotRequired, Required, TypedDict, TypeVar
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from server import Id
-from server.codegen import CodegenError, Doc, api_dts, function_type
+from server import Doc, Id, Page
+from server.codegen import CodegenError, api_dts, function_type
 from server.database.catalog import Catalog
 from server.functions.registry import FunctionKind, FunctionSpec, Visibility
 from server.functions.validation import args_model
@@ -26,7 +26,7 @@ from tests.clients.driver import npm_ci
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "client_examples" / "node"
 GENERATED = EXAMPLE / "convex" / "_generated"
-TABLES = ["generations", "videos"]
+TABLES = ["generations", "videos", "_storage"]
 
 
 def spec(handler: Any, path: str = "mod:fn", visibility: Visibility = Visibility.PUBLIC) -> FunctionSpec:
@@ -82,6 +82,65 @@ def test_pagination_and_empty_arguments() -> None:
     )
 
 
+async def typed_page(ctx: Any, pagination_opts: dict[str, Any]) -> Page(Doc("videos")):  # type: ignore[valid-type]
+    return {}
+
+
+async def new_id(ctx: Any) -> list[Id("videos")]:  # type: ignore[valid-type]
+    return []
+
+
+async def stored_files(ctx: Any) -> list[Doc("_storage") | None]:  # type: ignore[valid-type]
+    return []
+
+
+def test_pages_ids_and_system_documents_as_results() -> None:
+    """`Page(...)` is what `usePaginatedQuery` takes, with the page's type; an `Id` result is told apart by table;
+    a system table's document is Convex's own type (the DataModel has no system tables)."""
+    assert function_type(spec(typed_page), TABLES).endswith(
+        '{ paginationOpts: PaginationOptions }, PaginationResult<Doc<"videos">>>'
+    )
+    assert function_type(spec(new_id), TABLES).endswith('{}, Array<Id<"videos">>>')
+    assert function_type(spec(stored_files), TABLES).endswith(
+        '{}, Array<DocumentByName<SystemDataModel, "_storage"> | null>>'
+    )
+
+
+class Selected(TypedDict):
+    _id: Id("videos")  # type: ignore[valid-type]
+    note: NotRequired[str | None]
+
+
+class Row(TypedDict, total=False):
+    title: str
+    selected: Required[Selected | None]
+    page: Page(Doc("videos"))  # type: ignore[valid-type]
+
+
+class Tree(TypedDict):
+    children: list[Tree]
+
+
+async def rows(ctx: Any) -> list[Row]:
+    return []
+
+
+async def tree(ctx: Any) -> Tree:
+    return {"children": []}
+
+
+def test_typed_dict_results_are_their_keys() -> None:
+    """Keys as written (a TypedDict is the dict the handler returns), `?` where one may be absent: NotRequired,
+    or a class with total=False unless Required; read right under `from __future__ import annotations`, as this
+    module is, where the class's own `__optional_keys__` misses NotRequired."""
+    assert function_type(spec(rows), TABLES).endswith(
+        '{}, Array<{ title?: string; selected: { _id: Id<"videos">; note?: string | null } | null; '
+        'page?: PaginationResult<Doc<"videos">> }>>'
+    )
+    with pytest.raises(CodegenError, match="mod:fn: Tree contains itself; a recursive type has no inline form"):
+        function_type(spec(tree), TABLES)
+
+
 def test_module_paths_nest_and_internal_functions_stay_out_of_api() -> None:
     text = api_dts([spec(no_args, "projectRedesign:getStoryboard"), spec(no_args, "admin/jobs:retry")], Catalog())
     assert '  projectRedesign: {\n    getStoryboard: FunctionReference<"query", "public", {}, null>;' in text
@@ -101,11 +160,24 @@ async def untranslatable(ctx: Any, when: complex) -> None:
     return None
 
 
+T = TypeVar("T")
+
+
+class Boxed(TypedDict, Generic[T]):
+    value: T
+
+
+async def boxed(ctx: Any) -> Boxed[int]:
+    return {"value": 1}
+
+
 def test_untranslatable_types_are_errors_naming_the_function() -> None:
     with pytest.raises(CodegenError, match=r'mod:fn: Id\("nosuch"\) names no table of schema.sql; the tables are'):
         function_type(spec(unknown_table), TABLES)
     with pytest.raises(CodegenError, match="mod:fn: no TypeScript type for complex"):
         function_type(spec(untranslatable), TABLES)
+    with pytest.raises(CodegenError, match="mod:fn: Boxed is a generic TypedDict; clients get no type for it"):
+        function_type(spec(boxed), TABLES)
 
 
 async def run(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -176,6 +248,7 @@ async def test_tsc_accepts_the_example() -> None:
 
 WRONG = """\
 import { ConvexHttpClient } from "convex/browser";
+import { usePaginatedQuery } from "convex/react";
 import { api, internal } from "../convex/_generated/api";
 import type { Id } from "../convex/_generated/dataModel";
 
@@ -197,6 +270,20 @@ export async function calls(): Promise<void> {
   await client.mutation(api.generations.createPending, {});  // WRONG: internal, not in api
   const n: number = await client.mutation(api.workflows.createWorkflow, { task: "t" });  // WRONG: returns string
   void n;
+  // Only the result types (Page, Id, TypedDict results) refuse these: each was `any` or `string` before them.
+  const task = "t";
+  const tasks: Array<string> = page.page.map((w) => w.task);
+  void [tasks, page.page[0].nosuch];  // WRONG: a workflow has no field nosuch
+  const videoId: Id<"videos"> = await client.mutation(api.workflows.createWorkflow, { task });  // WRONG: of workflows
+  const started = await client.mutation(api.imageGeneration.generateShotImages, { shotId: "0" as Id<"sceneShots"> });
+  const imageIds: Array<Id<"shotImages">> = started.imageIds;
+  void [videoId, imageIds, started.nosuch];  // WRONG: a TypedDict result has only its keys
+}
+
+export function usePages(): Array<string> {
+  const { results } = usePaginatedQuery(api.workflows.listByStatus, { status: "pending" }, { initialNumItems: 2 });
+  void results.map((w) => w.nosuch);  // WRONG: usePaginatedQuery's results are the page's documents
+  return results.map((w) => w.currentStep);
 }
 """
 
@@ -217,3 +304,5 @@ async def test_tsc_refuses_wrong_arguments() -> None:
     assert "Type 'number' is not assignable to type 'Id<\"generations\">'" in output, output
     assert "The expected type comes from property 'parentId'" in output, output
     assert "createPending" in output, output
+    assert "Property 'nosuch' does not exist on type '{ _id: Id<\"workflows\">;" in output, output
+    assert "Type 'Id<\"workflows\">' is not assignable to type 'Id<\"videos\">'" in output, output

@@ -4,17 +4,19 @@ examples, makes mypy accept right calls and refuse wrong ones, and calls the ser
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from server import Doc, Id, Page
 from server.codegen import CodegenError
 from server.codegen_python import render_python
-from server.database.catalog import Catalog
+from server.database.catalog import Catalog, Column, ColumnType, Table
 from server.functions.registry import FunctionKind, FunctionSpec, Visibility
 from server.functions.validation import args_model
 from tests.support.server import ADMIN_KEY, RippleServer
@@ -76,6 +78,78 @@ def test_untranslatable_types_name_the_function() -> None:
         render_python([spec(untranslatable, "things:when")], Catalog())
 
 
+VIDEOS = Catalog(tables={"videos": Table("videos", 1, {"title": Column("title", ColumnType.TEXT, True, False)}, {})})
+
+
+class Chapter(TypedDict):
+    videoId: Id("videos")  # type: ignore[valid-type]
+    title: str
+    note: NotRequired[str | None]
+
+
+class Outline(TypedDict):
+    chapters: list[Chapter]
+    first: Chapter | None
+
+
+async def paged(ctx: Any, pagination_opts: dict[str, Any]) -> Page(Doc("videos")):  # type: ignore[valid-type]
+    return {}
+
+
+async def untyped_page(ctx: Any, pagination_opts: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+async def created(ctx: Any) -> Id("videos"):  # type: ignore[valid-type]
+    return ""
+
+
+async def outline(ctx: Any) -> Outline:
+    return {"chapters": [], "first": None}
+
+
+def test_pages_ids_and_typed_dict_results() -> None:
+    specs = [
+        spec(paged, "videos:paged"),
+        spec(untyped_page, "videos:untypedPage"),
+        spec(created, "videos:created", FunctionKind.MUTATION),
+        spec(outline, "videos:outline"),
+    ]
+    text = render_python(specs, VIDEOS)
+    assert "def paged(self, *, pagination_opts: PaginationOpts) -> PaginationResult[Videos]:" in text
+    assert "def untyped_page(self, *, pagination_opts: PaginationOpts) -> PaginationResult[dict[str, Any]]:" in text
+    assert "def created(self) -> VideosId:" in text
+    assert "def outline(self) -> Outline:" in text
+    # A TypedDict is declared once, by name, nested ones too; NotRequired stays so (this module's annotations are
+    # strings, which the class's own __optional_keys__ cannot see through).
+    assert "class Outline(TypedDict):\n    chapters: list[Chapter]\n    first: Chapter | None\n" in text
+    assert (
+        "class Chapter(TypedDict):\n    videoId: VideosId\n    title: str\n    note: NotRequired[str | None]\n" in text
+    )
+    assert text.count("class Chapter(TypedDict)") == 1
+
+
+# Another module's type of the same name, and one named as a type of the generated module's header.
+OtherOutline = TypedDict("Outline", {"chapters": int})  # type: ignore[misc]  # noqa: UP013 (its name differs)
+NamedAsHeader = TypedDict("PaginationResult", {"x": int})  # type: ignore[misc]  # noqa: UP013
+
+
+async def clash(ctx: Any) -> OtherOutline:
+    return {"chapters": 0}
+
+
+async def reserved(ctx: Any) -> NamedAsHeader:
+    return {"x": 0}
+
+
+def test_two_types_of_one_name_are_an_error() -> None:
+    """The client declares each type once by name: a second one of that name would silently be typed as the first."""
+    with pytest.raises(CodegenError, match="videos:outline: two types are named Outline"):
+        render_python([spec(outline, "videos:outline"), spec(clash, "videos:clash")], VIDEOS)
+    with pytest.raises(CodegenError, match="videos:reserved: the type PaginationResult has the name of a type"):
+        render_python([spec(reserved, "videos:reserved")], VIDEOS)
+
+
 async def test_the_committed_client_is_up_to_date(fresh_dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "ripple_api.py"
     env = {"DATABASE_URL": fresh_dsn, "RIPPLE_MODULES": "[]"}
@@ -100,7 +174,7 @@ async def test_the_committed_client_is_up_to_date(fresh_dsn: str, tmp_path: Path
 
 WRONG = """
 from convex import ConvexClient
-from ripple_api import Api, VideosId
+from ripple_api import Api, SceneShotsId, ShotImagesId, VideosId
 
 api = Api(ConvexClient("http://127.0.0.1:1"))
 api.videos.get_job_by_id(job=1)
@@ -108,6 +182,14 @@ api.videos.list_by_status(limit="ten")
 api.videos.update_job_error(twitch_id="t", job_id="j", error_type="x", error_message="m")
 api.workflows.get_workflow(workflow_id="plain string")
 api.workflows.get_workflow(workflow_id=VideosId("an id of another table"))
+# Only the result types (Page, Id, TypedDict results) refuse these: each was dict[str, Any] or str before them.
+page = api.workflows.list_by_status(status="pending", pagination_opts={"numItems": 2, "cursor": None})
+tasks: list[str] = [w["task"] for w in page["page"]]
+page["page"][0]["nosuch"]
+video: VideosId = api.workflows.create_workflow(task="t")
+started = api.image_generation.generate_shot_images(shot_id=SceneShotsId("a shot"))
+images: list[ShotImagesId] = started["imageIds"]
+started["nosuch"]
 """
 
 
@@ -125,8 +207,14 @@ async def test_mypy_accepts_the_example_and_refuses_wrong_calls(tmp_path: Path) 
         'wrong.py:9: error: Argument "workflow_id" to "get_workflow" of "_WorkflowsModule" has incompatible type "str"',
         'wrong.py:10: error: Argument "workflow_id" to "get_workflow" of "_WorkflowsModule" has incompatible type '
         '"VideosId"',
+        'wrong.py:14: error: TypedDict "Workflows" has no key "nosuch"',
+        'wrong.py:15: error: Incompatible types in assignment (expression has type "WorkflowsId", variable has type '
+        '"VideosId")',
+        'wrong.py:18: error: TypedDict "IterationStarted" has no key "nosuch"',
     ):
         assert expected in output, output
+    # And nothing else: a page's documents, a TypedDict result's keys and returned ids read as typed.
+    assert {int(line) for line in re.findall(r"wrong\.py:(\d+): error", output)} == {6, 7, 8, 9, 10, 14, 15, 18}, output
 
 
 CALLS = """

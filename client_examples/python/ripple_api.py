@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator
-from typing import Any, Final, Literal, NewType, NotRequired, TypedDict
+from typing import Any, Final, Generic, Literal, NewType, NotRequired, TypedDict, TypeVar
 
 from convex import ConvexClient
 
@@ -47,10 +47,16 @@ class PaginationOpts(TypedDict):
     cursor: str | None
 
 
-class PaginationResult(TypedDict):
-    page: list[dict[str, Any]]
+_Item = TypeVar("_Item")
+
+
+class PaginationResult(TypedDict, Generic[_Item]):
+    """One page of a paginated query: `PaginationResult[Workflows]`, as `PaginationResult<Doc<"workflows">>`."""
+
+    page: list[_Item]
     isDone: bool
     continueCursor: str
+    splitCursor: NotRequired[str | None]
 
 
 # Ids: one type per table, as Id<"table"> in TypeScript.
@@ -270,9 +276,27 @@ class ReviewerSession(TypedDict):
     approved: NotRequired[bool | None]
 
 
+class Generated(TypedDict):
+    rawCode: str
+    code: str
+    id: GenerationsId
+    durationInFrames: float
+    fps: float
+
+
 class ConversationTurn(TypedDict):
     role: Literal["user", "assistant"]
     content: str
+
+
+class RefinedCode(TypedDict):
+    rawCode: str
+    code: str
+
+
+class IterationStarted(TypedDict):
+    iterationNumber: float
+    imageIds: list[ShotImagesId]
 
 
 class ImageInput(TypedDict):
@@ -288,6 +312,11 @@ class ShotInput(TypedDict):
     shotNumber: float
     description: str
     initialPrompt: NotRequired[str | None]
+
+
+class SceneWithShots(TypedDict):
+    sceneId: ProjectScenesId
+    shotIds: list[SceneShotsId]
 
 
 class ImageGroup(TypedDict):
@@ -352,7 +381,7 @@ class _AgentsModule(_Module):
         status: str | None | _Omitted = OMITTED,
         claude_session_id: str | None | _Omitted = OMITTED,
         metadata: dict[str, Any] | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> AgentSessionsId:
         """Mutation `agents:createAgentSession`."""
         return self._client.mutation(
             "agents:createAgentSession",
@@ -374,11 +403,16 @@ class _AgentsModule(_Module):
         """`agents:getAgentSession`, live: its result now, then again each time a commit changes it."""
         return self._watch("agents:getAgentSession", _args(sessionId=session_id))
 
-    def list_by_status(self, *, status: str, pagination_opts: PaginationOpts) -> PaginationResult:
+    def list_by_status(self, *, status: str, pagination_opts: PaginationOpts) -> PaginationResult[AgentSessions]:
         """Query `agents:listByStatus`."""
         return self._client.query("agents:listByStatus", _args(status=status, paginationOpts=pagination_opts))
 
-    def watch_list_by_status(self, *, status: str, pagination_opts: PaginationOpts) -> Iterator[PaginationResult]:
+    def watch_list_by_status(
+        self,
+        *,
+        status: str,
+        pagination_opts: PaginationOpts,
+    ) -> Iterator[PaginationResult[AgentSessions]]:
         """`agents:listByStatus`, live: its result now, then again each time a commit changes it."""
         return self._watch("agents:listByStatus", _args(status=status, paginationOpts=pagination_opts))
 
@@ -435,7 +469,7 @@ class _GenerateAnimationModule(_Module):
         duration_in_seconds: float | None | _Omitted = OMITTED,
         fps: float | None | _Omitted = OMITTED,
         reference_image_ids: list[StorageId] | None | _Omitted = OMITTED,
-    ) -> dict[str, Any]:
+    ) -> Generated:
         """Action `generateAnimation:generate`."""
         return self._client.action(
             "generateAnimation:generate",
@@ -454,7 +488,7 @@ class _GenerateAnimationModule(_Module):
         current_code: str,
         refinement_prompt: str,
         conversation_history: list[ConversationTurn] | None | _Omitted = OMITTED,
-    ) -> dict[str, Any]:
+    ) -> RefinedCode:
         """Action `generateAnimation:refine`."""
         return self._client.action(
             "generateAnimation:refine",
@@ -471,7 +505,7 @@ class _GenerateAnimationModule(_Module):
         parent_generation_id: GenerationsId,
         refinement_prompt: str,
         conversation_history: list[ConversationTurn],
-    ) -> dict[str, Any]:
+    ) -> Generated:
         """Action `generateAnimation:refineAndPersist`."""
         return self._client.action(
             "generateAnimation:refineAndPersist",
@@ -502,11 +536,11 @@ class _GenerationsModule(_Module):
         """`generations:getRefinementChain`, live: its result now, then again each time a commit changes it."""
         return self._watch("generations:getRefinementChain", _args(generationId=generation_id))
 
-    def list(self, *, pagination_opts: PaginationOpts) -> PaginationResult:
+    def list(self, *, pagination_opts: PaginationOpts) -> PaginationResult[Generations]:
         """Query `generations:list`."""
         return self._client.query("generations:list", _args(paginationOpts=pagination_opts))
 
-    def watch_list(self, *, pagination_opts: PaginationOpts) -> Iterator[PaginationResult]:
+    def watch_list(self, *, pagination_opts: PaginationOpts) -> Iterator[PaginationResult[Generations]]:
         """`generations:list`, live: its result now, then again each time a commit changes it."""
         return self._watch("generations:list", _args(paginationOpts=pagination_opts))
 
@@ -528,7 +562,7 @@ class _ImageGenerationModule(_Module):
         shot_id: SceneShotsId,
         prompt: str | None | _Omitted = OMITTED,
         parent_image_id: ShotImagesId | None | _Omitted = OMITTED,
-    ) -> dict[str, Any]:
+    ) -> IterationStarted:
         """Mutation `imageGeneration:generateShotImages`."""
         return self._client.mutation(
             "imageGeneration:generateShotImages", _args(shotId=shot_id, prompt=prompt, parentImageId=parent_image_id)
@@ -548,7 +582,7 @@ class _ProjectRedesignModule(_Module):
         iteration_prompt: str,
         images: list[ImageInput],
         parent_image_id: ShotImagesId | None | _Omitted = OMITTED,
-    ) -> list[str]:
+    ) -> list[ShotImagesId]:
         """Mutation `projectRedesign:batchCreateShotImages`."""
         return self._client.mutation(
             "projectRedesign:batchCreateShotImages",
@@ -570,7 +604,7 @@ class _ProjectRedesignModule(_Module):
         scene_number: float,
         title: str,
         description: str,
-    ) -> str:
+    ) -> ProjectScenesId:
         """Mutation `projectRedesign:createProjectScene`."""
         return self._client.mutation(
             "projectRedesign:createProjectScene",
@@ -589,7 +623,7 @@ class _ProjectRedesignModule(_Module):
         title: str | None | _Omitted = OMITTED,
         prompt_planner_data: str | None | _Omitted = OMITTED,
         user_id: str | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> VideoProjectsId:
         """Mutation `projectRedesign:createRedesignProject`."""
         return self._client.mutation(
             "projectRedesign:createRedesignProject",
@@ -609,7 +643,7 @@ class _ProjectRedesignModule(_Module):
         shot_number: float,
         description: str,
         initial_prompt: str | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> SceneShotsId:
         """Mutation `projectRedesign:createSceneShot`."""
         return self._client.mutation(
             "projectRedesign:createSceneShot",
@@ -630,7 +664,7 @@ class _ProjectRedesignModule(_Module):
         title: str,
         description: str,
         shots: list[ShotInput],
-    ) -> dict[str, Any]:
+    ) -> SceneWithShots:
         """Mutation `projectRedesign:createSceneWithShots`."""
         return self._client.mutation(
             "projectRedesign:createSceneWithShots",
@@ -659,7 +693,7 @@ class _ProjectRedesignModule(_Module):
         status: str | None | _Omitted = OMITTED,
         is_favorite: bool | None | _Omitted = OMITTED,
         metadata: dict[str, Any] | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> ShotImagesId:
         """Mutation `projectRedesign:createShotImage`."""
         return self._client.mutation(
             "projectRedesign:createShotImage",
@@ -688,7 +722,7 @@ class _ProjectRedesignModule(_Module):
         shot_id: SceneShotsId,
         selected_image_id: ShotImagesId,
         animation_status: str | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> StoryboardSelectionsId:
         """Mutation `projectRedesign:createStoryboardSelection`."""
         return self._client.mutation(
             "projectRedesign:createStoryboardSelection",
@@ -816,7 +850,7 @@ class _ProjectRedesignModule(_Module):
         prompt_planner_data: str,
         title: str | None | _Omitted = OMITTED,
         user_id: str | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> VideoProjectsId:
         """Mutation `projectRedesign:initializeProject`."""
         return self._client.mutation(
             "projectRedesign:initializeProject",
@@ -835,7 +869,7 @@ class _ProjectRedesignModule(_Module):
         scene_id: ProjectScenesId,
         shot_id: SceneShotsId,
         selected_image_id: ShotImagesId,
-    ) -> str:
+    ) -> StoryboardSelectionsId:
         """Mutation `projectRedesign:selectMasterShot`."""
         return self._client.mutation(
             "projectRedesign:selectMasterShot",
@@ -953,7 +987,7 @@ class _VideosModule(_Module):
         """Mutation `videos:completeJob`."""
         return self._client.mutation("videos:completeJob", _args(twitchId=twitch_id, jobId=job_id, urls=urls))
 
-    def create(self, *, twitch_id: str, title: str, callback_url: str | None | _Omitted = OMITTED) -> str:
+    def create(self, *, twitch_id: str, title: str, callback_url: str | None | _Omitted = OMITTED) -> VideosId:
         """Mutation `videos:create`."""
         return self._client.mutation("videos:create", _args(twitchId=twitch_id, title=title, callbackUrl=callback_url))
 
@@ -1053,7 +1087,7 @@ class _WorkflowsModule(_Module):
         task: str,
         current_step: str | None | _Omitted = OMITTED,
         artifacts: list[str] | None | _Omitted = OMITTED,
-    ) -> str:
+    ) -> WorkflowsId:
         """Mutation `workflows:createWorkflow`."""
         return self._client.mutation(
             "workflows:createWorkflow", _args(task=task, currentStep=current_step, artifacts=artifacts)
@@ -1067,11 +1101,16 @@ class _WorkflowsModule(_Module):
         """`workflows:getWorkflow`, live: its result now, then again each time a commit changes it."""
         return self._watch("workflows:getWorkflow", _args(workflowId=workflow_id))
 
-    def list_by_status(self, *, status: str, pagination_opts: PaginationOpts) -> PaginationResult:
+    def list_by_status(self, *, status: str, pagination_opts: PaginationOpts) -> PaginationResult[Workflows]:
         """Query `workflows:listByStatus`."""
         return self._client.query("workflows:listByStatus", _args(status=status, paginationOpts=pagination_opts))
 
-    def watch_list_by_status(self, *, status: str, pagination_opts: PaginationOpts) -> Iterator[PaginationResult]:
+    def watch_list_by_status(
+        self,
+        *,
+        status: str,
+        pagination_opts: PaginationOpts,
+    ) -> Iterator[PaginationResult[Workflows]]:
         """`workflows:listByStatus`, live: its result now, then again each time a commit changes it."""
         return self._watch("workflows:listByStatus", _args(status=status, paginationOpts=pagination_opts))
 

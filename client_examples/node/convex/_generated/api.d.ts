@@ -6,40 +6,46 @@
  * To regenerate, run `ripple codegen`.
  * @module
  */
-import type { FunctionReference, PaginationOptions, PaginationResult } from "convex/server";
+import type {
+  DocumentByName,
+  FunctionReference,
+  PaginationOptions,
+  PaginationResult,
+  SystemDataModel,
+} from "convex/server";
 import type { Doc, Id } from "./dataModel.js";
 
 /** The public functions: `useQuery(api.generations.listByParent, { parentId })`. */
 export declare const api: {
   agents: {
-    createAgentSession: FunctionReference<"mutation", "public", { input: string; variant: { kind: "planner_session"; agentType?: "planner"; plan?: string | null } | { kind: "coder_session"; agentType?: "coder"; code?: string | null; language?: string | null } | { kind: "reviewer_session"; agentType?: "reviewer"; review?: string | null; approved?: boolean | null }; workflowId?: Id<"workflows"> | null; status?: string | null; claudeSessionId?: string | null; metadata?: Record<string, any> | null }, string>;
+    createAgentSession: FunctionReference<"mutation", "public", { input: string; variant: { kind: "planner_session"; agentType?: "planner"; plan?: string | null } | { kind: "coder_session"; agentType?: "coder"; code?: string | null; language?: string | null } | { kind: "reviewer_session"; agentType?: "reviewer"; review?: string | null; approved?: boolean | null }; workflowId?: Id<"workflows"> | null; status?: string | null; claudeSessionId?: string | null; metadata?: Record<string, any> | null }, Id<"agentSessions">>;
     getAgentSession: FunctionReference<"query", "public", { sessionId: Id<"agentSessions"> }, Doc<"agentSessions"> | null>;
-    listByStatus: FunctionReference<"query", "public", { status: string; paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
+    listByStatus: FunctionReference<"query", "public", { status: string; paginationOpts: PaginationOptions }, PaginationResult<Doc<"agentSessions">>>;
     listSessionsByWorkflow: FunctionReference<"query", "public", { workflowId: Id<"workflows">; status?: string | null }, Array<Doc<"agentSessions">>>;
     updateAgentSession: FunctionReference<"mutation", "public", { sessionId: Id<"agentSessions">; status?: string | null; output?: string | null; error?: string | null; variant?: { kind: "planner_session"; agentType?: "planner"; plan?: string | null } | { kind: "coder_session"; agentType?: "coder"; code?: string | null; language?: string | null } | { kind: "reviewer_session"; agentType?: "reviewer"; review?: string | null; approved?: boolean | null } | null; claudeSessionId?: string | null }, null>;
   };
   generateAnimation: {
-    generate: FunctionReference<"action", "public", { prompt: string; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null }, Record<string, any>>;
-    refine: FunctionReference<"action", "public", { currentCode: string; refinementPrompt: string; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null }, Record<string, any>>;
-    refineAndPersist: FunctionReference<"action", "public", { parentGenerationId: Id<"generations">; refinementPrompt: string; conversationHistory: Array<{ role: "user" | "assistant"; content: string }> }, Record<string, any>>;
+    generate: FunctionReference<"action", "public", { prompt: string; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null }, { rawCode: string; code: string; id: Id<"generations">; durationInFrames: number; fps: number }>;
+    refine: FunctionReference<"action", "public", { currentCode: string; refinementPrompt: string; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null }, { rawCode: string; code: string }>;
+    refineAndPersist: FunctionReference<"action", "public", { parentGenerationId: Id<"generations">; refinementPrompt: string; conversationHistory: Array<{ role: "user" | "assistant"; content: string }> }, { rawCode: string; code: string; id: Id<"generations">; durationInFrames: number; fps: number }>;
   };
   generations: {
     get: FunctionReference<"query", "public", { id: Id<"generations"> }, Doc<"generations">>;
     getRefinementChain: FunctionReference<"query", "public", { generationId: Id<"generations"> }, Array<Doc<"generations">>>;
-    list: FunctionReference<"query", "public", { paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
+    list: FunctionReference<"query", "public", { paginationOpts: PaginationOptions }, PaginationResult<Doc<"generations">>>;
     listByParent: FunctionReference<"query", "public", { parentId: Id<"generations"> }, Array<Doc<"generations">>>;
   };
   imageGeneration: {
-    generateShotImages: FunctionReference<"mutation", "public", { shotId: Id<"sceneShots">; prompt?: string | null; parentImageId?: Id<"shotImages"> | null }, Record<string, any>>;
+    generateShotImages: FunctionReference<"mutation", "public", { shotId: Id<"sceneShots">; prompt?: string | null; parentImageId?: Id<"shotImages"> | null }, { iterationNumber: number; imageIds: Array<Id<"shotImages">> }>;
   };
   projectRedesign: {
-    batchCreateShotImages: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; iterationNumber: number; iterationPrompt: string; images: Array<{ variantNumber: number; imageUrl: string; imageStorageId?: string | null; replicateImageId?: string | null; status?: string | null; metadata?: Record<string, any> | null }>; parentImageId?: Id<"shotImages"> | null }, Array<string>>;
-    createProjectScene: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneNumber: number; title: string; description: string }, string>;
-    createRedesignProject: FunctionReference<"mutation", "public", { prompt: string; title?: string | null; promptPlannerData?: string | null; userId?: string | null }, string>;
-    createSceneShot: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotNumber: number; description: string; initialPrompt?: string | null }, string>;
-    createSceneWithShots: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneNumber: number; title: string; description: string; shots: Array<{ shotNumber: number; description: string; initialPrompt?: string | null }> }, Record<string, any>>;
-    createShotImage: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; iterationNumber: number; variantNumber: number; imageUrl: string; iterationPrompt: string; imageStorageId?: string | null; parentImageId?: Id<"shotImages"> | null; replicateImageId?: string | null; status?: string | null; isFavorite?: boolean | null; metadata?: Record<string, any> | null }, string>;
-    createStoryboardSelection: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; selectedImageId: Id<"shotImages">; animationStatus?: string | null }, string>;
+    batchCreateShotImages: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; iterationNumber: number; iterationPrompt: string; images: Array<{ variantNumber: number; imageUrl: string; imageStorageId?: string | null; replicateImageId?: string | null; status?: string | null; metadata?: Record<string, any> | null }>; parentImageId?: Id<"shotImages"> | null }, Array<Id<"shotImages">>>;
+    createProjectScene: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneNumber: number; title: string; description: string }, Id<"projectScenes">>;
+    createRedesignProject: FunctionReference<"mutation", "public", { prompt: string; title?: string | null; promptPlannerData?: string | null; userId?: string | null }, Id<"videoProjects">>;
+    createSceneShot: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotNumber: number; description: string; initialPrompt?: string | null }, Id<"sceneShots">>;
+    createSceneWithShots: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneNumber: number; title: string; description: string; shots: Array<{ shotNumber: number; description: string; initialPrompt?: string | null }> }, { sceneId: Id<"projectScenes">; shotIds: Array<Id<"sceneShots">> }>;
+    createShotImage: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; iterationNumber: number; variantNumber: number; imageUrl: string; iterationPrompt: string; imageStorageId?: string | null; parentImageId?: Id<"shotImages"> | null; replicateImageId?: string | null; status?: string | null; isFavorite?: boolean | null; metadata?: Record<string, any> | null }, Id<"shotImages">>;
+    createStoryboardSelection: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; selectedImageId: Id<"shotImages">; animationStatus?: string | null }, Id<"storyboardSelections">>;
     deleteProjectScene: FunctionReference<"mutation", "public", { sceneId: Id<"projectScenes"> }, null>;
     deleteRedesignProject: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects"> }, null>;
     deleteSceneShot: FunctionReference<"mutation", "public", { shotId: Id<"sceneShots"> }, null>;
@@ -54,8 +60,8 @@ export declare const api: {
     getShotImages: FunctionReference<"query", "public", { shotId: Id<"sceneShots">; iterationNumber?: number | null }, Array<Doc<"shotImages">>>;
     getStoryboard: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<{ sceneId: Id<"projectScenes">; sceneNumber: number; sceneTitle: string; shotId: Id<"sceneShots">; shotNumber: number; description: string; selection: Doc<"storyboardSelections"> | null; selectedImage: { _id: Id<"shotImages">; iterationNumber: number; variantNumber: number; imageUrl: string } | null }>>;
     getStoryboardSelections: FunctionReference<"query", "public", { projectId: Id<"videoProjects"> }, Array<Doc<"storyboardSelections">>>;
-    initializeProject: FunctionReference<"mutation", "public", { prompt: string; promptPlannerData: string; title?: string | null; userId?: string | null }, string>;
-    selectMasterShot: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; selectedImageId: Id<"shotImages"> }, string>;
+    initializeProject: FunctionReference<"mutation", "public", { prompt: string; promptPlannerData: string; title?: string | null; userId?: string | null }, Id<"videoProjects">>;
+    selectMasterShot: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; sceneId: Id<"projectScenes">; shotId: Id<"sceneShots">; selectedImageId: Id<"shotImages"> }, Id<"storyboardSelections">>;
     toggleFavorite: FunctionReference<"mutation", "public", { imageId: Id<"shotImages"> }, boolean>;
     updateProjectScene: FunctionReference<"mutation", "public", { sceneId: Id<"projectScenes">; sceneNumber?: number | null; title?: string | null; description?: string | null }, null>;
     updatePromptPlanner: FunctionReference<"mutation", "public", { projectId: Id<"videoProjects">; promptPlannerData: string }, null>;
@@ -66,7 +72,7 @@ export declare const api: {
   };
   videos: {
     completeJob: FunctionReference<"mutation", "public", { twitchId: string; jobId: string; urls?: { transcriptUrl?: string | null; chatUrl?: string | null; audiowaveUrl?: string | null; transcriptAnalysisUrl?: string | null; transcriptWordUrl?: string | null } | null }, null>;
-    create: FunctionReference<"mutation", "public", { twitchId: string; title: string; callbackUrl?: string | null }, string>;
+    create: FunctionReference<"mutation", "public", { twitchId: string; title: string; callbackUrl?: string | null }, Id<"videos">>;
     getByTwitchId: FunctionReference<"query", "public", { twitchId: string }, Doc<"videos"> | null>;
     getJobById: FunctionReference<"query", "public", { jobId: string }, Doc<"videos"> | null>;
     listByStatus: FunctionReference<"query", "public", { status?: string | null; limit?: number | null }, Array<Doc<"videos">>>;
@@ -75,9 +81,9 @@ export declare const api: {
   };
   workflows: {
     addArtifacts: FunctionReference<"mutation", "public", { workflowId: Id<"workflows">; artifacts: Array<string> }, Array<string>>;
-    createWorkflow: FunctionReference<"mutation", "public", { task: string; currentStep?: string | null; artifacts?: Array<string> | null }, string>;
+    createWorkflow: FunctionReference<"mutation", "public", { task: string; currentStep?: string | null; artifacts?: Array<string> | null }, Id<"workflows">>;
     getWorkflow: FunctionReference<"query", "public", { workflowId: Id<"workflows"> }, Doc<"workflows"> | null>;
-    listByStatus: FunctionReference<"query", "public", { status: string; paginationOpts: PaginationOptions }, PaginationResult<Record<string, any>>>;
+    listByStatus: FunctionReference<"query", "public", { status: string; paginationOpts: PaginationOptions }, PaginationResult<Doc<"workflows">>>;
     updateWorkflowStatus: FunctionReference<"mutation", "public", { workflowId: Id<"workflows">; status: string; currentStep?: string | null }, null>;
   };
 };
@@ -86,10 +92,10 @@ export declare const api: {
 export declare const internal: {
   generations: {
     complete: FunctionReference<"mutation", "internal", { id: Id<"generations">; status: "success" | "failed"; code?: string | null; rawCode?: string | null; durationInFrames?: number | null; fps?: number | null; model?: string | null; errorMessage?: string | null }, null>;
-    createPending: FunctionReference<"mutation", "internal", { userId: string; prompt: string; createdAt: number; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null; model?: string | null }, string>;
+    createPending: FunctionReference<"mutation", "internal", { userId: string; prompt: string; createdAt: number; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; fps?: number | null; referenceImageIds?: Array<Id<"_storage">> | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; conversationHistory?: Array<{ role: "user" | "assistant"; content: string }> | null; model?: string | null }, Id<"generations">>;
     getInternal: FunctionReference<"query", "internal", { id: Id<"generations"> }, Doc<"generations"> | null>;
-    referenceFiles: FunctionReference<"query", "internal", { ids: Array<Id<"_storage">> }, Array<Record<string, any> | null>>;
-    store: FunctionReference<"mutation", "internal", { userId: string; prompt: string; code: string; rawCode: string; createdAt?: number | null; durationInFrames?: number | null; fps?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; model?: string | null }, string>;
+    referenceFiles: FunctionReference<"query", "internal", { ids: Array<Id<"_storage">> }, Array<DocumentByName<SystemDataModel, "_storage"> | null>>;
+    store: FunctionReference<"mutation", "internal", { userId: string; prompt: string; code: string; rawCode: string; createdAt?: number | null; durationInFrames?: number | null; fps?: number | null; aspectRatio?: string | null; durationInSeconds?: number | null; batchId?: string | null; variationIndex?: number | null; variationCount?: number | null; continuationType?: string | null; parentGenerationId?: Id<"generations"> | null; refinementPrompt?: string | null; model?: string | null }, Id<"generations">>;
     updatePartial: FunctionReference<"mutation", "internal", { id: Id<"generations">; rawCode: string; code?: string | null }, boolean>;
   };
   imageGeneration: {
@@ -99,7 +105,7 @@ export declare const internal: {
     predictionFinished: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; status: string; outputUrl?: string | null; error?: string | null }, string>;
     predictionsStarted: FunctionReference<"mutation", "internal", { started: Array<{ imageId: string; predictionId: string }>; refused: Array<{ imageId: string; error: string }> }, null>;
     startPredictions: FunctionReference<"action", "internal", { imageIds: Array<Id<"shotImages">> }, Record<string, number>>;
-    storeOutput: FunctionReference<"action", "internal", { imageId: Id<"shotImages">; predictionId: string; outputUrl: string }, string | null>;
+    storeOutput: FunctionReference<"action", "internal", { imageId: Id<"shotImages">; predictionId: string; outputUrl: string }, Id<"_storage"> | null>;
   };
   videos: {
     failStalledJobs: FunctionReference<"mutation", "internal", { staleAfterMinutes?: number }, number>;
