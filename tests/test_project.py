@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+import functions  # noqa: F401  (the seed project holds the package name in this process, as under the suite's servers)
 from server.cli import main
 from server.functions.registry import module_name
 from server.project import Project, ProjectError, seed_project
