@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from tests.support.server import ADMIN_KEY, ISSUER, RippleServer
@@ -50,6 +51,19 @@ async def test_tables_count_rows_and_list_indexes(ripple: RippleServer) -> None:
     indexes = {i["name"]: i["fields"] for i in tables["videos"]["indexes"]}
     assert indexes["by_creation_time"] == ["_creationTime", "_id"]
     assert "twitchId" in tables["videos"]["fields"]
+
+
+async def test_a_count_past_the_cap_says_so(ripple: RippleServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.admin.data
+
+    monkeypatch.setattr(server.admin.data, "COUNT_CAP", 2)
+    for n in range(2):
+        await _admin(ripple, "mutation", "testing:insert", {"table": "videos", "doc": _video(f"v{n}")})
+    tables = {t["name"]: t for t in await _admin(ripple, "query", "_system/data:tables", {})}
+    assert (tables["videos"]["count"], tables["videos"]["countCapped"]) == (2, False)  # exactly the cap: exact
+    await _admin(ripple, "mutation", "testing:insert", {"table": "videos", "doc": _video("v2")})
+    tables = {t["name"]: t for t in await _admin(ripple, "query", "_system/data:tables", {})}
+    assert (tables["videos"]["count"], tables["videos"]["countCapped"]) == (2, True)
 
 
 async def test_documents_paginate_sort_and_filter(ripple: RippleServer) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import struct
 import time
-import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +22,7 @@ from functions.generate_animation import GENERATION_SYSTEM_PROMPT, REFINEMENT_SY
 from functions.reference_images import MAX_IMAGE_BYTES
 from server.errors import AuthRequired, ConvexError, IdError, RippleError
 from tests.fakes.anthropic_api import FakeAnthropic, FakeScript, ReceivedImage, run_fake_anthropic
+from tests.support.images import png
 from tests.support.server import RippleServer
 
 API_KEY = "test-key"
@@ -372,17 +371,6 @@ def test_extract_code_takes_the_first_block_and_handles_open_blocks() -> None:
 # reference images
 
 
-def one_pixel_png() -> bytes:
-    """A real 1x1 red PNG: signature, IHDR, one IDAT row, IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
-    pixels = zlib.compress(b"\x00\xff\x00\x00")  # filter byte, then one red pixel
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
 async def upload(ripple: RippleServer, data: bytes, content_type: str) -> str:
     """Upload through a real one-time upload URL, as a client does; returns the storage id."""
     url = httpx.URL(await ripple.call("testing:uploadUrl"))
@@ -395,8 +383,8 @@ async def upload(ripple: RippleServer, data: bytes, content_type: str) -> str:
 async def test_generate_shows_claude_the_reference_images_before_the_prompt(
     ripple: RippleServer, fake: FakeAnthropic, alice: str
 ) -> None:
-    png = one_pixel_png()
-    first = await upload(ripple, png, "image/png")
+    image_png = png()
+    first = await upload(ripple, image_png, "image/png")
     second = await upload(ripple, b"GIF89a-not-really", "image/GIF")
     args = {"prompt": "animate this logo", "referenceImageIds": [first, second]}
     result = await ripple.call("generateAnimation:generate", args, user=alice)
@@ -406,12 +394,12 @@ async def test_generate_shows_claude_the_reference_images_before_the_prompt(
     [request] = fake.requests
     [message] = request["messages"]
     image, gif, text = message["content"]
-    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(png).decode()}
+    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image_png).decode()}
     assert image == {"type": "image", "source": source}
     assert gif["source"]["media_type"] == "image/gif"
     assert text["type"] == "text" and text["text"].startswith("animate this logo")
     assert fake.images == [
-        ReceivedImage(0, 0, 0, "image/png", png),
+        ReceivedImage(0, 0, 0, "image/png", image_png),
         ReceivedImage(0, 0, 1, "image/gif", b"GIF89a-not-really"),
     ]
 
@@ -419,15 +407,15 @@ async def test_generate_shows_claude_the_reference_images_before_the_prompt(
 async def test_refine_and_persist_keeps_the_parents_reference_images(
     ripple: RippleServer, fake: FakeAnthropic, alice: str
 ) -> None:
-    png = one_pixel_png()
-    image = await upload(ripple, png, "image/png")
+    image_png = png()
+    image = await upload(ripple, image_png, "image/png")
     args = {"prompt": "p", "referenceImageIds": [image]}
     parent = (await ripple.call("generateAnimation:generate", args, user=alice))["id"]
     child = await ripple.call("generateAnimation:refineAndPersist", refine_args(parent), user=alice)
     doc = await ripple.call("generations:get", {"id": child["id"]}, user=alice)
     assert doc["referenceImageIds"] == [image]
     last = fake.requests[1]["messages"][-1]
-    assert last["content"][0]["source"]["data"] == base64.b64encode(png).decode()
+    assert last["content"][0]["source"]["data"] == base64.b64encode(image_png).decode()
     assert last["content"][-1]["text"].endswith("Change request: make it blue")
     assert [i.request_index for i in fake.images] == [0, 1]
 

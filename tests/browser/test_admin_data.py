@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from playwright.async_api import expect
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
 from tests.clients.driver import ClientDriver
 from tests.support.browser import artifact, chromium_page
+from tests.support.images import png
 from tests.support.server import ADMIN_KEY, RippleServer
 
 
@@ -179,4 +181,28 @@ async def test_no_horizontal_scroll_at_390_px(ripple: RippleServer) -> None:
             wide = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert wide <= 0, f"{section}: the page is {wide} px wider than the 390 px screen"
             await page.screenshot(path=artifact(shot), full_page=True)
+        assert page.console_errors == []
+
+
+async def test_storage_ids_show_a_preview_of_the_stored_image(ripple: RippleServer) -> None:
+    assert ripple.services.storage is not None
+    ripple.services.storage.base_url = ripple.url  # the port is the OS's choice (RIPPLE_PUBLIC_URL when deployed)
+    async with httpx.AsyncClient(timeout=30) as http:
+        upload = await http.post(
+            await ripple.call("testing:uploadUrl"),
+            content=png(20, 10, (200, 40, 40)),
+            headers={"Content-Type": "image/png"},
+        )
+    assert upload.status_code == 200, upload.text
+    storage_id = upload.json()["storageId"]
+    async with chromium_page() as page:
+        await _open(page, ripple, "data?table=_storage")
+        preview = page.get_by_alt_text(f"stored image {storage_id}").first
+        await expect(preview).to_be_visible()
+        await page.wait_for_function(
+            """(id) => [...document.querySelectorAll('img.preview')]
+                       .some((img) => img.alt === `stored image ${id}` && img.complete && img.naturalWidth === 20)""",
+            arg=storage_id,
+        )
+        await page.screenshot(path=artifact("admin-data-storage.png"), full_page=True)
         assert page.console_errors == []

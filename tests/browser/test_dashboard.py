@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import struct
 import time
-import zlib
 from typing import Any
 
 import httpx
@@ -13,6 +11,7 @@ from playwright.async_api import expect
 
 import tests.support.testing_app  # noqa: F401  (registers testing:uploadUrl, to store a file)
 from tests.support.browser import artifact, chromium_page
+from tests.support.images import png
 from tests.support.server import RippleServer
 
 
@@ -265,17 +264,6 @@ async def test_job_age_uses_the_servers_clock_when_the_browsers_is_wrong(ripple:
         assert page.console_errors == []
 
 
-def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A real PNG of one colour, so the browser decodes it (a thumbnail that only has a src proves nothing)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
 async def test_selected_images_show_their_state_and_appear_when_complete(ripple: RippleServer) -> None:
     # The port is the OS's choice, so file URLs learn it here (RIPPLE_PUBLIC_URL in a deployment).
     assert ripple.services.storage is not None
@@ -343,7 +331,7 @@ async def test_selected_images_show_their_state_and_appear_when_complete(ripple:
         async with httpx.AsyncClient(timeout=30) as http:
             upload = await http.post(
                 await ripple.call("testing:uploadUrl"),
-                content=_png(24, 16, (30, 120, 200)),
+                content=png(24, 16, (30, 120, 200)),
                 headers={"Content-Type": "image/png"},
             )
         assert upload.status_code == 200, upload.text
