@@ -303,3 +303,18 @@ def test_signature_matches_the_standard_webhooks_vector() -> None:
         verify_webhook(secret, headers, body, now=1614265330 + 301)
     with pytest.raises(WebhookRefused, match="does not match"):
         verify_webhook(secret, headers, body + b" ", now=1614265330)
+
+
+async def test_deleting_the_project_deletes_its_generated_files(
+    ripple: RippleServer, fake: FakeReplicate, alice: str
+) -> None:
+    project, shot = await shot_of(ripple, alice)
+    await ripple.call(f"{G}generateShotImages", {"shotId": shot}, user=alice)
+    deadline = time.monotonic() + 10
+    while {r["status"] for r in await rows(ripple, shot)} != {"complete"}:
+        assert time.monotonic() < deadline, await rows(ripple, shot)
+    urls = [f"/api/storage/{r['image_storage_id']}" for r in await rows(ripple, shot)]
+    async with httpx.AsyncClient(base_url=ripple.url) as http:
+        assert [(await http.get(url)).status_code for url in urls] == [200] * 6
+        await ripple.call(f"{P}deleteRedesignProject", {"projectId": project}, user=alice)
+        assert [(await http.get(url)).status_code for url in urls] == [404] * 6
