@@ -207,6 +207,9 @@ CREATE INDEX IF NOT EXISTS "shot_images__by_scene"
     ON shot_images (scene_id NULLS FIRST, _creation_time, _id);
 CREATE INDEX IF NOT EXISTS "shot_images__by_project"
     ON shot_images (project_id NULLS FIRST, _creation_time, _id);
+-- The stalled-image cron (imageGeneration:failStalledImages): pending/processing rows by last update.
+CREATE INDEX IF NOT EXISTS "shot_images__by_status"
+    ON shot_images (status NULLS FIRST, updated_at NULLS FIRST, _creation_time, _id);
 
 CREATE TABLE IF NOT EXISTS storyboard_selections (
     _id                text COLLATE "C" PRIMARY KEY DEFAULT _ripple_new_id('storyboard_selections'),

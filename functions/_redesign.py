@@ -15,7 +15,7 @@ from functions._model import (
     now_ms,
     owned,
 )
-from server.errors import ArgumentError
+from server.errors import ArgumentError, IdError
 
 REDESIGN_STATUSES = ("prompt_planning", "scenes_setup", "shot_iteration", "storyboard_final", "animation_complete")
 IMAGE_STATUSES = ("pending", "processing", "complete", "failed")
@@ -114,8 +114,26 @@ async def insert_project(
 
 
 async def delete_all(ctx: Any, table: str, index: str, field: str, value: str) -> None:
+    """Delete the rows of `table` whose `field` is `value`, and the stored files of images among them."""
     for doc in await ctx.db.query(table).with_index(index, lambda q: q.eq(field, value)).collect():
         await ctx.db.delete(doc["_id"])
+        if table == "shotImages":
+            await delete_image_file(ctx, doc)
+
+
+async def delete_image_file(ctx: Any, image: dict[str, Any]) -> None:
+    """Delete the file an image names (a generated image, or an upload passed to createShotImage): an image owns
+    its file, which nothing else shows once the image is gone. The bytes go once the mutation commits, so a delete
+    that fails keeps them. A name that is no (longer a) file, as createShotImage accepts any string, is skipped."""
+    storage_id = image.get("imageStorageId")
+    if not storage_id:
+        return
+    try:
+        exists = await ctx.storage.get_url(storage_id) is not None
+    except IdError:
+        return
+    if exists:
+        await ctx.storage.delete(storage_id)
 
 
 async def insert_scene(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functions import videos
+from functions import image_generation, videos
 from server.crons import Crons
 
 crons = Crons()
@@ -14,3 +14,6 @@ crons.interval(
     videos.fail_stalled_jobs,
     {"staleAfterMinutes": videos.STALE_AFTER_MINUTES},
 )
+
+# Images whose predictions were never started (the server stopped meanwhile) or never answered: shown failed.
+crons.interval("fail stalled images", {"minutes": 1}, image_generation.fail_stalled_images)

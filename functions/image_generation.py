@@ -11,6 +11,12 @@ The flow, one step per function, each safe to repeat:
    and schedules `storeOutput`, which downloads the image into file storage and `completeImage` moves the row to
    "complete" with `imageStorageId` and `imageUrl` (the file's URL).
 
+Nothing stays pending or processing for ever: a run of `startPredictions` that fails (not a refusal, recorded as
+above) fails its rows before it ends, keeping the predictions it did start; and the cron `failStalledImages`
+(functions/crons.py) fails rows still pending or processing `RIPPLE_IMAGE_STALE_AFTER_MINUTES` (30) after their
+last update: the server stopped while starting them (a scheduled action is not run again), or the provider never
+called back. A result arriving for a row failed so is ignored.
+
 Providers retry webhooks, so a delivery may arrive twice, or before step 2 has recorded the prediction: a row
 already finished, or whose output is already being stored, ignores it; a prediction id other than the row's is
 refused. A row deleted meanwhile (its shot deleted) ignores everything, and a file stored for it is deleted.
@@ -22,6 +28,8 @@ import logging
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions._model import AppError, WireModel, check_text, now_ms, token_of
 from functions._redesign import VARIANTS_PER_ITERATION, image_of_shot, insert_images, load_child
@@ -43,6 +51,19 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 15 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30.0
 _FINISHED = ("complete", "failed")
+
+
+# failStalledImages fails at most this many rows per status per run; the next run takes the rest.
+_STALE_BATCH = 100
+
+
+class StallSettings(BaseSettings):
+    """Read when the cron runs (as ImageApiSettings, functions/replicate.py), so a change needs no restart."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Replicate's predictions take seconds to a few minutes (a cold model boots first): past this, none will come.
+    stale_after_minutes: float = Field(default=30.0, gt=0, validation_alias="RIPPLE_IMAGE_STALE_AFTER_MINUTES")
 
 
 class Started(WireModel):
@@ -100,22 +121,35 @@ async def images_to_start(ctx: Any, image_ids: list[ImageId]) -> list[Doc("shotI
 
 @internal_action
 async def start_predictions(ctx: Any, image_ids: list[ImageId]) -> dict[str, float]:
-    """Start one prediction per pending row; returns how many started and how many were refused."""
-    settings = image_api_settings()
-    api = ImageApi(settings)
-    images = await ctx.run_query(images_to_start, {"imageIds": image_ids})
+    """Start one prediction per pending row; returns how many started and how many were refused. A run that fails
+    fails the rows it did not start, so they do not wait for failStalledImages, and then fails itself."""
     started: list[dict[str, str]] = []
     refused: list[dict[str, str]] = []
-    webhook = settings.resolved_webhook_url() if not settings.missing() else ""  # unset: each start says what to set
-    for image in images:  # in variant order; the provider queues them anyway
-        try:
-            prediction_id = await api.start_prediction(image["iterationPrompt"], f"{webhook}?imageId={image['_id']}")
-        except ReplicateError as exc:
-            log.warning("image %s: the prediction was not started: %s", image["_id"], exc)
-            refused.append({"imageId": image["_id"], "error": str(exc)})
-            continue
-        started.append({"imageId": image["_id"], "predictionId": prediction_id})
-    await ctx.run_mutation(predictions_started, {"started": started, "refused": refused})
+    try:
+        settings = image_api_settings()
+        api = ImageApi(settings)
+        images = await ctx.run_query(images_to_start, {"imageIds": image_ids})
+        webhook = settings.resolved_webhook_url() if not settings.missing() else ""  # unset: each start says what
+        for image in images:  # in variant order; the provider queues them anyway
+            try:
+                prediction_id = await api.start_prediction(
+                    image["iterationPrompt"], f"{webhook}?imageId={image['_id']}"
+                )
+            except ReplicateError as exc:
+                log.warning("image %s: the prediction was not started: %s", image["_id"], exc)
+                refused.append({"imageId": image["_id"], "error": str(exc)})
+                continue
+            started.append({"imageId": image["_id"], "predictionId": prediction_id})
+        await ctx.run_mutation(predictions_started, {"started": started, "refused": refused})
+    except Exception as exc:
+        done = {item["imageId"] for item in started + refused}
+        error = f"the predictions could not be started: {exc}; generate the images again"
+        refused += [{"imageId": image_id, "error": error} for image_id in image_ids if image_id not in done]
+        try:  # predictions_started only moves rows still pending, so whatever the first call did stays
+            await ctx.run_mutation(predictions_started, {"started": started, "refused": refused})
+        except Exception as again:
+            log.warning("images %s stay pending until failStalledImages fails them: %s", image_ids, again)
+        raise
     return {"started": float(len(started)), "refused": float(len(refused))}
 
 
@@ -135,6 +169,33 @@ async def predictions_started(ctx: Any, started: list[Started], refused: list[Re
         image = await ctx.db.get(failure.image_id)
         if image is not None and image["status"] == "pending":
             await ctx.db.patch(failure.image_id, _failed(image, failure.error, now))
+
+
+@internal_mutation
+async def fail_stalled_images(ctx: Any, stale_after_minutes: float | None = None) -> float:
+    """Fail the rows pending or processing for longer than `stale_after_minutes` since their last update (unset:
+    RIPPLE_IMAGE_STALE_AFTER_MINUTES, 30), saying why in `metadata.error`; returns how many it failed."""
+    minutes = StallSettings().stale_after_minutes if stale_after_minutes is None else stale_after_minutes
+    now = now_ms()
+    cutoff = now - minutes * 60_000.0
+    reasons = {
+        "pending": f"the prediction was not started within {minutes:g} minutes (the server may have stopped while "
+        "starting it); generate the images again",
+        "processing": f"the image API sent no result within {minutes:g} minutes; generate the images again",
+    }
+    failed = 0
+    for status, reason in reasons.items():
+        stale = await (
+            ctx.db.query("shotImages")
+            .with_index("by_status", lambda q, s=status: q.eq("status", s).lt("updatedAt", cutoff))
+            .take(_STALE_BATCH)
+        )
+        for image in stale:
+            await ctx.db.patch(image["_id"], _failed(image, reason, now))
+            failed += 1
+    if failed:
+        log.warning("%d images had no result for %g minutes: marked failed", failed, minutes)
+    return float(failed)
 
 
 def _failed(image: dict[str, Any], error: str, now: float) -> dict[str, Any]:

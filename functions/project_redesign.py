@@ -10,7 +10,8 @@ Invariants every write keeps:
   image's parentImage is an image of the same shot, a selection's image is an image of its shot;
 - a shot has at most one storyboard selection, and the shot's `selectedImageId` names the same image;
 - (shotId, iterationNumber, variantNumber) is unique; variantNumber is 0-5;
-- deletes cascade down the hierarchy (scenes → shots → images → selections) and leave no dangling reference.
+- deletes cascade down the hierarchy (scenes → shots → images → selections) and leave no dangling reference; an
+  image's stored file (`imageStorageId`) is deleted with it, once the delete commits.
 
 `redesignStatus` follows prompt_planning → scenes_setup → shot_iteration → storyboard_final → animation_complete,
 one step at a time: forward to the next stage or back to the previous one (to revise); skips are refused.
@@ -38,6 +39,7 @@ from functions._redesign import (
     ImageInput,
     ShotInput,
     delete_all,
+    delete_image_file,
     image_of_shot,
     insert_images,
     insert_project,
@@ -174,7 +176,7 @@ async def update_redesign_status(ctx: Any, project_id: Id("videoProjects"), stat
 
 @mutation
 async def delete_redesign_project(ctx: Any, project_id: Id("videoProjects")) -> None:
-    """Delete the project and everything under it."""
+    """Delete the project and everything under it, images' files included."""
     token = await token_of(ctx, "delete a project")
     await load_project(ctx, "projectRedesign:deleteRedesignProject", project_id, token)
     for table in ("storyboardSelections", "shotImages", "sceneShots", "projectScenes"):
@@ -248,7 +250,7 @@ async def update_project_scene(
 
 @mutation
 async def delete_project_scene(ctx: Any, scene_id: Id("projectScenes")) -> None:
-    """Delete the scene with its shots, their images and selections."""
+    """Delete the scene with its shots, their images (and their files) and selections."""
     token = await token_of(ctx, "delete a scene")
     await load_child(ctx, "projectRedesign:deleteProjectScene", "projectScenes", scene_id, token)
     for table in ("storyboardSelections", "shotImages", "sceneShots"):
@@ -318,7 +320,7 @@ async def update_scene_shot(
 
 @mutation
 async def delete_scene_shot(ctx: Any, shot_id: Id("sceneShots")) -> None:
-    """Delete the shot with its images and selection."""
+    """Delete the shot with its images (and their files) and selection."""
     token = await token_of(ctx, "delete a shot")
     await load_child(ctx, "projectRedesign:deleteSceneShot", "sceneShots", shot_id, token)
     for table in ("storyboardSelections", "shotImages"):
@@ -445,7 +447,8 @@ async def toggle_favorite(ctx: Any, image_id: Id("shotImages")) -> bool:
 
 @mutation
 async def delete_shot_image(ctx: Any, image_id: Id("shotImages")) -> None:
-    """Delete the image, the selection that picked it, and every reference to it (shot, derived images)."""
+    """Delete the image, its stored file, the selection that picked it, and every reference to it (shot, derived
+    images)."""
     token = await token_of(ctx, "delete an image")
     image = await load_child(ctx, "projectRedesign:deleteShotImage", "shotImages", image_id, token)
     shot_id = image["shotId"]
@@ -456,10 +459,19 @@ async def delete_shot_image(ctx: Any, image_id: Id("shotImages")) -> None:
     shot = await ctx.db.get(shot_id)
     if shot is not None and shot.get("selectedImageId") == image_id:
         await ctx.db.patch(shot_id, {"selectedImageId": None, "updatedAt": now})
+    shares_file = False
     for other in await ctx.db.query("shotImages").with_index("by_shot", lambda q: q.eq("shotId", shot_id)).collect():
         if other.get("parentImageId") == image_id:
             await ctx.db.patch(other["_id"], {"parentImageId": None, "updatedAt": now})
+        if (
+            image.get("imageStorageId")
+            and other["_id"] != image_id
+            and other.get("imageStorageId") == image["imageStorageId"]
+        ):
+            shares_file = True  # an upload named by two images of the shot stays with the other
     await ctx.db.delete(image_id)
+    if not shares_file:
+        await delete_image_file(ctx, image)
 
 
 @query

@@ -45,6 +45,7 @@ from server.metrics import Metrics
 from server.project import PACKAGE as PROJECT_PACKAGE
 from server.project import package_modules
 from server.scheduler import ScheduleExecutor
+from server.storage_sweep import OrphanSweep
 from server.sync.socket import sync_endpoint, watch_sessions
 
 __all__ = ["GracefulServer", "Services", "create_app", "load_modules"]
@@ -265,6 +266,9 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
                 upload_url_ttl_s=settings.storage_upload_url_ttl_s,
             )
             runner.storage = files
+            sweep = OrphanSweep(
+                files, grace_s=settings.storage_orphan_grace_s, interval_s=settings.storage_sweep_interval_s
+            )
             hub = Hub(
                 route.hub_dsn,
                 database,
@@ -307,6 +311,8 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
             crons.check(lambda path: runner.resolve(path, internal_ok=True))
             crons.start()
             app.state.crons = crons
+            sweep.start()
+            app.state.storage_sweep = sweep
             log.info("ripple ready: %d tables, %d functions", len(catalog.tables), sum(1 for _ in runner.registry))
             log.info(
                 "HTTP actions: %d routes at %s/... (RIPPLE_SITE_PREFIX; Convex's site URL)",
@@ -317,6 +323,7 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
                 yield
             finally:
                 await watcher.close()
+                await sweep.close()
                 await crons.close()
                 await scheduler.close()
                 for session in list(app.state.services.sessions):

@@ -220,6 +220,13 @@ class Settings(BaseSettings):
     storage_max_upload_bytes: int = 20 * 1024 * 1024
     # How long an upload URL from ctx.storage.generate_upload_url() works (once), as Convex's: one hour.
     storage_upload_url_ttl_s: float = 3600.0
+    # The orphan sweep (server/storage_sweep.py) removes bytes no `_storage` row names (left by a crash between
+    # writing a file and recording it, or between a delete and the bytes' removal) once they are this old: bytes
+    # are written before their row, so younger ones may be an upload in flight. Keep it well above the longest
+    # upload.
+    storage_orphan_grace_s: float = Field(default=3600.0, gt=0)
+    # How often each process tries the sweep (one process at a time sweeps: the others skip). 0 turns it off.
+    storage_sweep_interval_s: float = Field(default=3600.0, ge=0)
     # The URL clients reach this server at, which file and upload URLs start with (behind a proxy, its public URL).
     # Unset: the URL `ripple serve` listens on (see `client_url`).
     public_url: str | None = None

@@ -9,9 +9,9 @@
 
 `DirectoryBlobs` keeps one file per storage id under a directory (`RIPPLE_STORAGE_DIR`, by default `storage/` in
 the data directory): written to a temporary file, flushed to disk, then renamed, so a file is there whole or not
-at all. `S3Blobs` (server/storage_s3.py) keeps them in an S3-compatible store instead; `blobs_for` picks one from
-the settings. Both implement the `Blobs` protocol (server/functions/storage_ctx.py), and the HTTP side here is the
-same for both.
+at all (a crash mid-write leaves only a hidden `.<id>.<random>.tmp`, which the orphan sweep removes). `S3Blobs`
+(server/storage_s3.py) keeps them in an S3-compatible store instead; `blobs_for` picks one from the settings. Both
+implement the `Blobs` protocol (server/functions/storage_ctx.py), and the HTTP side here is the same for both.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ __all__ = ["DirectoryBlobs", "blobs_for", "routes"]
 
 _CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_STORAGE_ID = re.compile(r"[0-9a-f]{36}")
+_FAN_OUT = re.compile(r"[0-9a-f]{2}")
+_PARTIAL = re.compile(r"\.[0-9a-f]{36}\.[0-9a-f]{32}\.tmp")
 
 
 class DirectoryBlobs:
@@ -50,7 +53,7 @@ class DirectoryBlobs:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{36}", key):
+        if not _STORAGE_ID.fullmatch(key):
             raise ValueError(f"not a storage id: {key!r}")
         return self.root / key[:2] / key[2:4] / key
 
@@ -95,6 +98,26 @@ class DirectoryBlobs:
     async def remove(self, key: str) -> None:
         await asyncio.to_thread(_unlink, self._path(key))
 
+    async def written_before(self, cutoff_s: float) -> AsyncIterator[str]:
+        # One leaf directory per thread hop: a large store is listed without blocking the event loop for long.
+        for leaf in await asyncio.to_thread(self._leaves):
+            for name, modified_s in await asyncio.to_thread(_entries, leaf):
+                if modified_s < cutoff_s and _STORAGE_ID.fullmatch(name) and name[:4] == leaf.parent.name + leaf.name:
+                    yield name
+
+    async def remove_partial(self, cutoff_s: float) -> int:
+        removed = 0
+        for leaf in await asyncio.to_thread(self._leaves):
+            for name, modified_s in await asyncio.to_thread(_entries, leaf):
+                if modified_s < cutoff_s and _PARTIAL.fullmatch(name):
+                    await asyncio.to_thread(_unlink, leaf / name)
+                    removed += 1
+        return removed
+
+    def _leaves(self) -> list[Path]:
+        """The `ab/cd` directories (only those: anything else under the root is not ours to judge)."""
+        return [leaf for top in _subdirectories(self.root) for leaf in _subdirectories(top)]
+
 
 async def blobs_for(settings: Settings) -> Blobs:
     """The backend the settings choose, checked usable (an S3 bucket that is missing or refused stops the start).
@@ -125,6 +148,30 @@ def _flush(handle: BinaryIO) -> None:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def _subdirectories(path: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return []
+    return [Path(e.path) for e in entries if _FAN_OUT.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+
+
+def _entries(leaf: Path) -> list[tuple[str, float]]:
+    """The files of one leaf directory with their last-modified times (epoch seconds)."""
+    found = []
+    try:
+        with os.scandir(leaf) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+                except FileNotFoundError:
+                    continue  # removed while listed
+    except FileNotFoundError:
+        return []
+    return found
 
 
 def _error(status: int, code: str, message: str) -> Response:

@@ -15,6 +15,9 @@ by boto3 itself, so nothing secret passes through Ripple's settings.
   and caches behave the same whichever backend stored a file; 304 and 416 answered without touching S3), the
   bucket stays private, and the store need not be reachable from clients (MinIO on a private network). The cost
   is the bytes passing through this process; put a CDN in front of `/api/storage/` when that matters.
+* The orphan sweep lists `<prefix>` and removes objects named by a storage id that no `_storage` row names, so a
+  prefix (or a bucket, without one) belongs to ONE deployment: two databases sharing a prefix would delete each
+  other's files. Other keys under the prefix are left alone.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = ["S3Blobs", "S3StorageError"]
 _CHUNK = 256 * 1024
 _SPOOL_IN_MEMORY = 1024 * 1024
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_STORAGE_ID = re.compile(r"[0-9a-f]{36}")
 
 
 class S3StorageError(RuntimeError):
@@ -75,7 +79,7 @@ class S3Blobs:
         return cls(client, bucket, prefix)
 
     def _key(self, storage_id: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{36}", storage_id):
+        if not _STORAGE_ID.fullmatch(storage_id):
             raise ValueError(f"not a storage id: {storage_id!r}")
         return self.prefix + storage_id
 
@@ -153,3 +157,20 @@ class S3Blobs:
     async def remove(self, key: str) -> None:
         # S3 answers a delete of a missing key with success, as the protocol asks.
         await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    async def written_before(self, cutoff_s: float) -> AsyncIterator[str]:
+        """Page by page (1,000 keys each, one thread hop per page), the storage ids under the prefix whose object's
+        LastModified (the end of its PUT) is before `cutoff_s`."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+        while True:
+            page = await asyncio.to_thread(self.client.list_objects_v2, **request)
+            for item in page.get("Contents", []):
+                storage_id = str(item["Key"])[len(self.prefix) :]
+                if _STORAGE_ID.fullmatch(storage_id) and item["LastModified"].timestamp() < cutoff_s:
+                    yield storage_id
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def remove_partial(self, cutoff_s: float) -> int:
+        return 0  # a PUT is atomic: an interrupted one leaves no object

@@ -150,7 +150,7 @@ async def test_the_seed_cron_fails_a_stalled_video_job(fresh_dsn: str) -> None:
                 "doc": {"twitchId": "alive", "title": "t", "status": "Transcribing", "updatedAt": time.time() * 1000},
             },
         )
-        (job,) = seed_crons.crons.jobs.values()
+        job = seed_crons.crons.jobs["fail stalled video jobs"]
         cron = CronExecutor(ripple.services.database, [job])
         assert await cron.run_tick(job, time.time() * 1000) == "scheduled"
         deadline = time.monotonic() + 5

@@ -6,8 +6,12 @@ loopback HTTP. Files behave the same on both: what differs is only where `stored
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import os
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,9 @@ import httpx
 import pytest
 
 import tests.support.testing_app  # noqa: F401  (registers the testing: functions)
+from server.database.ids import new_id
 from server.errors import ConvexError, IdError, RippleError
+from server.storage_sweep import OrphanSweep
 from tests.support import s3
 from tests.support.server import RippleServer, run_server
 from tests.support.ws import SyncClient
@@ -217,3 +223,103 @@ async def test_id_of_storage_rejects_other_tables(files: RippleServer) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         assert (await http.get(f"{files.url}/api/storage/{video}")).status_code == 404
         assert (await http.get(f"{files.url}/api/storage/nonsense")).status_code == 404
+
+
+GRACE_S = 1.5
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def bytes_without_row(server: RippleServer, data: bytes, table: str = "_storage") -> str:
+    """Bytes stored under a new id whose row is never inserted: what a crash between the two leaves."""
+    storage = server.services.storage
+    assert storage is not None
+    key = new_id(storage.database.catalog.table(table).number)
+    await storage.blobs.write(key, _once(data), LIMIT)
+    return key
+
+
+def put_foreign(server: RippleServer, name: str, modified_s: float) -> None:
+    """Something in the store that is not a file of Ripple's (beside the files, or under the S3 prefix)."""
+    settings = server.settings
+    if settings.storage_kind() == "directory":
+        path = settings.storage_path() / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not ours")
+        os.utime(path, (modified_s, modified_s))
+        return
+    assert settings.storage_s3_endpoint_url is not None
+    s3.client(settings.storage_s3_endpoint_url).put_object(
+        Bucket=settings.storage_s3_bucket, Key=PREFIX + name, Body=b"not ours"
+    )
+
+
+async def test_the_sweep_removes_old_orphans_only(files: RippleServer) -> None:
+    storage = files.services.storage
+    assert storage is not None
+    named = (await upload(files, b"a file with its row")).json()["storageId"]
+    undeleted = (await upload(files, b"its delete committed, then the server died")).json()["storageId"]
+    conn = await asyncpg.connect(files.settings.database_url)
+    try:
+        await conn.execute("DELETE FROM _storage WHERE _id = $1", undeleted)
+    finally:
+        await conn.close()
+    unrecorded = await bytes_without_row(files, b"written, then the server died before the row")
+    not_a_file_id = await bytes_without_row(files, b"named by an id of another table", table="videos")
+    put_foreign(files, "notes.txt", time.time() - 3600)
+    partial = ""
+    if files.settings.storage_kind() == "directory":  # a write cut short leaves its temporary file
+        key = new_id(storage.database.catalog.table("_storage").number)
+        temp = files.settings.storage_path() / key[:2] / key[2:4] / f".{key}.{uuid.uuid4().hex}.tmp"
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_bytes(b"half")
+        partial = temp.name
+    await asyncio.sleep(GRACE_S + 1.2)
+    young = await bytes_without_row(files, b"an upload in flight: bytes written, row coming")
+    young_partial = ""
+    if partial:
+        young_partial = f".{young}.{uuid.uuid4().hex}.tmp"
+        (files.settings.storage_path() / young[:2] / young[2:4] / young_partial).write_bytes(b"in flight")
+    before = set(stored(files))
+    assert {named, undeleted, unrecorded, not_a_file_id, young, "notes.txt"} <= before
+
+    report = await OrphanSweep(storage, grace_s=GRACE_S, interval_s=0).sweep()
+
+    assert report is not None
+    assert (report.checked, report.removed, report.partial) == (3, 2, 1 if partial else 0)
+    assert set(stored(files)) == before - {undeleted, unrecorded, partial}
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"{files.url}/api/storage/{named}")).content == b"a file with its row"
+    again = await OrphanSweep(storage, grace_s=GRACE_S, interval_s=0).sweep()
+    assert again is not None and (again.removed, again.partial) == (0, 0)
+
+
+async def test_one_process_sweeps_at_a_time(files: RippleServer) -> None:
+    storage = files.services.storage
+    assert storage is not None
+    orphan = await bytes_without_row(files, b"orphan")
+    sweep = OrphanSweep(storage, grace_s=0.001, interval_s=0)
+    await asyncio.sleep(0.01 if files.settings.storage_kind() == "directory" else 1.1)
+    conn = await asyncpg.connect(files.settings.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7264001000000000003)")  # another process sweeping
+            assert await sweep.sweep() is None
+            assert orphan in stored(files)
+    finally:
+        await conn.close()
+    report = await sweep.sweep()
+    assert report is not None and report.removed == 1 and orphan not in stored(files)
+
+
+async def test_the_server_sweeps_on_its_own(fresh_dsn: str, tmp_path: Path) -> None:
+    async with run_server(
+        fresh_dsn, storage_dir=tmp_path / "files", storage_orphan_grace_s=0.2, storage_sweep_interval_s=0.3
+    ) as server:
+        orphan = await bytes_without_row(server, b"orphan")
+        deadline = time.monotonic() + 10
+        while orphan in stored(server):
+            assert time.monotonic() < deadline, "the periodic sweep never removed the orphan"
+            await asyncio.sleep(0.1)

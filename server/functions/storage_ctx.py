@@ -3,7 +3,8 @@
 A file is its bytes in a `Blobs` backend (server/storage.py: a directory by default) plus its `_storage` row. The
 bytes are stored first, under the file's id, and the row inserted after, so every row has its bytes. A delete
 removes the row in the caller's transaction and the bytes only once that has committed (a mutation that rolls
-back or is retried keeps its file); a crash between the two leaves bytes without a row, which nothing serves.
+back or is retried keeps its file). A crash between the two (either way round) leaves bytes without a row, which
+nothing serves: the orphan sweep (server/storage_sweep.py) removes them once they are older than a grace period.
 
 Upload URLs are one-time tokens: their SHA-256 is a row of `_ripple_storage_uploads` with an expiry, inserted in
 the mutation's transaction (so a mutation that fails makes no usable URL) and deleted by the upload that uses it.
@@ -62,8 +63,7 @@ class Stored:
 
 
 class Blobs(Protocol):
-    """Where file bytes live, by storage id. The directory backend is server/storage.py's `DirectoryBlobs`; an
-    S3-compatible one would implement the same four methods."""
+    """Where file bytes live, by storage id: server/storage.py's `DirectoryBlobs`, server/storage_s3.py's `S3Blobs`."""
 
     async def write(self, key: str, chunks: AsyncIterable[bytes], max_bytes: int) -> Stored:
         """Store all of `chunks` under `key`, all or nothing: raises FileTooLarge past `max_bytes`, leaving nothing."""
@@ -75,6 +75,16 @@ class Blobs(Protocol):
 
     async def remove(self, key: str) -> None:
         """Forget the bytes under `key`; no error when there are none."""
+        ...
+
+    def written_before(self, cutoff_s: float) -> AsyncIterator[str]:
+        """Every storage id whose bytes were written before `cutoff_s` (epoch seconds): the orphan sweep's
+        candidates. Names that are not storage ids (other objects under an S3 prefix) are never listed."""
+        ...
+
+    async def remove_partial(self, cutoff_s: float) -> int:
+        """Remove what writes interrupted by a crash left (their last byte written before `cutoff_s`); returns how
+        many. Nothing to do where a write is atomic (an S3 PUT)."""
         ...
 
 

@@ -6,6 +6,8 @@ monkeypatched variables. One Ripple server serves the module; each test signs in
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,8 +16,10 @@ import asyncpg
 import httpx
 import pytest
 
+from functions import crons as seed_crons
 from functions.replicate import WebhookRefused, sign_webhook, verify_webhook
 from server import ConvexError
+from server.crons import CronExecutor
 from tests.fakes.replicate_api import FakeReplicate, new_secret, run_fake_replicate
 from tests.support.server import RippleServer
 from tests.support.ws import SyncClient
@@ -303,3 +307,89 @@ def test_signature_matches_the_standard_webhooks_vector() -> None:
         verify_webhook(secret, headers, body, now=1614265330 + 301)
     with pytest.raises(WebhookRefused, match="does not match"):
         verify_webhook(secret, headers, body + b" ", now=1614265330)
+
+
+async def test_deleting_the_project_deletes_its_generated_files(
+    ripple: RippleServer, fake: FakeReplicate, alice: str
+) -> None:
+    project, shot = await shot_of(ripple, alice)
+    await ripple.call(f"{G}generateShotImages", {"shotId": shot}, user=alice)
+    deadline = time.monotonic() + 10
+    while {r["status"] for r in await rows(ripple, shot)} != {"complete"}:
+        assert time.monotonic() < deadline, await rows(ripple, shot)
+    urls = [f"/api/storage/{r['image_storage_id']}" for r in await rows(ripple, shot)]
+    async with httpx.AsyncClient(base_url=ripple.url) as http:
+        assert [(await http.get(url)).status_code for url in urls] == [200] * 6
+        await ripple.call(f"{P}deleteRedesignProject", {"projectId": project}, user=alice)
+        assert [(await http.get(url)).status_code for url in urls] == [404] * 6
+
+
+async def scheduled_states(ripple: RippleServer, name: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        found = await conn.fetch("SELECT state FROM _scheduled_functions WHERE name = $1", name)
+    finally:
+        await conn.close()
+    return [json.loads(r["state"]) if isinstance(r["state"], str) else dict(r["state"]) for r in found]
+
+
+async def test_images_without_a_result_fail_after_the_timeout_live(
+    ripple: RippleServer, fake: FakeReplicate, alice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.hold = True  # the provider never calls back
+    project, shot = await shot_of(ripple, alice)
+    client = await signed_in(ripple, alice)
+    try:
+        progress_q = await client.subscribe(f"{P}getProjectProgress", {"projectId": project})
+        await client.mutation(f"{G}generateShotImages", {"shotId": shot})
+        await until(client, progress_q, lambda p: p["imagesProcessing"] == 6)
+
+        # Not yet stale: nothing changes.
+        assert await ripple.call(f"{G}failStalledImages", {"staleAfterMinutes": 5}, internal=True) == 0
+        assert {r["status"] for r in await rows(ripple, shot)} == {"processing"}
+        # The seed's cron, once they are stale by the configured time (which makes stale, too, the rows other tests
+        # of this module's server left waiting).
+        monkeypatch.setenv("RIPPLE_IMAGE_STALE_AFTER_MINUTES", "0.0001")
+        job = seed_crons.crons.jobs["fail stalled images"]
+        cron = CronExecutor(ripple.services.database, [job])  # the scheduler runs it within a second
+        assert await cron.run_tick(job, time.time() * 1000) == "scheduled"
+        progress = await until(client, progress_q, lambda p: p["imagesFailed"] == 6)
+        assert (progress["imagesProcessing"], progress["imageProgress"]) == (0, 100)
+        images = await ripple.call(f"{P}getShotImages", {"shotId": shot}, user=alice)
+        assert {img["metadata"]["error"] for img in images} == {
+            "the image API sent no result within 0.0001 minutes; generate the images again"
+        }
+        assert all(img["metadata"]["model"] == MODEL for img in images)  # the rest of the metadata is kept
+
+        # A result arriving after all is ignored: the row stays failed, and no file is stored.
+        late = await fake.deliver(images[0]["replicateImageId"])
+        assert late.status_code == 200 and late.json() == {"status": "duplicate"}
+        assert {r["status"] for r in await rows(ripple, shot)} == {"failed"}
+        assert {r["image_storage_id"] for r in await rows(ripple, shot)} == {None}
+    finally:
+        await client.close()
+
+
+async def test_a_failed_start_fails_its_images_at_once(
+    ripple: RippleServer, fake: FakeReplicate, alice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, shot = await shot_of(ripple, alice)
+    # Not a refusal by the provider (those fail their row and the run goes on) but the run itself breaking: here
+    # a base URL httpx cannot even parse.
+    monkeypatch.setenv("REPLICATE_BASE_URL", "http://bad\x01host")
+    client = await signed_in(ripple, alice)
+    try:
+        progress_q = await client.subscribe(f"{P}getProjectProgress", {"projectId": project})
+        await client.mutation(f"{G}generateShotImages", {"shotId": shot})
+        await until(client, progress_q, lambda p: p["imagesFailed"] == 6)
+    finally:
+        await client.close()
+    errors = {json.loads(r["metadata"])["error"] for r in await rows(ripple, shot)}
+    assert len(errors) == 1
+    [error] = errors
+    assert error.startswith("the predictions could not be started: ") and "generate the images again" in error
+    assert fake.requests == []
+    deadline = time.monotonic() + 10
+    while not any(s["kind"] == "failed" for s in await scheduled_states(ripple, "imageGeneration:startPredictions")):
+        assert time.monotonic() < deadline, "the scheduled action was not marked failed"
+        await asyncio.sleep(0.05)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from server import ConvexError
@@ -627,3 +629,70 @@ async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple: Ripp
         "imageUrl": "https://img/2.png",
     }
     assert rows[2]["sceneId"] == s2
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _stored(ripple: RippleServer, data: bytes) -> str:
+    """A stored file, as an upload (or the image generation's download) makes one."""
+    assert ripple.services.storage is not None
+    return await ripple.services.storage.store(_once(data), "image/png")
+
+
+async def _served(ripple: RippleServer, storage_ids: list[str]) -> list[int]:
+    async with httpx.AsyncClient(base_url=ripple.url) as http:
+        return [(await http.get(f"/api/storage/{storage_id}")).status_code for storage_id in storage_ids]
+
+
+async def _file_images(p: Project, scene: str, shot: str, files: list[str | None]) -> list[str]:
+    images = [
+        {"variantNumber": v, "imageUrl": f"https://img/{v}.png", **({"imageStorageId": f} if f else {})}
+        for v, f in enumerate(files)
+    ]
+    args = {"projectId": p.id, "sceneId": scene, "shotId": shot, "iterationNumber": 0, "iterationPrompt": "p"}
+    return await p.call("batchCreateShotImages", {**args, "images": images})
+
+
+async def test_deletes_take_the_images_files_with_them(ripple: RippleServer) -> None:
+    p = await Project(ripple, "alice").create()
+    scene, (shot1, shot2) = await p.scene(1, 2)
+    other_scene, (shot3,) = await p.scene(2, 1)
+    files = [await _stored(ripple, f"image {i}".encode()) for i in range(6)]
+    # Two images of shot 1 name the same upload; one names something that is no file (any string is accepted).
+    img = await _file_images(p, scene, shot1, [files[0], files[1], files[1], "not-a-file"])
+    await _file_images(p, scene, shot2, [files[2]])
+    await _file_images(p, other_scene, shot3, [files[3], files[4], None])
+    assert await _served(ripple, files) == [200] * 6
+
+    await p.call("deleteShotImage", {"imageId": img[0]})
+    assert await _served(ripple, files) == [404] + [200] * 5
+    await p.call("deleteShotImage", {"imageId": img[1]})  # its file is still the other image's
+    assert await _served(ripple, files) == [404] + [200] * 5
+    await p.call("deleteShotImage", {"imageId": img[3]})
+    await p.call("deleteSceneShot", {"shotId": shot1})
+    assert await _served(ripple, files) == [404, 404] + [200] * 4
+    await p.call("deleteProjectScene", {"sceneId": scene})
+    assert await _served(ripple, files) == [404, 404, 404] + [200] * 3
+    await p.call("deleteRedesignProject", {"projectId": p.id})
+    assert await _served(ripple, files) == [404] * 5 + [200]  # the last file was no image's
+    conn = await asyncpg.connect(ripple.settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT array_agg(_id) FROM _storage") == [files[5]]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("ripple", [{"max_documents_written": 6}], indirect=True)
+async def test_a_failed_delete_deletes_no_file(ripple: RippleServer) -> None:
+    p = await Project(ripple, "alice").create()
+    scene, (shot,) = await p.scene(1, 1)
+    files = [await _stored(ripple, f"image {i}".encode()) for i in range(3)]
+    await _file_images(p, scene, shot, list(files))
+    before = await _counts(ripple)
+    # Three images and their three files are deleted, then the shot is one write too many: the mutation fails.
+    with pytest.raises(Exception, match="wrote more than 6 documents"):
+        await p.call("deleteRedesignProject", {"projectId": p.id})
+    assert await _served(ripple, files) == [200] * 3
+    assert await _counts(ripple) == before

@@ -58,6 +58,7 @@ SEED_INDEXES = {
     "shot_images__by_shot": ["shot_id", "iteration_number", "variant_number"],
     "shot_images__by_scene": ["scene_id"],
     "shot_images__by_project": ["project_id"],
+    "shot_images__by_status": ["status", "updated_at"],
     "storyboard_selections__by_project": ["project_id"],
     "storyboard_selections__by_scene": ["scene_id"],
     "storyboard_selections__by_shot": ["shot_id"],

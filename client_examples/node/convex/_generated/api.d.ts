@@ -101,6 +101,7 @@ export declare const internal: {
   imageGeneration: {
     completeImage: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; storageId: Id<"_storage"> }, boolean>;
     failImage: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; error: string }, boolean>;
+    failStalledImages: FunctionReference<"mutation", "internal", { staleAfterMinutes?: number | null }, number>;
     imagesToStart: FunctionReference<"query", "internal", { imageIds: Array<Id<"shotImages">> }, Array<Doc<"shotImages">>>;
     predictionFinished: FunctionReference<"mutation", "internal", { imageId: Id<"shotImages">; predictionId: string; status: string; outputUrl?: string | null; error?: string | null }, string>;
     predictionsStarted: FunctionReference<"mutation", "internal", { started: Array<{ imageId: string; predictionId: string }>; refused: Array<{ imageId: string; error: string }> }, null>;

@@ -72,6 +72,7 @@ export type DataModel = {
       "by_project": ["projectId", "_creationTime"];
       "by_scene": ["sceneId", "_creationTime"];
       "by_shot": ["shotId", "iterationNumber", "variantNumber", "_creationTime"];
+      "by_status": ["status", "updatedAt", "_creationTime"];
     };
     searchIndexes: {};
     vectorIndexes: {};
