@@ -159,12 +159,12 @@ async def predictions_started(ctx: Any, started: list[Started], refused: list[Re
     now = now_ms()
     for item in started:
         image = await ctx.db.get(item.image_id)
-        if image is None or image.get("replicateImageId") not in (None, item.prediction_id):
+        # A row no longer pending was moved on by a webhook that overtook this (or failed as stalled): leave it.
+        if image is None or image["status"] != "pending":
             continue
-        fields: dict[str, Any] = {"replicateImageId": item.prediction_id, "updatedAt": now}
-        if image["status"] == "pending":  # a webhook that overtook this may have finished it already
-            fields["status"] = "processing"
-        await ctx.db.patch(item.image_id, fields)
+        await ctx.db.patch(
+            item.image_id, {"replicateImageId": item.prediction_id, "status": "processing", "updatedAt": now}
+        )
     for failure in refused:
         image = await ctx.db.get(failure.image_id)
         if image is not None and image["status"] == "pending":

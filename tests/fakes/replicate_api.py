@@ -30,10 +30,8 @@ import contextlib
 import hashlib
 import hmac
 import json
-import struct
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,22 +43,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.support.images import png
+
 
 def png_with_text(text: str) -> bytes:
     """A real 1x1 PNG carrying `text` in a tEXt chunk, so every prediction's image has its own bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\x00\x80\xff")
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"tEXt", b"Comment\x00" + text.encode())
-        + chunk(b"IDAT", pixels)
-        + chunk(b"IEND", b"")
-    )
+    return png(1, 1, (0, 128, 255), comment=text)
 
 
 def new_secret() -> str:
