@@ -147,7 +147,7 @@ class ScheduleExecutor:
 
     async def _loop(self) -> None:
         while True:
-            self._wake.clear()  # before looking: a poke from here on wakes the wait below
+            self._wake.clear()  # before looking: a poke or a hint from here on wakes the wait below
             next_ms = await self.run_due()
             wait_s = self.check_interval_s
             if next_ms is not None:
