@@ -72,6 +72,7 @@ class Services:
     log_stream: LogStream = field(default_factory=LogStream)
     http: HttpRouter = field(default_factory=HttpRouter)  # the project's HTTP actions (http_actions.py)
     storage: Storage | None = None
+    scheduler: ScheduleExecutor | None = None  # None when RIPPLE_SCHEDULER_ENABLED is off
 
 
 class _Observers:
@@ -299,15 +300,18 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
                     app.state.services.sessions, settings.ping_interval_s, settings.slow_client_timeout_s
                 ),
             )
-            scheduler = ScheduleExecutor(
-                database,
-                runner,
-                check_interval_s=settings.scheduler_check_interval_s,
-                abandoned_after_s=settings.scheduler_abandoned_after_s,
-            )
-            scheduler.start()
-            app.state.scheduler = scheduler
-            crons = CronExecutor(database, cron_jobs, poke=scheduler.poke)
+            scheduler: ScheduleExecutor | None = None
+            if settings.scheduler_enabled:
+                scheduler = ScheduleExecutor(
+                    database,
+                    runner,
+                    check_interval_s=settings.scheduler_check_interval_s,
+                    abandoned_after_s=settings.scheduler_abandoned_after_s,
+                )
+                scheduler.start()
+                hub.on_tables_changed.append(scheduler.tables_changed)
+            app.state.scheduler = app.state.services.scheduler = scheduler
+            crons = CronExecutor(database, cron_jobs, poke=scheduler.poke if scheduler is not None else None)
             crons.check(lambda path: runner.resolve(path, internal_ok=True))
             crons.start()
             app.state.crons = crons
@@ -325,7 +329,9 @@ def create_app(settings: Settings, dsn: str, *, registry: Registry | None = None
                 await watcher.close()
                 await sweep.close()
                 await crons.close()
-                await scheduler.close()
+                if scheduler is not None:
+                    hub.on_tables_changed.remove(scheduler.tables_changed)
+                    await scheduler.close()
                 for session in list(app.state.services.sessions):
                     session.shut(1012, "server shutting down; reconnect")
                 await hub.close("server shutting down")

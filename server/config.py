@@ -192,8 +192,10 @@ class Settings(BaseSettings):
     log_check_interval_s: float = 1.0
     # A re-run round that finds more changes than this invalidates whole tables instead.
     max_changes_per_round: int = 10_000
-    # The scheduler looks for due jobs at least this often, besides its timer and this process's own schedules
-    # (jobs scheduled by another process or by plain SQL wait at most this long).
+    # Scheduled functions run in this process; off: only other processes run them (this one still schedules).
+    scheduler_enabled: bool = True
+    # The scheduler looks for due jobs at least this often, besides its timer, this process's own schedules and
+    # the hub's word that `_scheduled_functions` changed: a safety net for a lost NOTIFY or a hub behind.
     scheduler_check_interval_s: float = 1.0
     # A scheduled action whose server has not refreshed its claim for this long is marked failed (never re-run).
     scheduler_abandoned_after_s: float = 30.0

@@ -6,9 +6,12 @@
 * An action runs at most once: claimed (inProgress, with a claim row naming this executor) in its own
   transaction, then run, then marked. An executor's claims are kept fresh while it lives; an action whose
   executor went quiet (a crash, a kill) is marked failed, never run again.
-* It wakes at the next due time (a timer), at once when a commit of this process schedules something sooner
-  (`Runner.on_scheduled`), and at least every `check_interval_s` as a safety net (jobs scheduled by another
-  process, or by plain SQL). A backlog after downtime runs in (scheduled time, creation time) order.
+* It wakes at the next due time (a timer); at once when a commit of this process schedules something sooner
+  (`poke`, from `Runner.on_scheduled`, the fastest path); when the hub's round says a commit of any process or
+  plain SQL changed `_scheduled_functions` (`tables_changed`, on `Hub.on_tables_changed`: a look at the new
+  earliest due time, and no query for commits that changed other tables); and at least every
+  `check_interval_s` as a safety net (a lost NOTIFY, a hub that is behind). A backlog after downtime runs in
+  (scheduled time, creation time) order.
 * Scheduled functions run with no user identity (Convex does not propagate auth to them).
 """
 
@@ -28,6 +31,7 @@ from server.database.transaction import Transaction
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.functions.runner import Outcome, Runner
+from server.functions.scheduling import SCHEDULED_TABLE
 from server.hub.supervise import Supervisor
 
 __all__ = ["ScheduleExecutor"]
@@ -113,6 +117,7 @@ class ScheduleExecutor:
         self._armed_ms: float | None = None  # when the loop's current wait ends (epoch ms), None: not waiting
         self._actions: set[asyncio.Task[None]] = set()
         self._supervisor = Supervisor()
+        self.looks = 0  # times the loop looked for due jobs (each a query or two): what wake-ups cost
 
     def start(self) -> None:
         self.runner.on_scheduled = self.poke
@@ -133,9 +138,16 @@ class ScheduleExecutor:
         if self._armed_ms is None or when_ms < self._armed_ms:
             self._wake.set()
 
+    def tables_changed(self, tables: frozenset[str] | None) -> None:
+        """The hub processed commits (of any process, or plain SQL) that changed `tables` (None: it cannot say
+        which). One that changed `_scheduled_functions` may have scheduled a job sooner than the armed wait, so
+        look again (that look finds the new earliest due time); other tables cost nothing."""
+        if tables is None or SCHEDULED_TABLE in tables:
+            self._wake.set()
+
     async def _loop(self) -> None:
         while True:
-            self._wake.clear()  # before looking: a poke from here on wakes the wait below
+            self._wake.clear()  # before looking: a poke or a hint from here on wakes the wait below
             next_ms = await self.run_due()
             wait_s = self.check_interval_s
             if next_ms is not None:
@@ -149,6 +161,7 @@ class ScheduleExecutor:
 
     async def run_due(self) -> float | None:
         """Run every job due now, in order; returns when the next pending one is due (epoch ms) or None."""
+        self.looks += 1
         skipped: set[str] = set()
         while True:
             rows = await self.database.pool.fetch(_DUE, _now_ms(), _BATCH + len(skipped))

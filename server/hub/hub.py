@@ -9,6 +9,9 @@ publishes nothing (results, read sets and `processed_ts` stay at P), so its retr
 Rounds happen when a commit is announced, a subscription arrives, the LISTEN connection came back, or nothing
 was read for `log_check_interval_s` (a NOTIFY may be lost): while nothing changes, only that look queries.
 When the announced changes touch no live query, a round needs no snapshot at all (`quiet_advance`).
+
+Others learn what changed from the rounds too (`on_tables_changed`: the scheduler wakes for jobs another process or
+plain SQL scheduled), from what a round already knows, at no extra query; the hub knows none of them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import bisect
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from server.database.announce import Announcement, Change
@@ -49,11 +53,15 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.metrics import Metrics
 
-__all__ = ["Hub"]
+__all__ = ["Hub", "TablesChanged"]
 
 log = logging.getLogger("ripple.hub")
 
 Deliveries = dict[Subscriber, list[tuple[int, QueryResult]]]
+
+# Told the tables that the commits of a round changed (any process's, plain SQL's), or None when the hub cannot say
+# which (the log was pruned past them): a hint, called in the hub's task, so it must return at once and not raise.
+TablesChanged = Callable[[frozenset[str] | None], None]
 
 
 class _Subscribe:
@@ -145,6 +153,7 @@ class Hub:
         self._notified_at: float | None = None
         self._indexes = self._index_fields(database.catalog)
         self._reloaded = False  # new code is in place: every instance takes its function anew and re-runs
+        self.on_tables_changed: list[TablesChanged] = []
         self.tasks = Supervisor(on_restart=lambda _name: self._wake(None), max_delay_s=settings.listen_reconnect_max_s)
 
     @staticmethod
@@ -306,6 +315,7 @@ class Hub:
             conn = await self._conn.get()
             self._looked_at = asyncio.get_running_loop().time()
             found = await self._conn.bounded(read_since(conn, self.processed_ts, self.settings.max_changes_per_round))
+            self._tell_tables(_tables_of(found))
             ran = await self._rerun_all(Snapshot(conn, found.upto), self._stale(found))
             # Publish, deliver (before COMMIT: the snapshot is read-only, its results are final once read), then
             # advance: a round that failed above published nothing, and one that gets here delivers all it has.
@@ -333,8 +343,21 @@ class Hub:
         upto, changes = quiet_advance(self.processed_ts, self._announced)
         if upto == self.processed_ts or self._match(changes):
             return False
+        self._tell_tables(frozenset(c.table for c in changes))
         self._advance(upto)
         return True
+
+    def _tell_tables(self, tables: frozenset[str] | None) -> None:
+        """Tell `on_tables_changed` what the commits now being processed changed, as soon as the round knows it
+        (not after its re-runs: nothing there changes the answer). A round that fails and is retried tells again,
+        which a hint allows. A listener that raises is logged and stops neither the round nor the others."""
+        if tables is not None and not tables:
+            return
+        for listener in self.on_tables_changed:
+            try:
+                listener(tables)
+            except Exception:
+                log.exception("a listener of changed tables failed (%r); the hub goes on", listener)
 
     def _stale(self, found: Changes) -> set[int]:
         """Instances whose read sets the commits in (processed_ts, S] touched, plus those awaiting a first run."""
@@ -492,6 +515,15 @@ class Hub:
         if gone is not None:
             self.index.remove(gone.id)
             self._pending_new.pop(gone.id, None)
+
+
+def _tables_of(found: Changes) -> frozenset[str] | None:
+    """The tables the commits in `found` changed, at the precision the round has (None: any of them)."""
+    if found.everything:
+        return None
+    if found.tables is not None:
+        return frozenset(found.tables)
+    return frozenset(c.table for c in found.changes)
 
 
 def _name(session: Subscriber) -> str:
