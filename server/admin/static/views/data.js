@@ -229,6 +229,14 @@ export function mount(root, ctx, params) {
     restart();
   });
 
+  function renderCell(column, value) {
+    // A creation time reads as a time; the number it is stays in the tooltip (and in edits and filters).
+    if (column === "_creationTime" && typeof value === "number") {
+      return el("time", { datetime: new Date(value).toISOString(), title: String(value), class: "mono" }, new Date(value).toISOString().replace("T", " ").slice(0, 23));
+    }
+    return renderValue(value);
+  }
+
   function renderValue(value) {
     if (typeof value === "string" && ID_SHAPE.test(value)) {
       const table = byNumber().get(parseInt(value.slice(28, 32), 16));
@@ -277,7 +285,7 @@ export function mount(root, ctx, params) {
       return el(
         "tr",
         { "data-testid": `doc-${doc._id}`, class: doc._id === state.focusId ? "focused" : null },
-        ...columns.map((c) => el("td", {}, c in doc ? renderValue(doc[c]) : el("span", { class: "muted" }, "—"))),
+        ...columns.map((c) => el("td", {}, c in doc ? renderCell(c, doc[c]) : el("span", { class: "muted" }, "—"))),
         actions,
       );
     });
