@@ -17,7 +17,6 @@ implement the `Blobs` protocol (server/functions/storage_ctx.py), and the HTTP s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import uuid
@@ -30,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from server.database.ids import table_number_of
-from server.functions.storage_ctx import STORAGE_TABLE, FileTooLarge, Storage, Stored, sha256_b64
+from server.functions.storage_ctx import STORAGE_TABLE, FileTooLarge, Storage, Stored, copy_counted
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -61,17 +60,10 @@ class DirectoryBlobs:
         final = self._path(key)
         await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
         temp = final.parent / f".{key}.{uuid.uuid4().hex}.tmp"
-        digest = hashlib.sha256()
-        size = 0
         handle: BinaryIO = await asyncio.to_thread(open, temp, "xb")
         try:
             try:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise FileTooLarge(f"over {max_bytes} bytes")
-                    digest.update(chunk)
-                    await asyncio.to_thread(handle.write, chunk)
+                stored = await copy_counted(chunks, max_bytes, handle)
                 await asyncio.to_thread(_flush, handle)
             finally:
                 await asyncio.to_thread(handle.close)
@@ -79,7 +71,7 @@ class DirectoryBlobs:
         except BaseException:
             await asyncio.to_thread(_unlink, temp)
             raise
-        return Stored(sha256_b64(digest.digest()), size)
+        return stored
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         handle: BinaryIO = await asyncio.to_thread(open, self._path(key), "rb")

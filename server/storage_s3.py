@@ -23,7 +23,6 @@ by boto3 itself, so nothing secret passes through Ripple's settings.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
@@ -33,7 +32,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from server.functions.storage_ctx import FileTooLarge, Stored, sha256_b64
+from server.functions.storage_ctx import Stored, copy_counted
 
 __all__ = ["S3Blobs", "S3StorageError"]
 
@@ -111,23 +110,16 @@ class S3Blobs:
 
     async def write(self, key: str, chunks: AsyncIterable[bytes], max_bytes: int) -> Stored:
         object_key = self._key(key)
-        digest = hashlib.sha256()
-        size = 0
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
         try:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FileTooLarge(f"over {max_bytes} bytes")
-                digest.update(chunk)
-                await asyncio.to_thread(spool.write, chunk)
+            stored = await copy_counted(chunks, max_bytes, spool)
             await asyncio.to_thread(spool.seek, 0)
             await asyncio.to_thread(
-                self.client.put_object, Bucket=self.bucket, Key=object_key, Body=spool, ContentLength=size
+                self.client.put_object, Bucket=self.bucket, Key=object_key, Body=spool, ContentLength=stored.size
             )
         finally:
             await asyncio.to_thread(spool.close)
-        return Stored(sha256_b64(digest.digest()), size)
+        return stored
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes `start`..`end` of the object, by one ranged GET streamed in chunks.

@@ -12,13 +12,14 @@ the mutation's transaction (so a mutation that fails makes no usable URL) and de
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from server.database.database import Database
 from server.database.ids import new_id
@@ -34,6 +35,8 @@ __all__ = [
     "QueryStorage",
     "Storage",
     "Stored",
+    "copy_counted",
+    "sha256_b64",
 ]
 
 STORAGE_TABLE = "_storage"
@@ -300,6 +303,23 @@ class ActionStorage:
             return await storage.read_all(storage_id, int(doc["size"]))
         except FileNotFoundError:
             return None  # deleted since the read
+
+
+async def copy_counted(chunks: AsyncIterable[bytes], max_bytes: int, sink: IO[bytes]) -> Stored:
+    """Copy an upload into `sink` (writes in a thread: a file or a spool), hashing and counting it as it comes.
+
+    Raises:
+        FileTooLarge: past `max_bytes`; what was copied is the caller's to throw away.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise FileTooLarge(f"over {max_bytes} bytes")
+        digest.update(chunk)
+        await asyncio.to_thread(sink.write, chunk)
+    return Stored(sha256_b64(digest.digest()), size)
 
 
 def sha256_b64(digest: bytes) -> str:
