@@ -11,6 +11,7 @@ import sys
 import textwrap
 import tomllib
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import httpx
@@ -92,6 +93,17 @@ async def test_each_test_has_a_database_of_its_own(ripple_app: RippleApp) -> Non
     finally:
         await conn.close()
     await ripple_app.as_user("alice").mutation("videos:create", {"twitchId": "only-here", "title": "t"})
+
+
+async def test_the_suite_and_the_plugin_share_one_postgres(ripple_app: RippleApp, pg_server: str) -> None:
+    """The suite's databases and the plugin's live on one server: a second embedded PostgreSQL per session would
+    cost its start-up and memory on every run (tests/conftest.py's pg_server is the plugin's ripple_postgres)."""
+    name = urlsplit(ripple_app.database_url).path.lstrip("/")
+    conn = await asyncpg.connect(pg_server)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", unquote(name)) == 1
+    finally:
+        await conn.close()
 
 
 async def test_calls_run_concurrently(ripple_app: RippleApp) -> None:
