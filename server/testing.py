@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server import values
 from server.app import GracefulServer, Services, create_app
-from server.auth import make_dev_token
+from server.auth import Identity, make_dev_token
 from server.config import Settings
 from server.database.embedded import create_database, drop_database
 from server.functions.context import Caller
@@ -190,13 +190,30 @@ class RippleApp:
         """A client signed in as `subject` (`ctx.auth` sees `tokenIdentifier` "https://ripple.test|<subject>")."""
         return self._client(self.token(subject, name=name, email=email), admin=False, who=f"user {subject!r}")
 
+    def token_identifier(self, subject: str) -> str:
+        """The `tokenIdentifier` this server gives `subject`'s identity: what functions that key rows by owner
+        store, so a test can pass it to an internal function (as an action passes `userId` on) or find the rows."""
+        return Identity.from_claims({"sub": subject, "iss": _ISSUER}).token_identifier
+
     def as_admin(self) -> Client:
-        """A client holding the admin key, as a trusted worker does."""
+        """A client holding the admin key, as a trusted worker does. Like the admin key over HTTP and sync, it may
+        call internal functions too, so a test can drive them as the server's own actions and jobs would."""
         return self._client(None, admin=True, who="admin")
 
     def anonymous(self) -> Client:
         """A client that is not signed in."""
         return self._client(None, admin=False, who="anonymous")
+
+    async def store_file(self, data: bytes, content_type: str | None = None) -> str:
+        """Store `data` as a file and return its `_storage` id, as an upload does: through a one-time upload URL
+        over HTTP, so the test's file is stored exactly as a user's would be (type, size limit)."""
+        url = await self.as_admin().mutation("_system/platform:generateUploadUrl")
+        headers = {"Content-Type": content_type} if content_type else {}
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(url, content=data, headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"storing a {len(data)}-byte file failed: HTTP {response.status_code} {response.text}")
+        return str(response.json()["storageId"])
 
     def _client(self, token: str | None, *, admin: bool, who: str) -> Client:
         return Client(self, token, admin=admin, who=who)
@@ -208,7 +225,8 @@ class RippleApp:
     async def _run(self, kind: FunctionKind, path: str, args: dict[str, Any], token: str | None, admin: bool) -> Any:
         """On the server's loop: run one function as the caller, raise its own error (`ConvexError`,
         `ArgumentError`, ...) if it failed, else return its value as a client decodes it."""
-        outcome = await self._services.runner.call(path, args, await self._caller(token, admin), kind=kind)
+        caller = await self._caller(token, admin)
+        outcome = await self._services.runner.call(path, args, caller, internal_ok=admin, kind=kind)
         if outcome.error is not None:
             raise outcome.error
         return values.decode(outcome.value)
@@ -234,7 +252,8 @@ async def _serve(server: GracefulServer) -> asyncio.Task[None]:
 class Client:
     """Calls functions as one caller, and follows queries over the sync protocol as an official client does.
 
-    `query`, `mutation` and `action` run the function in the server as this caller and raise the server's own
+    `query`, `mutation` and `action` run the function in the server as this caller (an admin's may be internal)
+    and raise the server's own
     error types (`server.ConvexError` with its `data`, `server.errors.ArgumentError`, `AuthRequired`, ...), so a
     test can tell them apart; `http` goes through the HTTP API instead, as a worker would.
     """

@@ -11,12 +11,14 @@ import sys
 import textwrap
 import tomllib
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from server import ConvexError
-from server.errors import AuthRequired, RippleError
+from server.errors import AuthRequired, FunctionNotFound, RippleError
 from server.testing import QueryFailed, RippleApp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,12 +95,62 @@ async def test_each_test_has_a_database_of_its_own(ripple_app: RippleApp) -> Non
     await ripple_app.as_user("alice").mutation("videos:create", {"twitchId": "only-here", "title": "t"})
 
 
+async def test_the_suite_and_the_plugin_share_one_postgres(ripple_app: RippleApp, pg_server: str) -> None:
+    """The suite's databases and the plugin's live on one server: a second embedded PostgreSQL per session would
+    cost its start-up and memory on every run (tests/conftest.py's pg_server is the plugin's ripple_postgres)."""
+    name = urlsplit(ripple_app.database_url).path.lstrip("/")
+    conn = await asyncpg.connect(pg_server)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", unquote(name)) == 1
+    finally:
+        await conn.close()
+
+
 async def test_calls_run_concurrently(ripple_app: RippleApp) -> None:
     alice = ripple_app.as_user("alice")
     ids = await asyncio.gather(
         *(alice.mutation("videos:create", {"twitchId": f"c{i}", "title": "t"}) for i in range(8))
     )
     assert len(set(ids)) == 8
+
+
+async def test_admin_reaches_internal_functions_on_every_path(ripple_app: RippleApp) -> None:
+    alice, admin = ripple_app.as_user("alice"), ripple_app.as_admin()
+    owner = ripple_app.token_identifier("alice")
+    gen = await admin.mutation("generations:store", {"userId": owner, "prompt": "p", "code": "c", "rawCode": "r"})
+    # The owner key a function stores for alice is the one token_identifier gives: she reads her generation.
+    assert (await alice.query("generations:get", {"id": gen}))["userId"] == owner
+    assert (await admin.query("generations:getInternal", {"id": gen}))["_id"] == gen
+    body = (await admin.http("query", "generations:getInternal", {"id": gen})).json()
+    assert (body["status"], body["value"]["_id"]) == ("success", gen)
+    internal = await admin.subscribe("generations:getInternal", {"id": gen})
+    assert (await internal.next())["_id"] == gen
+    # Anyone else is told there is no such function, in-process as over HTTP.
+    for caller in (alice, ripple_app.anonymous()):
+        with pytest.raises(FunctionNotFound):
+            await caller.query("generations:getInternal", {"id": gen})
+    body = (await alice.http("query", "generations:getInternal", {"id": gen})).json()
+    assert body["status"] == "error" and "Could not find public function" in body["errorMessage"]
+
+
+async def test_store_file_stores_as_an_upload_does(ripple_app: RippleApp) -> None:
+    data = b"\x89PNG\r\n\x1a\n not really an image"
+    png, untyped = await ripple_app.store_file(data, "image/png"), await ripple_app.store_file(b"abc")
+    rows = await ripple_app.as_admin().query("generations:referenceFiles", {"ids": [png, untyped]})
+    assert [(r["_id"], r["size"], r.get("contentType")) for r in rows] == [
+        (png, len(data), "image/png"),
+        (untyped, 3, None),
+    ]
+    async with httpx.AsyncClient(base_url=ripple_app.url) as http:
+        served = await http.get(f"/api/storage/{png}")
+    assert (served.status_code, served.content, served.headers["content-type"]) == (200, data, "image/png")
+
+
+@pytest.mark.parametrize("ripple_settings", [{"storage_max_upload_bytes": 4}])
+async def test_store_file_reports_a_refused_upload(ripple_app: RippleApp) -> None:
+    with pytest.raises(RuntimeError, match="storing a 5-byte file failed: HTTP 413 .*upload limit"):
+        await ripple_app.store_file(b"12345")
+    assert len(await ripple_app.store_file(b"1234")) == 36
 
 
 @pytest.mark.parametrize("ripple_settings", [{"max_documents_read": 2}])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -11,7 +10,7 @@ import pytest
 
 from server import ConvexError
 from server.errors import ArgumentError, AuthRequired, IdError
-from tests.support.server import RippleServer
+from server.testing import RippleApp
 
 P = "projectRedesign:"
 
@@ -39,8 +38,8 @@ SELECT
 TABLES = ("video_projects", "project_scenes", "scene_shots", "shot_images", "storyboard_selections")
 
 
-async def _counts(ripple: RippleServer) -> dict[str, int]:
-    conn = await asyncpg.connect(ripple.settings.database_url)
+async def _counts(ripple_app: RippleApp) -> dict[str, int]:
+    conn = await asyncpg.connect(ripple_app.database_url)
     try:
         counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
         counts["orphans"] = await conn.fetchval(ORPHANS_SQL)
@@ -56,13 +55,18 @@ def _images(n: int, start: int = 0, **extra: Any) -> list[dict[str, Any]]:
 class Project:
     """Builds one user's project through the public functions."""
 
-    def __init__(self, ripple: RippleServer, user: str) -> None:
-        self.ripple = ripple
+    def __init__(self, ripple_app: RippleApp, user: str) -> None:
+        self.ripple_app = ripple_app
         self.user = user
         self.id = ""
 
     async def call(self, name: str, args: dict[str, Any], user: str | None = "") -> Any:
-        return await self.ripple.call(P + name, args, user=self.user if user == "" else user)
+        """Call `name` as the project's owner, as `user`, or signed out (None). The module names its queries
+        get*: a name called as the wrong kind fails loudly ("... is a query, not a mutation")."""
+        subject = self.user if user == "" else user
+        client = self.ripple_app.as_user(subject) if subject is not None else self.ripple_app.anonymous()
+        call = client.query if name.startswith("get") else client.mutation
+        return await call(P + name, args)
 
     async def create(self, **args: Any) -> Project:
         self.id = await self.call("createRedesignProject", {"prompt": "Tokyo dreams", **args})
@@ -100,8 +104,8 @@ class Project:
         return await self.call("getProjectProgress", {"projectId": self.id})
 
 
-async def test_project_built_step_by_step_reports_progress(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create(userId="alice", promptPlannerData="brain dump")
+async def test_project_built_step_by_step_reports_progress(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create(userId="alice", promptPlannerData="brain dump")
     project = await p.call("getProject", {"projectId": p.id})
     assert project["userId"].endswith("|alice") and project["title"] == "Tokyo dreams"
     assert (project["workflowVersion"], project["redesignStatus"], project["promptPlannerData"]) == (
@@ -274,11 +278,11 @@ async def test_project_built_step_by_step_reports_progress(ripple: RippleServer)
     assert (await p.call("getShotImages", {"shotId": shot1, "iterationNumber": 2}))[0]["_id"] == one
     await p.call("updatePromptPlanner", {"projectId": p.id, "promptPlannerData": "v2"})
     assert (await p.call("getProject", {"projectId": p.id}))["promptPlannerData"] == "v2"
-    assert (await _counts(ripple))["orphans"] == 0
+    assert (await _counts(ripple_app))["orphans"] == 0
 
 
-async def test_redesign_status_moves_one_step_at_a_time(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create()
+async def test_redesign_status_moves_one_step_at_a_time(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create()
 
     async def status() -> str:
         return str((await p.call("getProject", {"projectId": p.id}))["redesignStatus"])
@@ -309,11 +313,11 @@ async def test_redesign_status_moves_one_step_at_a_time(ripple: RippleServer) ->
     assert await status() == "shot_iteration"
 
 
-async def test_every_write_is_validated(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create(title="T")
+async def test_every_write_is_validated(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create(title="T")
     s1, (shot1, shot2) = await p.scene(1, 2)
     s2, (shot3,) = await p.scene(2, 1)
-    other = await Project(ripple, "alice").create()
+    other = await Project(ripple_app, "alice").create()
     o_scene, (o_shot,) = await other.scene(1, 1)
     it0 = await p.images(s1, shot1, 0, n=2)
     it_shot2 = await p.images(s1, shot2, 0, n=1)
@@ -453,18 +457,18 @@ async def test_every_write_is_validated(ripple: RippleServer) -> None:
         "does not belong to",
     )
     await refused("getProject", {"projectId": s1}, r'must be Id\("videoProjects"\), got an id of table', IdError)
-    assert (await _counts(ripple))["orphans"] == 0
+    assert (await _counts(ripple_app))["orphans"] == 0
     assert o_shot
 
 
-async def test_only_the_owner_reads_or_writes_a_project(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create()
+async def test_only_the_owner_reads_or_writes_a_project(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create()
     scene, (shot,) = await p.scene(1, 1)
     (img,) = await p.images(scene, shot, 0, n=1)
     sel = await p.call(
         "selectMasterShot", {"projectId": p.id, "sceneId": scene, "shotId": shot, "selectedImageId": img}
     )
-    before = await _counts(ripple)
+    before = await _counts(ripple_app)
 
     reads = {
         "getProject": ({"projectId": p.id}, None),
@@ -511,25 +515,24 @@ async def test_only_the_owner_reads_or_writes_a_project(ripple: RippleServer) ->
         assert exc.value.data["code"] == "NOT_FOUND", name
         with pytest.raises(AuthRequired):
             await p.call(name, args, user=None)
-    assert await _counts(ripple) == before
+    assert await _counts(ripple_app) == before
     project = await p.call("getProject", {"projectId": p.id})
     assert project["redesignStatus"] == "prompt_planning" and "promptPlannerData" not in project
 
     # Over HTTP with bob's token, too.
-    response = await ripple.http(
-        "mutation", P + "deleteRedesignProject", {"projectId": p.id}, token=ripple.token("bob")
-    )
+    bob = ripple_app.as_user("bob")
+    response = await bob.http("mutation", P + "deleteRedesignProject", {"projectId": p.id})
     body = response.json()
     assert body["status"] == "error" and body["errorData"]["code"] == "NOT_FOUND"
-    response = await ripple.http("query", P + "getProject", {"projectId": p.id}, token=ripple.token("bob"))
+    response = await bob.http("query", P + "getProject", {"projectId": p.id})
     body = response.json()
     assert (body["status"], body["value"]) == ("success", None)
-    assert await _counts(ripple) == before
+    assert await _counts(ripple_app) == before
 
 
-async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create()
-    keep = await Project(ripple, "alice").create()  # untouched by every delete below
+async def test_deletes_cascade_without_orphans(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create()
+    keep = await Project(ripple_app, "alice").create()  # untouched by every delete below
     k_scene, (k_shot,) = await keep.scene(1, 1)
     k_imgs = await keep.images(k_scene, k_shot, 0, n=2)
     await keep.call(
@@ -546,7 +549,7 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
         await p.call(
             "selectMasterShot", {"projectId": p.id, "sceneId": scene, "shotId": shot, "selectedImageId": image}
         )
-    counts = await _counts(ripple)
+    counts = await _counts(ripple_app)
     assert counts == {
         "video_projects": 2,
         "project_scenes": 3,
@@ -558,7 +561,7 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
 
     # An image that was selected and is a parent: its selection goes, references to it are cleared.
     await p.call("deleteShotImage", {"imageId": a0[0]})
-    counts = await _counts(ripple)
+    counts = await _counts(ripple_app)
     assert (counts["shot_images"], counts["storyboard_selections"], counts["orphans"]) == (16, 3, 0)
     shot_a = (await p.call("getSceneShots", {"sceneId": s1}))[0]
     assert "selectedImageId" not in shot_a
@@ -566,10 +569,10 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
     assert (await p.progress())["shotsWithSelections"] == 2
     # An unselected image: only itself.
     await p.call("deleteShotImage", {"imageId": a1[2]})
-    assert (await _counts(ripple))["shot_images"] == 15
+    assert (await _counts(ripple_app))["shot_images"] == 15
 
     await p.call("deleteSceneShot", {"shotId": b})  # 2 images, 1 selection
-    counts = await _counts(ripple)
+    counts = await _counts(ripple_app)
     assert (counts["scene_shots"], counts["shot_images"], counts["storyboard_selections"], counts["orphans"]) == (
         3,
         13,
@@ -578,7 +581,7 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
     )
 
     await p.call("deleteProjectScene", {"sceneId": s2})  # shot c, 4 images, 1 selection
-    counts = await _counts(ripple)
+    counts = await _counts(ripple_app)
     assert counts == {
         "video_projects": 2,
         "project_scenes": 2,
@@ -590,7 +593,7 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
     assert [s["_id"] for s in await p.call("getProjectScenes", {"projectId": p.id})] == [s1]
 
     await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert await _counts(ripple) == {
+    assert await _counts(ripple_app) == {
         "video_projects": 1,
         "project_scenes": 1,
         "scene_shots": 1,
@@ -605,8 +608,8 @@ async def test_deletes_cascade_without_orphans(ripple: RippleServer) -> None:
     assert (await keep.progress())["isSelectionComplete"] is True
 
 
-async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create()
+async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create()
     s2, (s2_shot1,) = await p.scene(2, 1)  # made first, listed second
     s1, (s1_shot1, s1_shot2) = await p.scene(1, 2)
     images = await p.images(s1, s1_shot2, 0, n=3)
@@ -631,18 +634,13 @@ async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple: Ripp
     assert rows[2]["sceneId"] == s2
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
-async def _stored(ripple: RippleServer, data: bytes) -> str:
+async def _stored(ripple_app: RippleApp, data: bytes) -> str:
     """A stored file, as an upload (or the image generation's download) makes one."""
-    assert ripple.services.storage is not None
-    return await ripple.services.storage.store(_once(data), "image/png")
+    return await ripple_app.store_file(data, "image/png")
 
 
-async def _served(ripple: RippleServer, storage_ids: list[str]) -> list[int]:
-    async with httpx.AsyncClient(base_url=ripple.url) as http:
+async def _served(ripple_app: RippleApp, storage_ids: list[str]) -> list[int]:
+    async with httpx.AsyncClient(base_url=ripple_app.url) as http:
         return [(await http.get(f"/api/storage/{storage_id}")).status_code for storage_id in storage_ids]
 
 
@@ -655,44 +653,44 @@ async def _file_images(p: Project, scene: str, shot: str, files: list[str | None
     return await p.call("batchCreateShotImages", {**args, "images": images})
 
 
-async def test_deletes_take_the_images_files_with_them(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create()
+async def test_deletes_take_the_images_files_with_them(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create()
     scene, (shot1, shot2) = await p.scene(1, 2)
     other_scene, (shot3,) = await p.scene(2, 1)
-    files = [await _stored(ripple, f"image {i}".encode()) for i in range(6)]
+    files = [await _stored(ripple_app, f"image {i}".encode()) for i in range(6)]
     # Two images of shot 1 name the same upload; one names something that is no file (any string is accepted).
     img = await _file_images(p, scene, shot1, [files[0], files[1], files[1], "not-a-file"])
     await _file_images(p, scene, shot2, [files[2]])
     await _file_images(p, other_scene, shot3, [files[3], files[4], None])
-    assert await _served(ripple, files) == [200] * 6
+    assert await _served(ripple_app, files) == [200] * 6
 
     await p.call("deleteShotImage", {"imageId": img[0]})
-    assert await _served(ripple, files) == [404] + [200] * 5
+    assert await _served(ripple_app, files) == [404] + [200] * 5
     await p.call("deleteShotImage", {"imageId": img[1]})  # its file is still the other image's
-    assert await _served(ripple, files) == [404] + [200] * 5
+    assert await _served(ripple_app, files) == [404] + [200] * 5
     await p.call("deleteShotImage", {"imageId": img[3]})
     await p.call("deleteSceneShot", {"shotId": shot1})
-    assert await _served(ripple, files) == [404, 404] + [200] * 4
+    assert await _served(ripple_app, files) == [404, 404] + [200] * 4
     await p.call("deleteProjectScene", {"sceneId": scene})
-    assert await _served(ripple, files) == [404, 404, 404] + [200] * 3
+    assert await _served(ripple_app, files) == [404, 404, 404] + [200] * 3
     await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert await _served(ripple, files) == [404] * 5 + [200]  # the last file was no image's
-    conn = await asyncpg.connect(ripple.settings.database_url)
+    assert await _served(ripple_app, files) == [404] * 5 + [200]  # the last file was no image's
+    conn = await asyncpg.connect(ripple_app.database_url)
     try:
         assert await conn.fetchval("SELECT array_agg(_id) FROM _storage") == [files[5]]
     finally:
         await conn.close()
 
 
-@pytest.mark.parametrize("ripple", [{"max_documents_written": 6}], indirect=True)
-async def test_a_failed_delete_deletes_no_file(ripple: RippleServer) -> None:
-    p = await Project(ripple, "alice").create()
+@pytest.mark.parametrize("ripple_settings", [{"max_documents_written": 6}])
+async def test_a_failed_delete_deletes_no_file(ripple_app: RippleApp) -> None:
+    p = await Project(ripple_app, "alice").create()
     scene, (shot,) = await p.scene(1, 1)
-    files = [await _stored(ripple, f"image {i}".encode()) for i in range(3)]
+    files = [await _stored(ripple_app, f"image {i}".encode()) for i in range(3)]
     await _file_images(p, scene, shot, list(files))
-    before = await _counts(ripple)
+    before = await _counts(ripple_app)
     # Three images and their three files are deleted, then the shot is one write too many: the mutation fails.
     with pytest.raises(Exception, match="wrote more than 6 documents"):
         await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert await _served(ripple, files) == [200] * 3
-    assert await _counts(ripple) == before
+    assert await _served(ripple_app, files) == [200] * 3
+    assert await _counts(ripple_app) == before
