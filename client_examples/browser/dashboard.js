@@ -413,7 +413,9 @@ function renderImageProgress(p) {
   const failed = num(p.imagesFailed) ?? 0;
   const finished = total > 0 && counts.every(([state, n]) => state === "failed" || n === 0);
   const tone = failed ? "bad" : finished ? "ok" : "active";
-  setMeter("images", p.imageProgress ?? 0, total ? `${complete} of ${total} complete` : "no images yet", tone);
+  // The meter is the share finished (complete or failed, as getProjectProgress counts it); the badges say how many
+  // failed, so "2 of 2 finished" at 100% with "1 failed" reads as what happened.
+  setMeter("images", p.imageProgress ?? 0, total ? `${complete + failed} of ${total} finished` : "no images yet", tone);
   const badges = $("images-counts");
   badges.replaceChildren();
   for (const [state, n, label, tone] of counts) {

@@ -317,7 +317,7 @@ async def test_selected_images_show_their_state_and_appear_when_complete(ripple:
         await expect(failed).to_have_text("Failed")
         await expect(failed).to_have_attribute("title", "the provider refused the prompt")
         await expect(page.get_by_test_id("image-state-3-3")).to_have_text("No image")
-        await expect(page.get_by_test_id("images-detail")).to_have_text("0 of 2 complete")
+        await expect(page.get_by_test_id("images-detail")).to_have_text("1 of 2 finished")
         await expect(page.get_by_test_id("images-pending")).to_have_text("1 pending")
         await expect(page.get_by_test_id("images-failed")).to_have_text("1 failed")
         await expect(page.get_by_test_id("images-progress")).to_have_text("50%")
@@ -349,7 +349,7 @@ async def test_selected_images_show_their_state_and_appear_when_complete(ripple:
             """() => { const img = document.querySelector('[data-testid="thumb-3-1"]');
                        return img && img.complete && img.naturalWidth === 24; }"""
         )
-        await expect(page.get_by_test_id("images-detail")).to_have_text("1 of 2 complete")
+        await expect(page.get_by_test_id("images-detail")).to_have_text("2 of 2 finished")
         await expect(page.get_by_test_id("images-progress")).to_have_text("100%")
         # Finished, but not all made: the bar says so as well as the badge.
         await expect(page.locator("#images-bar")).to_have_attribute("data-tone", "bad")
