@@ -1,107 +1,16 @@
-"""projectRedesign:* (seed 004) on a live server: the hierarchy, its checks, ownership, cascades, progress."""
+"""projectRedesign:* (seed 004) on a live server: the hierarchy, its checks, ownership, progress, the storyboard.
+Deletes and their cascades are in test_project_redesign_deletes.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-import httpx
 import pytest
 
 from server import ConvexError
 from server.errors import ArgumentError, AuthRequired, IdError
 from server.testing import RippleApp
-
-P = "projectRedesign:"
-
-# Rows that point at something missing, over every reference in the hierarchy.
-ORPHANS_SQL = """
-SELECT
-  (SELECT count(*) FROM project_scenes c WHERE NOT EXISTS (SELECT 1 FROM video_projects p WHERE p._id = c.project_id))
-+ (SELECT count(*) FROM scene_shots t
-    WHERE NOT EXISTS (SELECT 1 FROM video_projects p WHERE p._id = t.project_id)
-       OR NOT EXISTS (SELECT 1 FROM project_scenes c WHERE c._id = t.scene_id)
-       OR (t.selected_image_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM shot_images i WHERE i._id = t.selected_image_id)))
-+ (SELECT count(*) FROM shot_images i
-    WHERE NOT EXISTS (SELECT 1 FROM video_projects p WHERE p._id = i.project_id)
-       OR NOT EXISTS (SELECT 1 FROM project_scenes c WHERE c._id = i.scene_id)
-       OR NOT EXISTS (SELECT 1 FROM scene_shots t WHERE t._id = i.shot_id)
-       OR (i.parent_image_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM shot_images j WHERE j._id = i.parent_image_id)))
-+ (SELECT count(*) FROM storyboard_selections s
-    WHERE NOT EXISTS (SELECT 1 FROM video_projects p WHERE p._id = s.project_id)
-       OR NOT EXISTS (SELECT 1 FROM project_scenes c WHERE c._id = s.scene_id)
-       OR NOT EXISTS (SELECT 1 FROM scene_shots t WHERE t._id = s.shot_id)
-       OR NOT EXISTS (SELECT 1 FROM shot_images i WHERE i._id = s.selected_image_id))
-"""
-TABLES = ("video_projects", "project_scenes", "scene_shots", "shot_images", "storyboard_selections")
-
-
-async def _counts(ripple_app: RippleApp) -> dict[str, int]:
-    conn = await asyncpg.connect(ripple_app.database_url)
-    try:
-        counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
-        counts["orphans"] = await conn.fetchval(ORPHANS_SQL)
-        return counts
-    finally:
-        await conn.close()
-
-
-def _images(n: int, start: int = 0, **extra: Any) -> list[dict[str, Any]]:
-    return [{"variantNumber": v, "imageUrl": f"https://img/{v}.png", **extra} for v in range(start, start + n)]
-
-
-class Project:
-    """Builds one user's project through the public functions."""
-
-    def __init__(self, ripple_app: RippleApp, user: str) -> None:
-        self.ripple_app = ripple_app
-        self.user = user
-        self.id = ""
-
-    async def call(self, name: str, args: dict[str, Any], user: str | None = "") -> Any:
-        """Call `name` as the project's owner, as `user`, or signed out (None). The module names its queries
-        get*: a name called as the wrong kind fails loudly ("... is a query, not a mutation")."""
-        subject = self.user if user == "" else user
-        client = self.ripple_app.as_user(subject) if subject is not None else self.ripple_app.anonymous()
-        call = client.query if name.startswith("get") else client.mutation
-        return await call(P + name, args)
-
-    async def create(self, **args: Any) -> Project:
-        self.id = await self.call("createRedesignProject", {"prompt": "Tokyo dreams", **args})
-        return self
-
-    async def scene(self, number: int, shots: int) -> tuple[str, list[str]]:
-        made = await self.call(
-            "createSceneWithShots",
-            {
-                "projectId": self.id,
-                "sceneNumber": number,
-                "title": f"Scene {number}",
-                "description": "d",
-                "shots": [
-                    {"shotNumber": i + 1, "description": f"shot {i + 1}", "initialPrompt": "p"} for i in range(shots)
-                ],
-            },
-        )
-        return made["sceneId"], made["shotIds"]
-
-    async def images(self, scene: str, shot: str, iteration: int, n: int = 6, parent: str | None = None) -> list[str]:
-        args = {
-            "projectId": self.id,
-            "sceneId": scene,
-            "shotId": shot,
-            "iterationNumber": iteration,
-            "iterationPrompt": f"iteration {iteration}",
-            "images": _images(n),
-        }
-        if parent:
-            args["parentImageId"] = parent
-        return await self.call("batchCreateShotImages", args)
-
-    async def progress(self) -> dict[str, Any]:
-        return await self.call("getProjectProgress", {"projectId": self.id})
+from tests.support.redesign import P, Project, image_inputs, table_counts
 
 
 async def test_project_built_step_by_step_reports_progress(ripple_app: RippleApp) -> None:
@@ -278,7 +187,7 @@ async def test_project_built_step_by_step_reports_progress(ripple_app: RippleApp
     assert (await p.call("getShotImages", {"shotId": shot1, "iterationNumber": 2}))[0]["_id"] == one
     await p.call("updatePromptPlanner", {"projectId": p.id, "promptPlannerData": "v2"})
     assert (await p.call("getProject", {"projectId": p.id}))["promptPlannerData"] == "v2"
-    assert (await _counts(ripple_app))["orphans"] == 0
+    assert (await table_counts(ripple_app))["orphans"] == 0
 
 
 async def test_redesign_status_moves_one_step_at_a_time(ripple_app: RippleApp) -> None:
@@ -342,19 +251,19 @@ async def test_every_write_is_validated(ripple_app: RippleApp) -> None:
         )
     await refused(
         "batchCreateShotImages",
-        {**batch, "iterationNumber": -1, "images": _images(1)},
+        {**batch, "iterationNumber": -1, "images": image_inputs(1)},
         '"iterationNumber" must be a whole number >= 0',
     )
     await refused(
-        "batchCreateShotImages", {**batch, "images": _images(1) + _images(1)}, "variantNumber 0 appears twice"
+        "batchCreateShotImages", {**batch, "images": image_inputs(1) + image_inputs(1)}, "variantNumber 0 appears twice"
     )
     await refused(
-        "batchCreateShotImages", {**batch, "images": _images(7)}, r'"images" must hold 1 to 6 variants; got 7'
+        "batchCreateShotImages", {**batch, "images": image_inputs(7)}, r'"images" must hold 1 to 6 variants; got 7'
     )
     await refused("batchCreateShotImages", {**batch, "images": []}, "got 0")
     await refused(
         "batchCreateShotImages",
-        {**batch, "images": _images(1, status="done")},
+        {**batch, "images": image_inputs(1, status="done")},
         r'"images.0.status" must be one of "pending", "processing", "complete", "failed"',
     )
     await refused(
@@ -364,7 +273,7 @@ async def test_every_write_is_validated(ripple_app: RippleApp) -> None:
     )
     await refused(
         "batchCreateShotImages",
-        {**batch, "iterationNumber": 0, "images": _images(1, start=1)},
+        {**batch, "iterationNumber": 0, "images": image_inputs(1, start=1)},
         "already has variant 1 of iteration 0",
         ConvexError,
     )
@@ -427,17 +336,17 @@ async def test_every_write_is_validated(ripple_app: RippleApp) -> None:
     )
     await refused(
         "batchCreateShotImages",
-        {**batch, "sceneId": s2, "images": _images(1)},
+        {**batch, "sceneId": s2, "images": image_inputs(1)},
         f'shot "{shot1}" does not belong to scene "{s2}"',
     )
     await refused(
         "batchCreateShotImages",
-        {**batch, "projectId": other.id, "images": _images(1)},
+        {**batch, "projectId": other.id, "images": image_inputs(1)},
         f'does not belong to project "{other.id}"',
     )
     await refused(
         "batchCreateShotImages",
-        {**batch, "parentImageId": it_shot2[0], "images": _images(1)},
+        {**batch, "parentImageId": it_shot2[0], "images": image_inputs(1)},
         f'"parentImageId" must be an image of shot "{shot1}"',
     )
     await refused(
@@ -457,7 +366,7 @@ async def test_every_write_is_validated(ripple_app: RippleApp) -> None:
         "does not belong to",
     )
     await refused("getProject", {"projectId": s1}, r'must be Id\("videoProjects"\), got an id of table', IdError)
-    assert (await _counts(ripple_app))["orphans"] == 0
+    assert (await table_counts(ripple_app))["orphans"] == 0
     assert o_shot
 
 
@@ -468,7 +377,7 @@ async def test_only_the_owner_reads_or_writes_a_project(ripple_app: RippleApp) -
     sel = await p.call(
         "selectMasterShot", {"projectId": p.id, "sceneId": scene, "shotId": shot, "selectedImageId": img}
     )
-    before = await _counts(ripple_app)
+    before = await table_counts(ripple_app)
 
     reads = {
         "getProject": ({"projectId": p.id}, None),
@@ -498,7 +407,7 @@ async def test_only_the_owner_reads_or_writes_a_project(ripple_app: RippleApp) -
         "createSceneShot": {"projectId": p.id, "sceneId": scene, "shotNumber": 2, "description": ""},
         "updateSceneShot": {"shotId": shot, "description": "x"},
         "createShotImage": {**ids, "iterationNumber": 1, "variantNumber": 0, "imageUrl": "u", "iterationPrompt": "p"},
-        "batchCreateShotImages": {**ids, "iterationNumber": 1, "iterationPrompt": "p", "images": _images(1)},
+        "batchCreateShotImages": {**ids, "iterationNumber": 1, "iterationPrompt": "p", "images": image_inputs(1)},
         "updateShotImage": {"imageId": img, "status": "failed"},
         "toggleFavorite": {"imageId": img},
         "createStoryboardSelection": {**ids, "selectedImageId": img},
@@ -515,7 +424,7 @@ async def test_only_the_owner_reads_or_writes_a_project(ripple_app: RippleApp) -
         assert exc.value.data["code"] == "NOT_FOUND", name
         with pytest.raises(AuthRequired):
             await p.call(name, args, user=None)
-    assert await _counts(ripple_app) == before
+    assert await table_counts(ripple_app) == before
     project = await p.call("getProject", {"projectId": p.id})
     assert project["redesignStatus"] == "prompt_planning" and "promptPlannerData" not in project
 
@@ -527,85 +436,7 @@ async def test_only_the_owner_reads_or_writes_a_project(ripple_app: RippleApp) -
     response = await bob.http("query", P + "getProject", {"projectId": p.id})
     body = response.json()
     assert (body["status"], body["value"]) == ("success", None)
-    assert await _counts(ripple_app) == before
-
-
-async def test_deletes_cascade_without_orphans(ripple_app: RippleApp) -> None:
-    p = await Project(ripple_app, "alice").create()
-    keep = await Project(ripple_app, "alice").create()  # untouched by every delete below
-    k_scene, (k_shot,) = await keep.scene(1, 1)
-    k_imgs = await keep.images(k_scene, k_shot, 0, n=2)
-    await keep.call(
-        "selectMasterShot", {"projectId": keep.id, "sceneId": k_scene, "shotId": k_shot, "selectedImageId": k_imgs[0]}
-    )
-
-    s1, (a, b) = await p.scene(1, 2)
-    s2, (c,) = await p.scene(2, 1)
-    a0 = await p.images(s1, a, 0)
-    a1 = await p.images(s1, a, 1, n=3, parent=a0[0])
-    b0 = await p.images(s1, b, 0, n=2)
-    c0 = await p.images(s2, c, 0, n=4)
-    for scene, shot, image in ((s1, a, a0[0]), (s1, b, b0[0]), (s2, c, c0[0])):
-        await p.call(
-            "selectMasterShot", {"projectId": p.id, "sceneId": scene, "shotId": shot, "selectedImageId": image}
-        )
-    counts = await _counts(ripple_app)
-    assert counts == {
-        "video_projects": 2,
-        "project_scenes": 3,
-        "scene_shots": 4,
-        "shot_images": 17,
-        "storyboard_selections": 4,
-        "orphans": 0,
-    }
-
-    # An image that was selected and is a parent: its selection goes, references to it are cleared.
-    await p.call("deleteShotImage", {"imageId": a0[0]})
-    counts = await _counts(ripple_app)
-    assert (counts["shot_images"], counts["storyboard_selections"], counts["orphans"]) == (16, 3, 0)
-    shot_a = (await p.call("getSceneShots", {"sceneId": s1}))[0]
-    assert "selectedImageId" not in shot_a
-    assert all("parentImageId" not in i for i in await p.call("getShotImages", {"shotId": a, "iterationNumber": 1}))
-    assert (await p.progress())["shotsWithSelections"] == 2
-    # An unselected image: only itself.
-    await p.call("deleteShotImage", {"imageId": a1[2]})
-    assert (await _counts(ripple_app))["shot_images"] == 15
-
-    await p.call("deleteSceneShot", {"shotId": b})  # 2 images, 1 selection
-    counts = await _counts(ripple_app)
-    assert (counts["scene_shots"], counts["shot_images"], counts["storyboard_selections"], counts["orphans"]) == (
-        3,
-        13,
-        2,
-        0,
-    )
-
-    await p.call("deleteProjectScene", {"sceneId": s2})  # shot c, 4 images, 1 selection
-    counts = await _counts(ripple_app)
-    assert counts == {
-        "video_projects": 2,
-        "project_scenes": 2,
-        "scene_shots": 2,
-        "shot_images": 9,
-        "storyboard_selections": 1,
-        "orphans": 0,
-    }
-    assert [s["_id"] for s in await p.call("getProjectScenes", {"projectId": p.id})] == [s1]
-
-    await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert await _counts(ripple_app) == {
-        "video_projects": 1,
-        "project_scenes": 1,
-        "scene_shots": 1,
-        "shot_images": 2,
-        "storyboard_selections": 1,
-        "orphans": 0,
-    }
-    assert await p.call("getProject", {"projectId": p.id}) is None
-    assert await p.progress() is None
-    with pytest.raises(ConvexError, match="not found"):
-        await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert (await keep.progress())["isSelectionComplete"] is True
+    assert await table_counts(ripple_app) == before
 
 
 async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple_app: RippleApp) -> None:
@@ -632,65 +463,3 @@ async def test_storyboard_names_scenes_and_shots_by_number_in_order(ripple_app: 
         "imageUrl": "https://img/2.png",
     }
     assert rows[2]["sceneId"] == s2
-
-
-async def _stored(ripple_app: RippleApp, data: bytes) -> str:
-    """A stored file, as an upload (or the image generation's download) makes one."""
-    return await ripple_app.store_file(data, "image/png")
-
-
-async def _served(ripple_app: RippleApp, storage_ids: list[str]) -> list[int]:
-    async with httpx.AsyncClient(base_url=ripple_app.url) as http:
-        return [(await http.get(f"/api/storage/{storage_id}")).status_code for storage_id in storage_ids]
-
-
-async def _file_images(p: Project, scene: str, shot: str, files: list[str | None]) -> list[str]:
-    images = [
-        {"variantNumber": v, "imageUrl": f"https://img/{v}.png", **({"imageStorageId": f} if f else {})}
-        for v, f in enumerate(files)
-    ]
-    args = {"projectId": p.id, "sceneId": scene, "shotId": shot, "iterationNumber": 0, "iterationPrompt": "p"}
-    return await p.call("batchCreateShotImages", {**args, "images": images})
-
-
-async def test_deletes_take_the_images_files_with_them(ripple_app: RippleApp) -> None:
-    p = await Project(ripple_app, "alice").create()
-    scene, (shot1, shot2) = await p.scene(1, 2)
-    other_scene, (shot3,) = await p.scene(2, 1)
-    files = [await _stored(ripple_app, f"image {i}".encode()) for i in range(6)]
-    # Two images of shot 1 name the same upload; one names something that is no file (any string is accepted).
-    img = await _file_images(p, scene, shot1, [files[0], files[1], files[1], "not-a-file"])
-    await _file_images(p, scene, shot2, [files[2]])
-    await _file_images(p, other_scene, shot3, [files[3], files[4], None])
-    assert await _served(ripple_app, files) == [200] * 6
-
-    await p.call("deleteShotImage", {"imageId": img[0]})
-    assert await _served(ripple_app, files) == [404] + [200] * 5
-    await p.call("deleteShotImage", {"imageId": img[1]})  # its file is still the other image's
-    assert await _served(ripple_app, files) == [404] + [200] * 5
-    await p.call("deleteShotImage", {"imageId": img[3]})
-    await p.call("deleteSceneShot", {"shotId": shot1})
-    assert await _served(ripple_app, files) == [404, 404] + [200] * 4
-    await p.call("deleteProjectScene", {"sceneId": scene})
-    assert await _served(ripple_app, files) == [404, 404, 404] + [200] * 3
-    await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert await _served(ripple_app, files) == [404] * 5 + [200]  # the last file was no image's
-    conn = await asyncpg.connect(ripple_app.database_url)
-    try:
-        assert await conn.fetchval("SELECT array_agg(_id) FROM _storage") == [files[5]]
-    finally:
-        await conn.close()
-
-
-@pytest.mark.parametrize("ripple_settings", [{"max_documents_written": 6}])
-async def test_a_failed_delete_deletes_no_file(ripple_app: RippleApp) -> None:
-    p = await Project(ripple_app, "alice").create()
-    scene, (shot,) = await p.scene(1, 1)
-    files = [await _stored(ripple_app, f"image {i}".encode()) for i in range(3)]
-    await _file_images(p, scene, shot, list(files))
-    before = await _counts(ripple_app)
-    # Three images and their three files are deleted, then the shot is one write too many: the mutation fails.
-    with pytest.raises(Exception, match="wrote more than 6 documents"):
-        await p.call("deleteRedesignProject", {"projectId": p.id})
-    assert await _served(ripple_app, files) == [200] * 3
-    assert await _counts(ripple_app) == before
