@@ -142,6 +142,12 @@ class Harness:
             raise
         return client, ready
 
+    async def idle_cpu(self, cpu: Any) -> float:
+        """A process's CPU use in percent over `idle_cpu_s` of doing nothing (`cpu` reads its CPU seconds)."""
+        c0, t0 = cpu(), time.perf_counter()
+        await asyncio.sleep(self.cfg.idle_cpu_s)
+        return float(cpu() - c0) / (time.perf_counter() - t0) * 100
+
     def add(self, *row: Any) -> None:
         self.report.rows.append(Row(*row))
 
