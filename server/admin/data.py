@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from server.admin import transaction_of
 from server.database.catalog import Table
 from server.database.reads import IndexRange
 from server.database.sql import quote_ident
@@ -21,12 +22,6 @@ __all__ = ["COUNT_CAP"]
 # Counting stops here: a table's count costs at most this many index entries, and the console shows "100000+".
 COUNT_CAP = 100_000
 _MAX_PAGE = 200
-
-
-def _transaction(ctx: Any) -> Any:
-    """The transaction behind `ctx.db`: counting needs one `count(*)` statement, which the query builder has no
-    verb for, recorded on the same recorder so the count is reactive like any read."""
-    return ctx.db._tx
 
 
 def _table_info(table: Table) -> dict[str, Any]:
@@ -65,7 +60,7 @@ async def tables(ctx: Any) -> list[dict[str, Any]]:
     Each count is one `count(*)` over at most `COUNT_CAP + 1` index entries, so a huge table costs a bounded
     scan and reports `countCapped`.
     """
-    tx = _transaction(ctx)
+    tx = transaction_of(ctx)
     found = []
     for table in sorted(tx.catalog.tables.values(), key=lambda t: (t.name.startswith("_"), t.convex_name)):
         if not _visible(table):
@@ -97,7 +92,7 @@ async def documents(
     """One page of a table's documents in the order of `index`, optionally only those whose `filterField`
     equals `filterValue` (null matches absent). When the filter field is the index's first field, the filter
     is the index range itself, so the read set is that range only; otherwise it is a filter over the index."""
-    found = _transaction(ctx).catalog.table(table)
+    found = transaction_of(ctx).catalog.table(table)
     if not _visible(found):
         raise ArgumentError(f'"{table}" is Ripple\'s own bookkeeping, not a table the console shows')
     wanted = found.index(index)
@@ -122,7 +117,7 @@ async def documents(
 
 
 def _app_table_of(ctx: Any, doc_id: str) -> Table:
-    table: Table = _transaction(ctx).table_of(doc_id)
+    table: Table = transaction_of(ctx).table_of(doc_id)
     return table
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from server import internal_mutation, internal_query
+from server.admin import transaction_of
 from server.errors import ArgumentError
 
 __all__ = ["MAX_PAGE", "MAX_SCAN", "STATES"]
@@ -108,7 +109,7 @@ async def cron_runs(ctx: Any) -> Any:
     (`GET /api/admin/crons`, server/admin/status.py), since they are code, not data.
     """
     await ctx.db.system.query("_scheduled_functions").order("desc").first()
-    rows = await ctx.db._tx.conn.fetch(_CRONS)
+    rows = await transaction_of(ctx).fetch(_CRONS, [])
     runs = []
     for row in rows:
         job = await ctx.db.system.get(row["job_id"]) if row["job_id"] else None
