@@ -18,7 +18,7 @@ from server.errors import RequestError
 from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.hub.health import judge
-from server.impersonation import acting_identity, default_issuer, split_admin_credential
+from server.impersonation import admin_caller, split_admin_credential
 
 if TYPE_CHECKING:
     from server.app import Services
@@ -49,9 +49,7 @@ async def caller_from_header(services: Services, header: str | None) -> Caller:
             valid, acting = split_admin_credential(credential, services.authenticator)
             if not valid:
                 raise RequestError("The admin key is not valid.", code="BadAdminKey", http_status=401)
-            if acting is None:
-                return Caller(is_admin=True)
-            return Caller(acting_identity(acting, default_issuer(services.authenticator)), is_admin=True)
+            return admin_caller(acting, services.authenticator)
         except AuthError as exc:
             raise RequestError(str(exc), code="BadAdminKey", http_status=401) from None
     try:
@@ -110,8 +108,7 @@ async def _run(request: Request, kind: FunctionKind | None, path: str | None = N
         caller = await caller_from_header(services, request.headers.get("authorization"))
     except RequestError as exc:
         return _error(exc)
-    # An admin may call internal functions, as with Convex's admin key (`npx convex run`, the dashboard).
-    outcome = await services.runner.call(path, args, caller, internal_ok=caller.is_admin, kind=kind, transport="http")
+    outcome = await services.runner.call(path, args, caller, kind=kind, transport="http")
     if outcome.ok:
         value = outcome.value if encoded else values.encode_clean_json(values.decode(outcome.value))
         return _JSON({"status": "success", "value": value, "logLines": outcome.log_lines}, headers=_request_id(outcome))

@@ -20,8 +20,9 @@ from types import MappingProxyType
 from typing import Any
 
 from server.auth import Authenticator, AuthError, Identity
+from server.functions.context import Caller
 
-__all__ = ["acting_identity", "default_issuer", "split_admin_credential"]
+__all__ = ["acting_identity", "admin_caller", "default_issuer", "split_admin_credential"]
 
 # Convex `UserIdentityAttributes` (camelCase) → `Identity` attribute; the rest are custom claims.
 _ATTRIBUTES = {
@@ -102,6 +103,17 @@ def acting_identity(attributes: Any, issuer_default: str | None) -> Identity:
         custom_claims=MappingProxyType(custom),
         **known,
     )
+
+
+def admin_caller(attributes: Any, authenticator: Authenticator) -> Caller:
+    """The caller of a valid admin key: admin, and acting as the user `attributes` name when given.
+
+    Raises:
+        AuthError: the attributes are not a user identity (see `acting_identity`).
+    """
+    if attributes is None:
+        return Caller(is_admin=True)
+    return Caller(acting_identity(attributes, default_issuer(authenticator)), is_admin=True)
 
 
 def split_admin_credential(credential: str, authenticator: Authenticator) -> tuple[bool, Any]:

@@ -226,7 +226,7 @@ class RippleApp:
         """On the server's loop: run one function as the caller, raise its own error (`ConvexError`,
         `ArgumentError`, ...) if it failed, else return its value as a client decodes it."""
         caller = await self._caller(token, admin)
-        outcome = await self._services.runner.call(path, args, caller, internal_ok=admin, kind=kind)
+        outcome = await self._services.runner.call(path, args, caller, kind=kind)
         if outcome.error is not None:
             raise outcome.error
         return values.decode(outcome.value)

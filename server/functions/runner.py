@@ -218,6 +218,12 @@ class Runner:
     def resolve(self, path: str, *, internal_ok: bool = False) -> FunctionSpec:
         return self.registry.resolve(path, internal_ok=internal_ok)
 
+    def resolve_for(self, path: str, caller: Caller, *, internal_ok: bool = False) -> FunctionSpec:
+        """`path` as `caller` may reach it: an admin reaches internal functions too, as with Convex's admin key
+        (`npx convex run`, the dashboard, the console's `_system/` functions); everyone else public ones only,
+        unless the call comes from the server itself (`internal_ok`: `ctx.run_*`, the scheduler)."""
+        return self.registry.resolve(path, internal_ok=internal_ok or caller.is_admin)
+
     def validate(self, spec: FunctionSpec, args: Any) -> dict[str, Any]:
         """Check wire arguments against the function's parameters; returns handler keyword arguments."""
         token = id_tables.set(self._tables)
@@ -305,7 +311,7 @@ class Runner:
         known, kind_name = False, kind.value if kind is not None else "unknown"
         token = call.enter()
         try:
-            spec = self.resolve(path, internal_ok=internal_ok)
+            spec = self.resolve_for(path, caller, internal_ok=internal_ok)
             outcome.path = call.path = spec.path
             known, kind_name = True, spec.kind.value
             if kind is not None and spec.kind is not kind:

@@ -253,7 +253,7 @@ class Hub:
     def _respec(self) -> None:
         for inst in self._instances.by_id.values():
             try:
-                spec = self.runner.resolve(inst.spec.path, internal_ok=inst.caller.is_admin)
+                spec = self.runner.resolve_for(inst.spec.path, inst.caller)
                 if spec.kind is not FunctionKind.QUERY:
                     raise RippleError(f"{spec.path} is a {spec.kind.value} now; only queries can be subscribed to")
                 inst.kwargs = self.runner.validate(spec, inst.args)
@@ -497,8 +497,7 @@ class Hub:
         try:
             if isinstance(req.args, Exception):
                 raise ArgumentError(f"{req.path}: {req.args}")
-            # An admin may subscribe to internal functions, as Convex's admin key may (the console's system queries).
-            spec = self.runner.resolve(req.path, internal_ok=req.caller.is_admin)
+            spec = self.runner.resolve_for(req.path, req.caller)
             if spec.kind is not FunctionKind.QUERY:
                 raise RippleError(f"{spec.path} is a {spec.kind.value}; only queries can be subscribed to")
             inst = self._instances.attach(spec, req.session, req.token, req.args, req.journal, req.caller)

@@ -25,7 +25,7 @@ from server.functions.context import Caller
 from server.functions.registry import FunctionKind
 from server.functions.runner import Outcome
 from server.hub.instances import QueryResult
-from server.impersonation import acting_identity, default_issuer
+from server.impersonation import admin_caller
 from server.sync import protocol
 from server.sync.protocol import TransitionMessage
 from server.sync.state import (
@@ -265,10 +265,7 @@ class Session:
         if message.tokenType == "Admin":
             if not authenticator.verify_admin_key(message.value):
                 raise AuthError("The admin key is not valid.")
-            if message.impersonating is None:
-                return Caller(is_admin=True)
-            # `setAdminAuth(key, actingAs)`: admin, and app code sees that user's identity.
-            return Caller(acting_identity(message.impersonating, default_issuer(authenticator)), is_admin=True)
+            return admin_caller(message.impersonating, authenticator)  # `setAdminAuth(key, actingAs)`
         return Caller(await authenticator.verify_async(message.value))
 
     def _schedule_expiry(self, caller: Caller) -> None:
@@ -308,7 +305,6 @@ class Session:
                 request.udfPath,
                 args,
                 run.caller,
-                internal_ok=run.caller.is_admin,
                 kind=FunctionKind.MUTATION,
                 dedupe=dedupe,
                 maybe_applied=self.resumed,
@@ -327,7 +323,6 @@ class Session:
                 request.udfPath,
                 args,
                 run.caller,
-                internal_ok=run.caller.is_admin,
                 kind=FunctionKind.ACTION,
                 transport="websocket",
             )
